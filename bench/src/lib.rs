@@ -1,0 +1,1 @@
+//! Benchmarks behind `pi bench`: each module measures one part and returns a serialisable report.

@@ -1,0 +1,154 @@
+//! The fixed-point engine: the network encoded into `Z_{2^l}` and evaluated exactly as private
+//! inference evaluates it (same encodings, same truncation points, floor semantics).
+
+use super::EngineError;
+use super::float::{Backend, conv_geometry, execute};
+use super::kernels::{self, ConvGeometry};
+use super::plan::ScalePlan;
+use crate::fixed::FixedPoint;
+use crate::graph::Op;
+use crate::model::Model;
+
+/// Ring-encoded parameters of one node.
+#[derive(Clone, Debug, Default)]
+pub struct RingLayer {
+    /// Weights with `f` fractional bits, row-major like the f32 tensor.
+    pub weight: Vec<u64>,
+    /// Bias with `2f` fractional bits (added to a product that carries `2f`).
+    pub bias: Vec<u64>,
+    /// Per-element ReLU mask (true = real ReLU).
+    pub mask: Vec<bool>,
+    /// Convolution geometry, for conv nodes.
+    pub conv: Option<ConvGeometry>,
+    /// Pooling multiplier `round(2^f / area)`, for pooling nodes.
+    pub pool_factor: u64,
+}
+
+/// A folded model encoded for the ring, with its scale plan.
+#[derive(Clone, Debug)]
+pub struct RingModel {
+    pub model: Model,
+    pub fp: FixedPoint,
+    pub plan: ScalePlan,
+    pub layers: Vec<RingLayer>,
+}
+
+impl RingModel {
+    /// Encodes a model (folding BatchNorm if needed).
+    pub fn new(model: &Model, fp: FixedPoint) -> Result<Self, EngineError> {
+        fp.validate().map_err(EngineError::Params)?;
+        let model = if model.is_folded() { model.clone() } else { model.fold_batchnorm() };
+        let shapes = model.graph.shapes()?;
+        let plan = ScalePlan::new(&model.graph)?;
+        let layers = model
+            .graph
+            .nodes
+            .iter()
+            .map(|node| {
+                let in_shape = &shapes[&node.inputs[0]];
+                let mut l = RingLayer { conv: conv_geometry(&node.op, in_shape), ..Default::default() };
+                match node.op {
+                    Op::Conv2d { .. } | Op::Linear { .. } => {
+                        l.weight = model.tensor(&node.name, "weight").iter().map(|&w| fp.encode(w)).collect();
+                        let out_ch = match node.op {
+                            Op::Linear { out_features, .. } => out_features,
+                            Op::Conv2d { out_channels, .. } => out_channels,
+                            _ => unreachable!(),
+                        };
+                        l.bias = match model.try_tensor(&node.name, "bias") {
+                            Some(b) => b.iter().map(|&v| fp.encode_with(v, 2 * fp.f)).collect(),
+                            None => vec![0; out_ch],
+                        };
+                    }
+                    Op::Relu { .. } => l.mask = model.pixel_mask(node, in_shape),
+                    Op::AvgPool { kernel, .. } => l.pool_factor = fp.encode(1.0 / (kernel * kernel) as f32),
+                    Op::GlobalAvgPool => l.pool_factor = fp.encode(1.0 / (in_shape[1] * in_shape[2]) as f32),
+                    _ => {}
+                }
+                l
+            })
+            .collect();
+        Ok(Self { model, fp, plan, layers })
+    }
+
+    /// Encodes an f32 input with `f` fractional bits.
+    pub fn encode_input(&self, x: &[f32]) -> Vec<u64> {
+        x.iter().map(|&v| self.fp.encode(v)).collect()
+    }
+
+    /// Runs on an encoded input; returns every node's output.
+    pub fn run_all(&self, input: Vec<u64>) -> Result<Vec<Vec<u64>>, EngineError> {
+        execute(&self.model.graph, self, input)
+    }
+
+    /// Runs on an f32 input; returns the logits as ring elements (at the output node's scale).
+    pub fn run(&self, x: &[f32]) -> Result<Vec<u64>, EngineError> {
+        Ok(self.run_all(self.encode_input(x))?.pop().expect("non-empty"))
+    }
+
+    /// Fractional bits of the network output.
+    pub fn output_frac_bits(&self) -> u32 {
+        self.plan.nodes.last().expect("non-empty").out_scale * self.fp.f
+    }
+
+    /// Decodes output logits.
+    pub fn decode_output(&self, out: &[u64]) -> Vec<f32> {
+        out.iter().map(|&v| self.fp.decode_with(v, self.output_frac_bits())).collect()
+    }
+
+    /// The linear part of node `i` without bias, in the ring: what HE preprocesses and what the PI
+    /// server evaluates online on its share.
+    pub fn linear_no_bias(&self, i: usize, input: &[u64]) -> Vec<u64> {
+        let l = &self.layers[i];
+        let mut out = match (&l.conv, &self.model.graph.nodes[i].op) {
+            (Some(g), _) => kernels::conv2d(g, input, &l.weight),
+            (None, Op::Linear { out_features, .. }) => kernels::linear(input, &l.weight, *out_features),
+            _ => panic!("node {i} is not linear"),
+        };
+        out.iter_mut().for_each(|v| *v = self.fp.reduce(*v));
+        out
+    }
+
+    /// Adds node `i`'s bias (encoded at `2f`) to a linear output, in place.
+    pub fn add_bias(&self, i: usize, out: &mut [u64]) {
+        let bias = &self.layers[i].bias;
+        let per = out.len() / bias.len().max(1);
+        for (c, chunk) in out.chunks_mut(per).enumerate() {
+            chunk.iter_mut().for_each(|v| *v = self.fp.reduce(v.wrapping_add(bias[c])));
+        }
+    }
+}
+
+impl Backend for RingModel {
+    type T = u64;
+
+    fn linear_op(&self, i: usize, input: &[u64]) -> Vec<u64> {
+        let mut out = self.linear_no_bias(i, input);
+        self.add_bias(i, &mut out);
+        out
+    }
+
+    fn relu(&self, i: usize, mut x: Vec<u64>) -> Vec<u64> {
+        let shift = self.plan.nodes[i].relu_shift_units * self.fp.f;
+        for (v, &keep) in x.iter_mut().zip(&self.layers[i].mask) {
+            let y = if keep { self.fp.relu(*v) } else { *v };
+            *v = self.fp.truncate(y, shift);
+        }
+        x
+    }
+
+    fn pool_scale(&self, i: usize, mut sums: Vec<u64>, _area: usize) -> Vec<u64> {
+        let c = self.layers[i].pool_factor;
+        sums.iter_mut().for_each(|v| *v = self.fp.reduce(v.wrapping_mul(c)));
+        sums
+    }
+
+    fn finish(&self, i: usize, mut out: Vec<u64>) -> Vec<u64> {
+        if self.plan.nodes[i].truncate_after {
+            out.iter_mut().for_each(|v| *v = self.fp.truncate(*v, self.fp.f));
+        } else {
+            out.iter_mut().for_each(|v| *v = self.fp.reduce(*v));
+        }
+        out
+    }
+}

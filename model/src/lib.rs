@@ -1,0 +1,15 @@
+//! The mask-annotated network: graph, weights and masks, the `.safetensors` file format,
+//! fixed-point numbers, plaintext reference engines (f32 and ring), and dataset readers.
+
+pub mod arch;
+pub mod data;
+pub mod engine;
+pub mod fixed;
+pub mod format;
+pub mod graph;
+pub mod model;
+
+pub use fixed::FixedPoint;
+pub use format::{FormatError, load, load_bytes, save, to_bytes};
+pub use graph::{Granularity, Graph, GraphError, Node, Op};
+pub use model::{Model, ReluCount, Tensor};

@@ -1,0 +1,95 @@
+//! The fixed-point engine against the f32 engine, and BatchNorm folding against the unfolded graph.
+
+use pi_model::engine::{RingModel, argmax, run_f32};
+use pi_model::{FixedPoint, Model, arch};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+fn random_input(rng: &mut ChaCha20Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect()
+}
+
+#[test]
+fn fixed_point_agrees_with_f32_on_random_resnet18() {
+    let model = Model::random(arch::resnet18(10).unwrap(), 7, None).unwrap().fold_batchnorm();
+    let ring = RingModel::new(&model, FixedPoint::DEFAULT).unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let trials = 100;
+    let mut agree = 0;
+    let mut max_rel = 0f32;
+    for _ in 0..trials {
+        let x = random_input(&mut rng, 3 * 32 * 32);
+        let a = run_f32(&model, &x).unwrap();
+        let b = ring.decode_output(&ring.run(&x).unwrap());
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = a.iter().zip(&b).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        max_rel = max_rel.max(err / scale);
+        agree += (argmax(&a) == argmax(&b)) as usize;
+    }
+    assert!(agree * 100 >= trials * 99, "argmax agreed on {agree}/{trials}");
+    assert!(max_rel < 1e-2, "largest logit error relative to the logit range: {max_rel}");
+}
+
+#[test]
+fn fixed_point_agrees_with_f32_on_masked_small_cnn() {
+    let model = Model::random(arch::small_cnn(10).unwrap(), 3, Some(0.1)).unwrap().fold_batchnorm();
+    let ring = RingModel::new(&model, FixedPoint::DEFAULT).unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(2);
+    for _ in 0..50 {
+        let x = random_input(&mut rng, 28 * 28);
+        let a = run_f32(&model, &x).unwrap();
+        let b = ring.decode_output(&ring.run(&x).unwrap());
+        for (p, q) in a.iter().zip(&b) {
+            assert!((p - q).abs() < 1e-2 * (1.0 + p.abs()), "{a:?} vs {b:?}");
+        }
+    }
+}
+
+#[test]
+fn folding_batchnorm_preserves_the_function() {
+    // Evaluate the unfolded graph by folding only as the reference... instead compare two foldings:
+    // the standard fold (into convs) and a graph whose every BN became a diagonal 1x1 conv.
+    for (name, input) in [("small-cnn", 28 * 28), ("wrn22-8", 3 * 32 * 32)] {
+        if name == "wrn22-8" && cfg!(debug_assertions) {
+            continue;
+        }
+        let m = Model::random(arch::build(name, 10).unwrap(), 5, Some(0.5)).unwrap();
+        let folded = m.fold_batchnorm();
+        assert!(folded.is_folded());
+        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        let x = random_input(&mut rng, input);
+        let reference = unfolded_reference(&m, &x);
+        let got = run_f32(&folded, &x).unwrap();
+        for (p, q) in reference.iter().zip(&got) {
+            assert!((p - q).abs() < 1e-3 * (1.0 + p.abs()), "{name}: {reference:?} vs {got:?}");
+        }
+    }
+}
+
+/// Reference: turn every BatchNorm into an explicit per-channel affine step by inserting the
+/// diagonal-conv form for *all* of them (no folding into convs), which is a different code path.
+fn unfolded_reference(m: &Model, x: &[f32]) -> Vec<f32> {
+    use pi_model::Op;
+    let mut g = m.graph.clone();
+    let mut t = m.tensors.clone();
+    for node in g.nodes.iter_mut() {
+        if let Op::Batchnorm { channels, eps } = node.op {
+            let get = |p: &str| t[&format!("{}.{p}", node.name)].clone();
+            let (gamma, beta, mean, var) = (get("weight"), get("bias"), get("running_mean"), get("running_var"));
+            let mut w = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[channels, channels, 1, 1]));
+            let mut b = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[channels]));
+            for c in 0..channels {
+                let s = gamma[c] / (var[c] + eps).sqrt();
+                w[[c, c, 0, 0]] = s;
+                b[c] = beta[c] - mean[c] * s;
+            }
+            for p in ["weight", "bias", "running_mean", "running_var"] {
+                t.remove(&format!("{}.{p}", node.name));
+            }
+            t.insert(format!("{}.weight", node.name), w);
+            t.insert(format!("{}.bias", node.name), b);
+            node.op = Op::Conv2d { in_channels: channels, out_channels: channels, kernel: 1, stride: 1, padding: 0, bias: true };
+        }
+    }
+    run_f32(&Model { graph: g, tensors: t }, x).unwrap()
+}

@@ -1,0 +1,46 @@
+//! `pi`: the one command-line entry point. Each subcommand is a thin layer over a library crate.
+
+mod eval;
+mod init;
+mod inspect;
+
+use clap::{Parser, Subcommand};
+
+/// Two-party private CNN inference with selective ReLU linearization.
+///
+/// Typical flow: `pi init` or `pi train` a network, `pi linearize` it to a ReLU budget, `pi inspect` and
+/// `pi eval` it in plaintext, then `pi serve` it and `pi infer` against it privately (or `pi demo`,
+/// which does both on one machine). Logs go to stderr; set RUST_LOG=debug for more.
+#[derive(Parser)]
+#[command(name = "pi", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a network with random weights (and optionally random ReLU masks) for tests and benchmarks.
+    Init(init::InitArgs),
+    /// Show a model file's layers, shapes, ReLUs per layer, parameters and content hash.
+    Inspect(inspect::InspectArgs),
+    /// Plaintext accuracy of a model on a dataset, with the f32 or the fixed-point engine.
+    Eval(eval::EvalArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Init(a) => init::run(&a),
+        Command::Inspect(a) => inspect::run(&a),
+        Command::Eval(a) => eval::run(&a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
