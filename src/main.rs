@@ -3,6 +3,7 @@
 mod eval;
 mod init;
 mod inspect;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -26,18 +27,29 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Plaintext accuracy of a model on a dataset, with the f32 or the fixed-point engine.
     Eval(eval::EvalArgs),
+    /// Serve a model privately over TCP (many clients at once, one session per connection).
+    Serve(serve::ServeArgs),
+    /// Classify images privately against a running `pi serve`; reports latency, bytes and accuracy.
+    Infer(serve::InferArgs),
+    /// Start a server on a free loopback port and run the client on the bundled model and images.
+    Demo(serve::DemoArgs),
 }
 
 fn main() {
+    let cli = Cli::parse();
+    // The server logs its sessions by default; other commands only warnings. RUST_LOG overrides.
+    let default = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Init(a) => init::run(&a),
         Command::Inspect(a) => inspect::run(&a),
         Command::Eval(a) => eval::run(&a),
+        Command::Serve(a) => serve::serve(&a),
+        Command::Infer(a) => serve::infer(&a),
+        Command::Demo(a) => serve::demo(&a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

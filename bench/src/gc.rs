@@ -1,0 +1,265 @@
+//! `pi bench gc`: garbled-circuit and OT throughput against the same run's raw fixed-key-AES bound,
+//! bytes per ReLU, and end-to-end ReLU layers over loopback TCP (both parties in separate tokio tasks).
+
+use pi_model::fixed::FixedPoint;
+use pi_protocol::Channel;
+use pi_protocol::gc::batch::{evaluate_batch, garble_batch};
+use pi_protocol::gc::hash::FixedKeyAes;
+use pi_protocol::gc::relu::{relu_arith_circuit, relu_circuit_with_mask};
+use pi_protocol::gc::{Delta, Label, ReluParams};
+use pi_protocol::ot::{CotReceiver, CotSender};
+use pi_protocol::relu_layer::{EvaluatorSession, GarblerSession};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+
+/// What to measure.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GcBenchOptions {
+    /// ReLUs per measurement (garbling, evaluation, OT and the end-to-end layer).
+    pub relus: usize,
+    /// Ring width.
+    pub l: u32,
+    /// Fractional bits; the ReLU drops `f` bits unless `shift` says otherwise.
+    pub f: u32,
+    /// Share bits read by the circuit.
+    pub k: u32,
+    /// Bits dropped after the ReLU (default `f`).
+    pub shift: Option<u32>,
+    /// Wall time of the raw AES loop.
+    pub aes_seconds: f64,
+}
+
+impl Default for GcBenchOptions {
+    fn default() -> Self {
+        let fp = FixedPoint::DEFAULT;
+        Self { relus: 100_000, l: fp.l, f: fp.f, k: 32, shift: None, aes_seconds: 0.5 }
+    }
+}
+
+impl GcBenchOptions {
+    pub fn params(&self) -> ReluParams {
+        ReluParams { l: self.l, k: self.k, shift: self.shift.unwrap_or(self.f) }
+    }
+}
+
+/// Results; rates are per second on all cores of the rayon pool.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GcReport {
+    pub and_per_relu: usize,
+    /// Garbled tables and output ciphertexts, measured on the wire (frame headers included).
+    pub table_bytes_per_relu: f64,
+    /// IKNP matrix, measured on the wire.
+    pub ot_bytes_per_relu: f64,
+    /// Both directions of the online phase, measured on the wire.
+    pub online_bytes_per_relu: f64,
+    pub garble_and_per_s: f64,
+    pub eval_and_per_s: f64,
+    /// Raw fixed-key-AES blocks per second divided by 4 (hashes per garbled AND).
+    pub aes_bound_garble_and_per_s: f64,
+    /// The same divided by 2 (hashes per evaluated AND).
+    pub aes_bound_eval_and_per_s: f64,
+    /// IKNP correlated OTs per second (extension only, in-memory channel).
+    pub ot_per_s: f64,
+    /// ReLUs per second over loopback TCP, session setup + offline + online.
+    pub relu_per_s_e2e: f64,
+    // Extras.
+    pub relus: usize,
+    pub l: u32,
+    pub k: u32,
+    pub shift: u32,
+    pub threads: usize,
+    /// AND gates of the all-Boolean circuit that subtracts the mask inside the circuit (for comparison).
+    pub and_per_relu_boolean_mask: usize,
+    /// Tables + OT.
+    pub offline_bytes_per_relu: f64,
+    pub aes_blocks_per_s: f64,
+    pub garble_relu_per_s: f64,
+    pub eval_relu_per_s: f64,
+    /// Base OTs, once per session (both directions).
+    pub e2e_setup_bytes: u64,
+    pub e2e_setup_s: f64,
+    pub e2e_offline_s: f64,
+    pub e2e_online_s: f64,
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64().max(1e-9)
+}
+
+/// Raw AES blocks per second on all rayon threads.
+fn aes_blocks_per_s(seconds: f64) -> f64 {
+    let threads = rayon::current_num_threads();
+    let start = Instant::now();
+    let total: u64 = (0..threads)
+        .into_par_iter()
+        .map(|t| {
+            let aes = FixedKeyAes::get();
+            let mut buf: Vec<u128> = (0..1024u128).map(|i| i ^ ((t as u128) << 64)).collect();
+            let mut blocks = 0u64;
+            let t0 = Instant::now();
+            while t0.elapsed().as_secs_f64() < seconds {
+                for _ in 0..64 {
+                    aes.permute_in_place(&mut buf);
+                }
+                blocks += 64 * buf.len() as u64;
+            }
+            std::hint::black_box(&buf);
+            blocks
+        })
+        .sum();
+    total as f64 / secs(start.elapsed())
+}
+
+/// Runs every measurement once.
+pub async fn run(opts: &GcBenchOptions) -> anyhow::Result<GcReport> {
+    let p = opts.params();
+    p.validate().map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(opts.relus > 0, "need at least one ReLU");
+    let n = opts.relus;
+    let k = p.k as usize;
+    let ac = relu_arith_circuit(&p);
+    let n_and = ac.circuit.n_and();
+
+    // Raw AES bound and garbling/evaluation throughput (CPU-bound: off the async runtime).
+    let aes_seconds = opts.aes_seconds;
+    let ac2 = ac.clone();
+    let (aes_rate, garble_s, eval_s) = tokio::task::spawn_blocking(move || {
+        let aes_rate = aes_blocks_per_s(aes_seconds);
+        let mut rng = rand::rng();
+        let delta = Delta::random(&mut rng);
+        let gz: Vec<Label> = (0..n * k).map(|_| Label(rng.random())).collect();
+        let ez: Vec<Label> = (0..n * k).map(|_| Label(rng.random())).collect();
+        let mut records = vec![0u8; n * ac2.record_bytes()];
+        let mut r = vec![0u64; n];
+        let t = Instant::now();
+        garble_batch(&ac2, &delta, 0, &gz, &ez, &mut records, &mut r);
+        let garble_s = secs(t.elapsed());
+        let mut v = vec![0u64; n];
+        let t = Instant::now();
+        evaluate_batch(&ac2, 0, &gz, &ez, &records, &mut v);
+        let eval_s = secs(t.elapsed());
+        // All-zero inputs: y = 0, so z = 0 and V must equal R.
+        anyhow::ensure!(v == r, "benchmark self-check failed: evaluation disagrees with garbling");
+        Ok((aes_rate, garble_s, eval_s))
+    })
+    .await??;
+
+    // OT extension throughput over an in-memory channel.
+    let m = n * k;
+    let (mut a, mut b) = Channel::memory_pair();
+    let sender = tokio::spawn(async move {
+        let mut rng = StdRng::from_os_rng();
+        let mut s = CotSender::setup(&mut a, &mut rng).await?;
+        let t = Instant::now();
+        s.extend(&mut a, m).await?;
+        anyhow::Ok(t.elapsed())
+    });
+    let mut choices = vec![false; m];
+    rand::rng().fill(&mut choices[..]);
+    let mut rcv = CotReceiver::setup(&mut b, &mut StdRng::from_os_rng()).await?;
+    let t = Instant::now();
+    rcv.extend(&mut b, &choices).await?;
+    let ot_time = t.elapsed().max(sender.await??);
+
+    // End to end over loopback TCP.
+    let e2e = e2e(p, n).await?;
+
+    let nf = n as f64;
+    let table_bytes = e2e.offline_s2c as f64 / nf;
+    let ot_bytes = e2e.offline_c2s as f64 / nf;
+    Ok(GcReport {
+        and_per_relu: n_and,
+        table_bytes_per_relu: table_bytes,
+        ot_bytes_per_relu: ot_bytes,
+        online_bytes_per_relu: e2e.online_bytes as f64 / nf,
+        garble_and_per_s: (n * n_and) as f64 / garble_s,
+        eval_and_per_s: (n * n_and) as f64 / eval_s,
+        aes_bound_garble_and_per_s: aes_rate / 4.0,
+        aes_bound_eval_and_per_s: aes_rate / 2.0,
+        ot_per_s: m as f64 / secs(ot_time),
+        relu_per_s_e2e: nf / (e2e.setup_s + e2e.offline_s + e2e.online_s),
+        relus: n,
+        l: p.l,
+        k: p.k,
+        shift: p.shift,
+        threads: rayon::current_num_threads(),
+        and_per_relu_boolean_mask: relu_circuit_with_mask(&p).n_and(),
+        offline_bytes_per_relu: table_bytes + ot_bytes,
+        aes_blocks_per_s: aes_rate,
+        garble_relu_per_s: nf / garble_s,
+        eval_relu_per_s: nf / eval_s,
+        e2e_setup_bytes: e2e.setup_bytes,
+        e2e_setup_s: e2e.setup_s,
+        e2e_offline_s: e2e.offline_s,
+        e2e_online_s: e2e.online_s,
+    })
+}
+
+struct E2e {
+    setup_bytes: u64,
+    offline_s2c: u64,
+    offline_c2s: u64,
+    online_bytes: u64,
+    setup_s: f64,
+    offline_s: f64,
+    online_s: f64,
+}
+
+/// One ReLU layer of `n` through `relu_layer` over loopback TCP, checked against plaintext.
+async fn e2e(p: ReluParams, n: usize) -> anyhow::Result<E2e> {
+    let fp = FixedPoint { l: p.l, f: p.shift };
+    let mut rng = StdRng::from_os_rng();
+    let ys: Vec<i64> = (0..n).map(|_| rng.random::<i64>() >> (64 - p.k)).collect();
+    let a: Vec<u64> = (0..n).map(|_| rng.random::<u64>() & p.mask()).collect();
+    let b: Vec<u64> = ys.iter().zip(&a).map(|(&y, &a)| fp.from_i64(y).wrapping_sub(a) & p.mask()).collect();
+    let r: Vec<u64> = (0..n).map(|_| rng.random::<u64>() & p.mask()).collect();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let a2 = a.clone();
+    let start = Instant::now();
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        let mut ch = Channel::new(stream);
+        let mut s = GarblerSession::setup(&mut ch).await?;
+        let c0 = ch.counters();
+        let off = s.offline(&mut ch, p, n).await?;
+        let c1 = ch.counters();
+        let out = off.online(&mut ch, &a2).await?;
+        let c2 = ch.counters();
+        anyhow::Ok((out, c0, c1, c2))
+    });
+    let client = tokio::spawn(async move {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let mut ch = Channel::new(stream);
+        let mut c = EvaluatorSession::setup(&mut ch).await?;
+        let t_setup = Instant::now();
+        let off = c.offline(&mut ch, p, &b, &r).await?;
+        let t_off = Instant::now();
+        let share = off.online(&mut ch).await?;
+        anyhow::Ok((share, t_setup, t_off, b, r))
+    });
+    let (out, c0, c1, c2) = server.await??;
+    let end = Instant::now();
+    let (share, t_setup, t_off, b, r) = client.await??;
+    anyhow::ensure!(share == r, "client share must be its mask");
+    for i in 0..n {
+        let want = fp.truncate(fp.relu(a[i].wrapping_add(b[i]) & p.mask()), p.shift).wrapping_sub(r[i]) & p.mask();
+        anyhow::ensure!(out[i] == want, "ReLU {i}: got {:#x}, want {want:#x}", out[i]);
+    }
+    let off = c1.since(c0);
+    Ok(E2e {
+        setup_bytes: c0.total(),
+        offline_s2c: off.sent,
+        offline_c2s: off.received,
+        online_bytes: c2.since(c1).total(),
+        setup_s: secs(t_setup - start),
+        offline_s: secs(t_off - t_setup),
+        online_s: secs(end - t_off),
+    })
+}

@@ -1,0 +1,274 @@
+//! The garbler's interpreter: half-gates garbling of up to [`LANES`] instances of one circuit in lock
+//! step (so the 4 hashes of an AND gate in each of 8 instances go to AES as one batch of 32 blocks).
+//!
+//! Per AND gate `g` of instance `id`, with zero-labels `A0`, `B0`, permute bits `pa`, `pb`, tweaks
+//! `t0 = (id, 2g)` and `t1 = (id, 2g+1)`:
+//! `TG = H(A0,t0) ⊕ H(A1,t0) ⊕ pb·Δ`, `TE = H(B0,t1) ⊕ H(B1,t1) ⊕ A0`,
+//! `W0 = H(A0,t0) ⊕ pa·TG ⊕ H(B0,t1) ⊕ pb·(TE ⊕ A0)`. The table is `TG ‖ TE` (32 bytes).
+
+use super::hash::{FixedKeyAes, tweak};
+use super::word::{Native, Word};
+use super::{Bit, Circuit, Delta, Gate, LANES, Label};
+
+/// Bytes of one AND gate's table.
+pub const AND_TABLE_BYTES: usize = 32;
+
+/// Garbles `ids.len()` (1..=LANES) instances of `circuit`.
+///
+/// Inputs are zero-labels, instance-major (`gin[lane * n_garbler_inputs + i]`, likewise `ein`); `tables`
+/// receives `32 * n_and` bytes per instance, instance-major; `out` receives the output zero-labels
+/// (`out[lane * n_outputs + o]`). Instance `lane`'s tables start at byte `lane * stride` of `tables`
+/// (`stride >= 32 * n_and`, so callers can interleave other per-instance data). Every output must be a
+/// wire (constant outputs are not garbled).
+#[allow(clippy::too_many_arguments)]
+pub fn garble_lanes(
+    circuit: &Circuit,
+    delta: &Delta,
+    ids: &[u64],
+    gin: &[Label],
+    ein: &[Label],
+    tables: &mut [u8],
+    stride: usize,
+    out: &mut [Label],
+) {
+    let lanes = ids.len();
+    let rec = AND_TABLE_BYTES * circuit.n_and();
+    assert!((1..=LANES).contains(&lanes), "1..=LANES instances per call");
+    assert_eq!(gin.len(), lanes * circuit.n_garbler_inputs);
+    assert_eq!(ein.len(), lanes * circuit.n_evaluator_inputs);
+    assert!(stride >= rec && tables.len() >= (lanes - 1) * stride + rec);
+    assert_eq!(out.len(), lanes * circuit.outputs.len());
+    garble_lanes_with::<Native>(circuit, delta, ids, gin, ein, tables, stride, out)
+}
+
+/// [`garble_lanes`] computing with word type `W` (checked arguments).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn garble_lanes_with<W: Word>(
+    circuit: &Circuit,
+    delta: &Delta,
+    ids: &[u64],
+    gin: &[Label],
+    ein: &[Label],
+    tables: &mut [u8],
+    stride: usize,
+    out: &mut [Label],
+) {
+    // Monomorphised per lane count so that the lane loops have constant trip counts.
+    match ids.len() {
+        8 => garble_impl::<W, 8>(circuit, delta, ids, gin, ein, tables, stride, out),
+        7 => garble_impl::<W, 7>(circuit, delta, ids, gin, ein, tables, stride, out),
+        6 => garble_impl::<W, 6>(circuit, delta, ids, gin, ein, tables, stride, out),
+        5 => garble_impl::<W, 5>(circuit, delta, ids, gin, ein, tables, stride, out),
+        4 => garble_impl::<W, 4>(circuit, delta, ids, gin, ein, tables, stride, out),
+        3 => garble_impl::<W, 3>(circuit, delta, ids, gin, ein, tables, stride, out),
+        2 => garble_impl::<W, 2>(circuit, delta, ids, gin, ein, tables, stride, out),
+        _ => garble_impl::<W, 1>(circuit, delta, ids, gin, ein, tables, stride, out),
+    }
+}
+
+/// Labels of one wire in all `L` lanes.
+#[inline(always)]
+pub(crate) fn lanes_of<W: Word, const L: usize>(w: &[W], wire: u32) -> &[W; L] {
+    let i = wire as usize * L;
+    w[i..i + L].try_into().expect("L labels")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn garble_impl<W: Word, const L: usize>(
+    circuit: &Circuit,
+    delta: &Delta,
+    ids: &[u64],
+    gin: &[Label],
+    ein: &[Label],
+    tables: &mut [u8],
+    stride: usize,
+    out: &mut [Label],
+) {
+    let (ng, ne, nin) = (circuit.n_garbler_inputs, circuit.n_evaluator_inputs, circuit.n_inputs());
+    let nout = circuit.outputs.len();
+    let d = W::from_u128(delta.as_u128());
+    let sd = d.sigma();
+    let aes = FixedKeyAes::get();
+    let mut w = vec![W::zero(); circuit.n_wires() * L];
+    for j in 0..L {
+        for i in 0..ng {
+            w[i * L + j] = W::from_u128(gin[j * ng + i].0);
+        }
+        for i in 0..ne {
+            w[(ng + i) * L + j] = W::from_u128(ein[j * ne + i].0);
+        }
+    }
+    let base: [W; L] = std::array::from_fn(|j| W::from_u128(tweak(ids[j], 0)));
+    let mut buf = [[W::zero(); 4]; L];
+    let mut and_idx = 0usize;
+    for (g, gate) in circuit.gates.iter().enumerate() {
+        // Gates only read earlier wires, so the output slot is split off from its inputs.
+        let (src, dst) = w.split_at_mut((nin + g) * L);
+        let dst = &mut dst[..L];
+        match *gate {
+            Gate::Xor(a, b) => {
+                let (sa, sb) = (lanes_of::<W, L>(src, a), lanes_of::<W, L>(src, b));
+                for ((o, &x), &y) in dst.iter_mut().zip(sa).zip(sb) {
+                    *o = x.xor(y);
+                }
+            }
+            Gate::Not(a) => {
+                for (o, &x) in dst.iter_mut().zip(lanes_of::<W, L>(src, a)) {
+                    *o = x.xor(d);
+                }
+            }
+            Gate::And(a, b) => {
+                let (sa, sb) = (lanes_of::<W, L>(src, a), lanes_of::<W, L>(src, b));
+                let t0 = W::from_u128(2 * and_idx as u128);
+                let t1 = W::from_u128(2 * and_idx as u128 + 1);
+                for j in 0..L {
+                    let ha = sa[j].sigma().xor(base[j]).xor(t0);
+                    let hb = sb[j].sigma().xor(base[j]).xor(t1);
+                    buf[j] = [ha, ha.xor(sd), hb, hb.xor(sd)];
+                }
+                aes.mmo_words(buf.as_flattened_mut());
+                for j in 0..L {
+                    let (a0, b0) = (sa[j], sb[j]);
+                    let [h0, h1, h2, h3] = buf[j];
+                    let (ma, mb) = (a0.lsb_mask(), b0.lsb_mask());
+                    let tg = h0.xor(h1).xor(mb.and(d));
+                    let te = h2.xor(h3).xor(a0);
+                    let wg = h0.xor(ma.and(tg));
+                    let we = h2.xor(mb.and(te.xor(a0)));
+                    dst[j] = wg.xor(we);
+                    let off = j * stride + AND_TABLE_BYTES * and_idx;
+                    let table: &mut [u8; 32] = (&mut tables[off..off + 32]).try_into().expect("32 bytes");
+                    tg.write_to(&mut table[..16]);
+                    te.write_to(&mut table[16..]);
+                }
+                and_idx += 1;
+            }
+        }
+    }
+    for (oi, o) in circuit.outputs.iter().enumerate() {
+        let Bit::Wire(x) = *o else { panic!("constant circuit outputs are not garbled") };
+        for j in 0..L {
+            out[j * nout + oi] = Label(w[x as usize * L + j].to_u128());
+        }
+    }
+}
+
+/// Garbles one instance: returns its tables and output zero-labels.
+pub fn garble(circuit: &Circuit, delta: &Delta, id: u64, gin: &[Label], ein: &[Label]) -> (Vec<u8>, Vec<Label>) {
+    let mut tables = vec![0u8; AND_TABLE_BYTES * circuit.n_and()];
+    let mut out = vec![Label::default(); circuit.outputs.len()];
+    let stride = tables.len();
+    garble_lanes(circuit, delta, &[id], gin, ein, &mut tables, stride, &mut out);
+    (tables, out)
+}
+
+/// Output decoding information: the permute bit of each output zero-label.
+pub fn decoding_bits(out_zero: &[Label]) -> Vec<bool> {
+    out_zero.iter().map(|l| l.lsb()).collect()
+}
+
+/// The label that encodes `bit` on a wire whose zero-label is `zero`.
+#[inline]
+pub fn encode(zero: Label, bit: bool, delta: &Delta) -> Label {
+    if bit { zero ^ delta.as_label() } else { zero }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gc::circuit::{CircuitBuilder, from_bits, to_bits};
+    use crate::gc::evaluate::{decode, evaluate};
+    use crate::gc::relu::{ReluParams, relu_circuit_with_mask};
+    use proptest::prelude::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Garbles `c`, evaluates it on the given bits and decodes by point-and-permute.
+    fn run(c: &Circuit, g: &[bool], e: &[bool], seed: u64) -> Vec<bool> {
+        let mut rng = rand_chacha::ChaCha12Rng::seed_from_u64(seed);
+        let delta = Delta::random(&mut rng);
+        let gz: Vec<Label> = (0..g.len()).map(|_| Label(rng.random())).collect();
+        let ez: Vec<Label> = (0..e.len()).map(|_| Label(rng.random())).collect();
+        let (tables, out_zero) = garble(c, &delta, seed, &gz, &ez);
+        let ga: Vec<Label> = gz.iter().zip(g).map(|(&z, &b)| encode(z, b, &delta)).collect();
+        let ea: Vec<Label> = ez.iter().zip(e).map(|(&z, &b)| encode(z, b, &delta)).collect();
+        let out = evaluate(c, seed, &ga, &ea, &tables);
+        // Every output label is one of the wire's two labels.
+        for (o, z) in out.iter().zip(&out_zero) {
+            assert!(*o == *z || *o == *z ^ delta.as_label());
+        }
+        decode(&out, &decoding_bits(&out_zero))
+    }
+
+    fn mixed_circuit(n: usize) -> Circuit {
+        let mut b = CircuitBuilder::new();
+        let x = b.garbler_inputs(n);
+        let y = b.evaluator_inputs(n);
+        let s = b.add(&x, &y);
+        let d = b.sub(&x, &y);
+        let lt = b.lt_unsigned(&x, &y);
+        let m = b.mux(lt, &s, &d);
+        let mut out = m;
+        out.push(lt);
+        let o = b.or(x[0], y[n - 1]);
+        out.push(o);
+        b.finish(out)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn garbled_equals_plaintext(n in 1usize..=64, x in any::<u64>(), y in any::<u64>(), seed in any::<u64>()) {
+            let c = mixed_circuit(n);
+            let (g, e) = (to_bits(x, n), to_bits(y, n));
+            prop_assert_eq!(run(&c, &g, &e, seed), c.eval_plain(&g, &e));
+        }
+
+        #[test]
+        fn boolean_relu_with_mask_garbled_equals_plaintext(a in any::<u64>(), b in any::<u64>(), r in any::<u64>(), seed in any::<u64>()) {
+            let p = ReluParams { l: 59, k: 32, shift: 12 };
+            let c = relu_circuit_with_mask(&p);
+            let g = to_bits(a, 32);
+            let mut e = to_bits(b, 32);
+            e.extend(to_bits(r, 59));
+            let got = run(&c, &g, &e, seed);
+            prop_assert_eq!(from_bits(&got), from_bits(&c.eval_plain(&g, &e)));
+        }
+    }
+
+    #[test]
+    fn wrong_delta_or_wrong_label_gives_wrong_result() {
+        let p = ReluParams { l: 59, k: 32, shift: 0 };
+        let c = relu_circuit_with_mask(&p);
+        let mut rng = rand_chacha::ChaCha12Rng::seed_from_u64(3);
+        let delta = Delta::random(&mut rng);
+        let gz: Vec<Label> = (0..c.n_garbler_inputs).map(|_| Label(rng.random())).collect();
+        let ez: Vec<Label> = (0..c.n_evaluator_inputs).map(|_| Label(rng.random())).collect();
+        let (tables, out_zero) = garble(&c, &delta, 1, &gz, &ez);
+        let dec = decoding_bits(&out_zero);
+        let (a, b, r) = (1000u64, 2345u64, 777u64);
+        let g = to_bits(a, 32);
+        let mut e = to_bits(b, 32);
+        e.extend(to_bits(r, 59));
+        let expect = from_bits(&c.eval_plain(&g, &e));
+        let enc = |d: &Delta, gz: &[Label], ez: &[Label]| {
+            let ga: Vec<Label> = gz.iter().zip(&g).map(|(&z, &x)| encode(z, x, d)).collect();
+            let ea: Vec<Label> = ez.iter().zip(&e).map(|(&z, &x)| encode(z, x, d)).collect();
+            (ga, ea)
+        };
+        let (ga, ea) = enc(&delta, &gz, &ez);
+        assert_eq!(from_bits(&decode(&evaluate(&c, 1, &ga, &ea, &tables), &dec)), expect);
+        // Inputs encoded with a flipped delta bit.
+        let bad = Delta::new(delta.as_u128() ^ (1 << 77)).unwrap();
+        let (ga2, ea2) = enc(&bad, &gz, &ez);
+        let out = evaluate(&c, 1, &ga2, &ea2, &tables);
+        assert_ne!(from_bits(&decode(&out, &dec)), expect);
+        // One wrong input label (low bit of the server share) corrupts the outputs.
+        let mut ga3 = ga.clone();
+        ga3[0] = Label(ga3[0].0 ^ (1 << 40));
+        let out = evaluate(&c, 1, &ga3, &ea, &tables);
+        assert!(out.iter().zip(&out_zero).any(|(o, z)| *o != *z && *o != *z ^ delta.as_label()));
+        assert_ne!(from_bits(&decode(&out, &dec)), expect);
+        // Evaluating under another circuit id (tweak) fails as well.
+        assert_ne!(from_bits(&decode(&evaluate(&c, 2, &ga, &ea, &tables), &dec)), expect);
+    }
+}

@@ -1,0 +1,55 @@
+//! Whole-network private inference over an in-memory channel against the fixed-point engine.
+
+use super::client::ClientSession;
+use super::server::{ServedModel, ServerSession};
+use crate::channel::Channel;
+use crate::public::{PublicModel, calibrate_relu_bits};
+use pi_model::engine::{RingModel, argmax};
+use pi_model::{FixedPoint, Model, arch};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use std::sync::Arc;
+
+fn served(arch_name: &str, keep: f64, calibrate: bool) -> (Arc<ServedModel>, Vec<Vec<f32>>) {
+    let model = Model::random(arch::build(arch_name, 10).unwrap(), 11, Some(keep)).unwrap().fold_batchnorm();
+    let ring = RingModel::new(&model, FixedPoint::DEFAULT).unwrap();
+    let n: usize = model.graph.input_shape.iter().product();
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let inputs: Vec<Vec<f32>> = (0..3).map(|_| (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect()).collect();
+    let bits = calibrate.then(|| calibrate_relu_bits(&ring, &inputs, 3));
+    let public = PublicModel::new(&ring.model, "test-hash".into(), ring.fp, bits).unwrap();
+    (Arc::new(ServedModel { ring, public }), inputs)
+}
+
+async fn run_pair(model: Arc<ServedModel>, inputs: Vec<Vec<f32>>) -> Vec<super::client::InferenceResult> {
+    let (mut cs, mut ss) = Channel::memory_pair();
+    let m = model.clone();
+    let server = tokio::spawn(async move {
+        let mut s = ServerSession::handshake(&mut ss, m).await.unwrap();
+        while s.next_request(&mut ss).await.unwrap().is_some() {
+            s.serve_inference(&mut ss).await.unwrap();
+        }
+    });
+    let mut c = ClientSession::handshake(&mut cs, Some("test-hash")).await.unwrap();
+    let mut out = vec![];
+    for x in &inputs {
+        out.push(c.infer(&mut cs, x).await.unwrap());
+    }
+    c.close(&mut cs).await.unwrap();
+    server.await.unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_cnn_logits_match_the_fixed_point_engine() {
+    let (model, inputs) = served("small-cnn", 0.1, true);
+    let results = run_pair(model.clone(), inputs.clone()).await;
+    for (x, r) in inputs.iter().zip(&results) {
+        let want = model.ring.decode_output(&model.ring.run(x).unwrap());
+        assert_eq!(argmax(&want), argmax(&r.logits));
+        for (p, q) in want.iter().zip(&r.logits) {
+            assert!((p - q).abs() < 1e-2, "PI {:?} vs fixed point {want:?}", r.logits);
+        }
+        assert_eq!(r.relus, model.public.kept_relus());
+    }
+}
