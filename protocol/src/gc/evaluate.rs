@@ -26,11 +26,14 @@ pub fn evaluate_lanes(
     assert_eq!(ein.len(), lanes * circuit.n_evaluator_inputs);
     assert!(stride >= rec && tables.len() >= (lanes - 1) * stride + rec);
     assert_eq!(out.len(), lanes * circuit.outputs.len());
-    evaluate_lanes_with::<Native>(circuit, ids, gin, ein, tables, stride, out)
+    thread_local!(static SCRATCH: std::cell::RefCell<Vec<Native>> = const { std::cell::RefCell::new(Vec::new()) });
+    SCRATCH.with_borrow_mut(|w| evaluate_lanes_with::<Native>(w, circuit, ids, gin, ein, tables, stride, out))
 }
 
 /// [`evaluate_lanes`] computing with word type `W` (checked arguments).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn evaluate_lanes_with<W: Word>(
+    w: &mut Vec<W>,
     circuit: &Circuit,
     ids: &[u64],
     gin: &[Label],
@@ -40,18 +43,19 @@ pub(crate) fn evaluate_lanes_with<W: Word>(
     out: &mut [Label],
 ) {
     match ids.len() {
-        8 => evaluate_impl::<W, 8>(circuit, ids, gin, ein, tables, stride, out),
-        7 => evaluate_impl::<W, 7>(circuit, ids, gin, ein, tables, stride, out),
-        6 => evaluate_impl::<W, 6>(circuit, ids, gin, ein, tables, stride, out),
-        5 => evaluate_impl::<W, 5>(circuit, ids, gin, ein, tables, stride, out),
-        4 => evaluate_impl::<W, 4>(circuit, ids, gin, ein, tables, stride, out),
-        3 => evaluate_impl::<W, 3>(circuit, ids, gin, ein, tables, stride, out),
-        2 => evaluate_impl::<W, 2>(circuit, ids, gin, ein, tables, stride, out),
-        _ => evaluate_impl::<W, 1>(circuit, ids, gin, ein, tables, stride, out),
+        8 => evaluate_impl::<W, 8>(w, circuit, ids, gin, ein, tables, stride, out),
+        7 => evaluate_impl::<W, 7>(w, circuit, ids, gin, ein, tables, stride, out),
+        6 => evaluate_impl::<W, 6>(w, circuit, ids, gin, ein, tables, stride, out),
+        5 => evaluate_impl::<W, 5>(w, circuit, ids, gin, ein, tables, stride, out),
+        4 => evaluate_impl::<W, 4>(w, circuit, ids, gin, ein, tables, stride, out),
+        3 => evaluate_impl::<W, 3>(w, circuit, ids, gin, ein, tables, stride, out),
+        2 => evaluate_impl::<W, 2>(w, circuit, ids, gin, ein, tables, stride, out),
+        _ => evaluate_impl::<W, 1>(w, circuit, ids, gin, ein, tables, stride, out),
     }
 }
 
 fn evaluate_impl<W: Word, const L: usize>(
+    w: &mut Vec<W>,
     circuit: &Circuit,
     ids: &[u64],
     gin: &[Label],
@@ -63,7 +67,8 @@ fn evaluate_impl<W: Word, const L: usize>(
     let (ng, ne, nin) = (circuit.n_garbler_inputs, circuit.n_evaluator_inputs, circuit.n_inputs());
     let nout = circuit.outputs.len();
     let aes = FixedKeyAes::get();
-    let mut w = vec![W::zero(); circuit.n_wires() * L];
+    w.clear();
+    w.resize(circuit.n_wires() * L, W::zero());
     for j in 0..L {
         for i in 0..ng {
             w[i * L + j] = W::from_u128(gin[j * ng + i].0);
@@ -73,7 +78,8 @@ fn evaluate_impl<W: Word, const L: usize>(
         }
     }
     let base: [W; L] = std::array::from_fn(|j| W::from_u128(tweak(ids[j], 0)));
-    let mut buf = [[W::zero(); 2]; L];
+    let mut ys = [[W::zero(); 2]; L];
+    let mut enc = [[W::zero(); 2]; L];
     let mut and_idx = 0usize;
     for (g, gate) in circuit.gates.iter().enumerate() {
         let (src, dst) = w.split_at_mut((nin + g) * L);
@@ -91,16 +97,18 @@ fn evaluate_impl<W: Word, const L: usize>(
                 let t0 = W::from_u128(2 * and_idx as u128);
                 let t1 = W::from_u128(2 * and_idx as u128 + 1);
                 for j in 0..L {
-                    buf[j] = [sa[j].sigma().xor(base[j]).xor(t0), sb[j].sigma().xor(base[j]).xor(t1)];
+                    ys[j] = [sa[j].sigma().xor(base[j]).xor(t0), sb[j].sigma().xor(base[j]).xor(t1)];
+                    enc[j] = ys[j];
                 }
-                aes.mmo_words(buf.as_flattened_mut());
+                aes.permute_words(enc.as_flattened_mut());
                 for j in 0..L {
                     let (la, lb) = (sa[j], sb[j]);
                     let off = j * stride + AND_TABLE_BYTES * and_idx;
                     let table: &[u8; 32] = tables[off..off + 32].try_into().expect("32 bytes");
                     let tg = W::read_from(&table[..16]);
                     let te = W::read_from(&table[16..]);
-                    dst[j] = buf[j][0].xor(la.lsb_mask().and(tg)).xor(buf[j][1]).xor(lb.lsb_mask().and(te.xor(la)));
+                    let (ha, hb) = (enc[j][0].xor(ys[j][0]), enc[j][1].xor(ys[j][1]));
+                    dst[j] = ha.xor(la.lsb_mask().and(tg)).xor(hb).xor(lb.lsb_mask().and(te.xor(la)));
                 }
                 and_idx += 1;
             }

@@ -38,12 +38,16 @@ pub fn garble_lanes(
     assert_eq!(ein.len(), lanes * circuit.n_evaluator_inputs);
     assert!(stride >= rec && tables.len() >= (lanes - 1) * stride + rec);
     assert_eq!(out.len(), lanes * circuit.outputs.len());
-    garble_lanes_with::<Native>(circuit, delta, ids, gin, ein, tables, stride, out)
+    // Per-thread scratch for the wire labels: allocating it per call made the allocator return and
+    // re-fault pages on every group.
+    thread_local!(static SCRATCH: std::cell::RefCell<Vec<Native>> = const { std::cell::RefCell::new(Vec::new()) });
+    SCRATCH.with_borrow_mut(|w| garble_lanes_with::<Native>(w, circuit, delta, ids, gin, ein, tables, stride, out))
 }
 
 /// [`garble_lanes`] computing with word type `W` (checked arguments).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn garble_lanes_with<W: Word>(
+    w: &mut Vec<W>,
     circuit: &Circuit,
     delta: &Delta,
     ids: &[u64],
@@ -55,14 +59,14 @@ pub(crate) fn garble_lanes_with<W: Word>(
 ) {
     // Monomorphised per lane count so that the lane loops have constant trip counts.
     match ids.len() {
-        8 => garble_impl::<W, 8>(circuit, delta, ids, gin, ein, tables, stride, out),
-        7 => garble_impl::<W, 7>(circuit, delta, ids, gin, ein, tables, stride, out),
-        6 => garble_impl::<W, 6>(circuit, delta, ids, gin, ein, tables, stride, out),
-        5 => garble_impl::<W, 5>(circuit, delta, ids, gin, ein, tables, stride, out),
-        4 => garble_impl::<W, 4>(circuit, delta, ids, gin, ein, tables, stride, out),
-        3 => garble_impl::<W, 3>(circuit, delta, ids, gin, ein, tables, stride, out),
-        2 => garble_impl::<W, 2>(circuit, delta, ids, gin, ein, tables, stride, out),
-        _ => garble_impl::<W, 1>(circuit, delta, ids, gin, ein, tables, stride, out),
+        8 => garble_impl::<W, 8>(w, circuit, delta, ids, gin, ein, tables, stride, out),
+        7 => garble_impl::<W, 7>(w, circuit, delta, ids, gin, ein, tables, stride, out),
+        6 => garble_impl::<W, 6>(w, circuit, delta, ids, gin, ein, tables, stride, out),
+        5 => garble_impl::<W, 5>(w, circuit, delta, ids, gin, ein, tables, stride, out),
+        4 => garble_impl::<W, 4>(w, circuit, delta, ids, gin, ein, tables, stride, out),
+        3 => garble_impl::<W, 3>(w, circuit, delta, ids, gin, ein, tables, stride, out),
+        2 => garble_impl::<W, 2>(w, circuit, delta, ids, gin, ein, tables, stride, out),
+        _ => garble_impl::<W, 1>(w, circuit, delta, ids, gin, ein, tables, stride, out),
     }
 }
 
@@ -75,6 +79,7 @@ pub(crate) fn lanes_of<W: Word, const L: usize>(w: &[W], wire: u32) -> &[W; L] {
 
 #[allow(clippy::too_many_arguments)]
 fn garble_impl<W: Word, const L: usize>(
+    w: &mut Vec<W>,
     circuit: &Circuit,
     delta: &Delta,
     ids: &[u64],
@@ -89,7 +94,8 @@ fn garble_impl<W: Word, const L: usize>(
     let d = W::from_u128(delta.as_u128());
     let sd = d.sigma();
     let aes = FixedKeyAes::get();
-    let mut w = vec![W::zero(); circuit.n_wires() * L];
+    w.clear();
+    w.resize(circuit.n_wires() * L, W::zero());
     for j in 0..L {
         for i in 0..ng {
             w[i * L + j] = W::from_u128(gin[j * ng + i].0);
@@ -99,7 +105,8 @@ fn garble_impl<W: Word, const L: usize>(
         }
     }
     let base: [W; L] = std::array::from_fn(|j| W::from_u128(tweak(ids[j], 0)));
-    let mut buf = [[W::zero(); 4]; L];
+    let mut ys = [[W::zero(); 4]; L];
+    let mut enc = [[W::zero(); 4]; L];
     let mut and_idx = 0usize;
     for (g, gate) in circuit.gates.iter().enumerate() {
         // Gates only read earlier wires, so the output slot is split off from its inputs.
@@ -124,12 +131,13 @@ fn garble_impl<W: Word, const L: usize>(
                 for j in 0..L {
                     let ha = sa[j].sigma().xor(base[j]).xor(t0);
                     let hb = sb[j].sigma().xor(base[j]).xor(t1);
-                    buf[j] = [ha, ha.xor(sd), hb, hb.xor(sd)];
+                    ys[j] = [ha, ha.xor(sd), hb, hb.xor(sd)];
+                    enc[j] = ys[j];
                 }
-                aes.mmo_words(buf.as_flattened_mut());
+                aes.permute_words(enc.as_flattened_mut());
                 for j in 0..L {
                     let (a0, b0) = (sa[j], sb[j]);
-                    let [h0, h1, h2, h3] = buf[j];
+                    let [h0, h1, h2, h3] = std::array::from_fn::<W, 4, _>(|i| enc[j][i].xor(ys[j][i]));
                     let (ma, mb) = (a0.lsb_mask(), b0.lsb_mask());
                     let tg = h0.xor(h1).xor(mb.and(d));
                     let te = h2.xor(h3).xor(a0);

@@ -8,6 +8,9 @@ use aes::cipher::{BlockEncrypt, KeyInit};
 use super::word::Word;
 use std::sync::OnceLock;
 
+#[cfg(target_endian = "big")]
+compile_error!("the garbling hash reads labels in their in-memory little-endian form");
+
 /// The public AES key of the fixed-key permutation (any fixed value works; this one is "nothing up my sleeve").
 const FIXED_KEY: [u8; 16] = *b"pi-protocol:gc:1";
 
@@ -55,21 +58,14 @@ impl FixedKeyAes {
         }
     }
 
-    /// [`FixedKeyAes::mmo_in_place`] on any [`Word`] type (the garbling loops use SIMD words).
+    /// Raw `π` on [`Word`]s in place, without copies: the hot loops keep the hash inputs `y` themselves
+    /// and finish `H = π(y) ⊕ y` (a `memcpy` of the batch stalled store forwarding into AES).
     #[inline]
-    pub fn mmo_words<W: Word>(&self, ys: &mut [W]) {
-        let mut blocks = [aes::Block::default(); BATCH];
-        for chunk in ys.chunks_mut(BATCH) {
-            let blocks = &mut blocks[..chunk.len()];
-            for (b, y) in blocks.iter_mut().zip(chunk.iter()) {
-                *b = aes::Block::from(y.to_bytes());
-            }
-            self.cipher.encrypt_blocks(blocks);
-            for (b, y) in blocks.iter().zip(chunk.iter_mut()) {
-                let out: [u8; 16] = (*b).into();
-                *y = y.xor(W::from_bytes(&out));
-            }
-        }
+    pub fn permute_words<W: Word>(&self, xs: &mut [W]) {
+        // SAFETY: `W` is 16 bytes of plain data whose memory is its little-endian encoding (the `Word`
+        // contract; little-endian target), and `aes::Block` is `[u8; 16]` with alignment 1.
+        let blocks = unsafe { std::slice::from_raw_parts_mut(xs.as_mut_ptr() as *mut aes::Block, xs.len()) };
+        self.cipher.encrypt_blocks(blocks);
     }
 
     /// `H(x, t)` for one input (slow path for tests and odd cases).

@@ -4,7 +4,11 @@
 //! elsewhere, and in tests on every target, it is a plain `u128`. Both give identical results.
 
 /// Operations the garbler and evaluator need on a label-sized word.
-pub trait Word: Copy + Send + Sync + 'static {
+///
+/// # Safety
+/// Implementors are exactly 16 bytes of plain data whose memory is the little-endian encoding of the
+/// word (the AES hash encrypts words in place).
+pub unsafe trait Word: Copy + Send + Sync + 'static {
     fn zero() -> Self;
     fn from_u128(x: u128) -> Self;
     fn to_u128(self) -> u128;
@@ -29,7 +33,8 @@ pub trait Word: Copy + Send + Sync + 'static {
     }
 }
 
-impl Word for u128 {
+// SAFETY: 16 bytes; little-endian in memory on the (little-endian) targets this crate builds for.
+unsafe impl Word for u128 {
     #[inline(always)]
     fn zero() -> Self {
         0
@@ -82,7 +87,8 @@ mod sse {
 
     // SAFETY (all blocks below): SSE2 is always available on x86_64; loads and stores are unaligned
     // variants on valid 16-byte buffers.
-    impl Word for Sse {
+    // SAFETY: `__m128i` is 16 bytes; x86 stores its lanes little-endian.
+    unsafe impl Word for Sse {
         #[inline(always)]
         fn zero() -> Self {
             unsafe { Sse(_mm_setzero_si128()) }

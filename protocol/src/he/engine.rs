@@ -21,6 +21,9 @@ use rayon::prelude::*;
 /// Error variance of the secret key, encryption and re-randomisation noise (centred binomial, as `fhe`).
 pub(crate) const VARIANCE: usize = 10;
 
+/// One serialised reply and the server's share of its outputs as `(output index, share)`.
+type Reply = (Vec<u8>, Vec<(usize, u64)>);
+
 /// A ciphertext at level 0 as the server holds it (both components in NTT form).
 pub(crate) struct LevelZeroCt {
     pub c0: Poly,
@@ -137,7 +140,7 @@ pub(crate) fn server_replies(
     kernel: &[i64],
 ) -> Result<(Vec<Vec<u8>>, Vec<u64>), HeError> {
     let tiles = plan.tiles();
-    let per_group: Vec<Result<Vec<(Vec<u8>, Vec<(usize, u64)>)>, HeError>> = (0..plan.n_g)
+    let per_group: Vec<Result<Vec<Reply>, HeError>> = (0..plan.n_g)
         .into_par_iter()
         .map_init(ChaCha20Rng::from_os_rng, |rng, g| {
             let ctx0 = ctx.bfv.context_at_level(0)?;
@@ -188,7 +191,7 @@ fn finish_reply(
     mut a0: Poly,
     mut a1: Poly,
     rng: &mut ChaCha20Rng,
-) -> Result<(Vec<u8>, Vec<(usize, u64)>), HeError> {
+) -> Result<Reply, HeError> {
     let ctx0 = ctx.bfv.context_at_level(0)?;
     let n = ctx.degree();
     let outs = plan.outputs(g, tile);
@@ -294,55 +297,4 @@ pub(crate) fn client_decrypt(ctx: &HeContext, sk: &SecretKey, plan: &Plan, repli
         }
     }
     Ok(share)
-}
-
-#[cfg(test)]
-mod perf_probe {
-    use super::*;
-    use crate::he::params::HeParams;
-    use std::time::Instant;
-
-    #[test]
-    #[ignore]
-    fn probe() {
-        let ctx = HeParams::new(59).unwrap().context().unwrap();
-        let ctx0 = ctx.bfv.context_at_level(0).unwrap();
-        let mut rng = ChaCha20Rng::seed_from_u64(1);
-        let k: Vec<i64> = (0..8192).map(|i| (i % 7) as i64 - 3).collect();
-        let reps = 50;
-        let t = Instant::now();
-        for _ in 0..reps {
-            let mut kp = Poly::try_convert_from(k.as_slice(), ctx0, false, Representation::PowerBasis).unwrap();
-            kp.change_representation(Representation::NttShoup);
-        }
-        eprintln!("kernel ct: {:?}", t.elapsed() / reps);
-        let t = Instant::now();
-        for _ in 0..reps {
-            let mut kp = Poly::try_convert_from(k.as_slice(), ctx0, true, Representation::PowerBasis).unwrap();
-            kp.change_representation(Representation::NttShoup);
-        }
-        eprintln!("kernel vt: {:?}", t.elapsed() / reps);
-        let t = Instant::now();
-        for _ in 0..reps {
-            let mut kp = Poly::try_convert_from(k.as_slice(), ctx0, false, Representation::PowerBasis).unwrap();
-            kp.change_representation(Representation::Ntt);
-        }
-        eprintln!("kernel ntt only: {:?}", t.elapsed() / reps);
-        let mut kp = Poly::try_convert_from(k.as_slice(), ctx0, false, Representation::PowerBasis).unwrap();
-        kp.change_representation(Representation::NttShoup);
-        let a = Poly::random(ctx0, Representation::Ntt, &mut rng);
-        let mut acc = Poly::zero(ctx0, Representation::Ntt);
-        let t = Instant::now();
-        for _ in 0..reps {
-            let mut p = a.clone();
-            p *= &kp;
-            acc += &p;
-        }
-        eprintln!("mul-add: {:?}", t.elapsed() / reps);
-        let t = Instant::now();
-        for _ in 0..reps {
-            let _ = Poly::small(ctx0, Representation::Ntt, VARIANCE, &mut rng).unwrap();
-        }
-        eprintln!("small: {:?}", t.elapsed() / reps);
-    }
 }

@@ -40,6 +40,13 @@ pub struct ClientSession {
     rng: ChaCha20Rng,
 }
 
+/// One inference's offline material and what producing it cost; consumed by the online phase.
+pub struct Prepared {
+    offline: Offline,
+    time: Duration,
+    bytes: Counters,
+}
+
 /// The client's offline material for one inference.
 struct Offline {
     input_mask: Vec<u64>,
@@ -89,28 +96,39 @@ impl ClientSession {
         &self.public
     }
 
-    /// One private inference on an image (already normalised, `C x H x W`).
+    /// One private inference on an image (already normalised, `C x H x W`): offline then online.
     pub async fn infer(&mut self, ch: &mut Channel, x: &[f32]) -> Result<InferenceResult, InferenceError> {
-        let input_len: usize = self.public.graph.input_shape.iter().product();
-        if x.len() != input_len {
-            return Err(InferenceError::Input(format!("image has {} values, the model expects {input_len}", x.len())));
-        }
+        let prepared = self.prepare(ch).await?;
+        self.run_online(ch, prepared, x).await
+    }
+
+    /// The offline phase of one inference, ahead of knowing the input.
+    pub async fn prepare(&mut self, ch: &mut Channel) -> Result<Prepared, InferenceError> {
         ch.send_msg(MsgKind::Begin, &Request::Infer).await?;
         let c0 = ch.counters();
         let t0 = Instant::now();
         let offline = self.offline(ch).await?;
-        let (offline_time, c1) = (t0.elapsed(), ch.counters());
+        Ok(Prepared { offline, time: t0.elapsed(), bytes: ch.counters().since(c0) })
+    }
+
+    /// The online phase on prepared material (consumed: offline material is never reused).
+    pub async fn run_online(&mut self, ch: &mut Channel, prepared: Prepared, x: &[f32]) -> Result<InferenceResult, InferenceError> {
+        let input_len: usize = self.public.graph.input_shape.iter().product();
+        if x.len() != input_len {
+            return Err(InferenceError::Input(format!("image has {} values, the model expects {input_len}", x.len())));
+        }
+        let c1 = ch.counters();
         let t1 = Instant::now();
-        let (logits_ring, online_rounds, relus) = self.online(ch, x, offline).await?;
+        let (logits_ring, online_rounds, relus) = self.online(ch, x, prepared.offline).await?;
         let online_time = t1.elapsed();
         let frac = self.walk.plan.nodes.last().expect("non-empty").out_scale * self.public.fp.f;
         let logits = logits_ring.iter().map(|&v| self.public.fp.decode_with(v, frac)).collect();
         Ok(InferenceResult {
             logits_ring,
             logits,
-            offline: offline_time,
+            offline: prepared.time,
             online: online_time,
-            offline_bytes: c1.since(c0),
+            offline_bytes: prepared.bytes,
             online_bytes: ch.counters().since(c1),
             online_rounds,
             relus,

@@ -1,0 +1,245 @@
+//! Private inference end to end over loopback TCP: real `pi serve` / `pi infer` processes, and
+//! in-process parties on real sockets for the misbehaving-client cases.
+
+use pi_model::engine::{RingModel, argmax};
+use pi_model::{FixedPoint, Model, arch, format};
+use pi_protocol::channel::{HEADER_LEN, PROTOCOL_VERSION};
+use pi_protocol::inference::Request;
+use pi_protocol::inference::client::ClientSession;
+use pi_protocol::{Channel, MsgKind};
+use pi_server::{Limits, PrepareOptions};
+use rand::{Rng, SeedableRng};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn pi() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pi"))
+}
+
+fn bundled_data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist")
+}
+
+/// A `pi serve` process, killed on drop.
+struct ServerProcess {
+    child: Child,
+    addr: String,
+    hash: String,
+}
+
+impl ServerProcess {
+    fn start(model: &Path) -> Self {
+        let mut child = pi()
+            .args(["serve", "--model", model.to_str().unwrap(), "--listen", "127.0.0.1:0", "--timeout-secs", "10"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pi serve starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = lines.next().unwrap().unwrap().trim_start_matches("listening on ").to_string();
+        let hash = lines.next().unwrap().unwrap().trim_start_matches("model hash ").to_string();
+        ServerProcess { child, addr, hash }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn init_model(dir: &Path, arch: &str, keep: &str) -> PathBuf {
+    let path = dir.join(format!("{arch}.safetensors"));
+    let ok = pi().args(["init", "--arch", arch, "--mask-keep", keep, "--seed", "4", "--out", path.to_str().unwrap()]).status().unwrap();
+    assert!(ok.success());
+    path
+}
+
+#[test]
+fn pi_infer_against_pi_serve_matches_the_fixed_point_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = init_model(dir.path(), "small-cnn", "0.1");
+    let server = ServerProcess::start(&model);
+    let out = pi()
+        .args(["infer", "--server", &server.addr, "--data", bundled_data().to_str().unwrap(), "--count", "4", "--json"])
+        .args(["--expect-hash", &server.hash, "--reference-model", model.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["inferences"], 4);
+    assert_eq!(r["agreement_fixed_point"], 1.0);
+    assert!(r["relus"].as_u64().unwrap() > 1500);
+    for rec in r["per_inference"].as_array().unwrap() {
+        assert!(rec["max_logit_error"].as_f64().unwrap() < 1e-2, "{rec}");
+    }
+
+    // A client that expects another model is refused with a clear error.
+    let out = pi()
+        .args(["infer", "--server", &server.addr, "--data", bundled_data().to_str().unwrap(), "--count", "1"])
+        .args(["--expect-hash", &"0".repeat(64)])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("model hash mismatch"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// An in-process server on a real loopback socket.
+async fn start_server(model: &Model, timeout: Duration) -> (String, Arc<pi_protocol::inference::server::ServedModel>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    format::save(model, &path).unwrap();
+    let served = Arc::new(pi_server::prepare(&path, &PrepareOptions::default()).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let limits = Limits { max_frame: 64 << 20, read_timeout: timeout };
+    tokio::spawn(pi_server::serve(listener, served.clone(), limits));
+    (addr, served)
+}
+
+async fn connect(addr: &str) -> Channel {
+    Channel::new(TcpStream::connect(addr).await.unwrap())
+}
+
+fn random_images(n: usize, len: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+    (0..n).map(|_| (0..len).map(|_| rng.random_range(-2.0f32..2.0)).collect()).collect()
+}
+
+/// Checks PI logits against the fixed-point engine for a few images.
+async fn check_against_fixed_point(model: Model, images: usize) {
+    let (addr, served) = start_server(&model, Duration::from_secs(60)).await;
+    let ring = RingModel::new(&model.fold_batchnorm(), FixedPoint::DEFAULT).unwrap();
+    let len: usize = model.graph.input_shape.iter().product();
+    let mut ch = connect(&addr).await;
+    let mut client = ClientSession::handshake(&mut ch, Some(&served.public.hash)).await.unwrap();
+    for x in random_images(images, len, 21) {
+        let r = client.infer(&mut ch, &x).await.unwrap();
+        let want = ring.decode_output(&ring.run(&x).unwrap());
+        assert_eq!(argmax(&want), argmax(&r.logits), "PI {:?} vs fixed point {want:?}", r.logits);
+        // Local truncations may be off by one ulp; those carries propagate through later layers, so
+        // the bound is relative to the logit range (a real truncation failure would be ~2^(l-2f)).
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = want.iter().zip(&r.logits).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err < 1e-3 * scale + 1e-2, "PI {:?} vs fixed point {want:?}", r.logits);
+        assert_eq!(r.relus, served.public.kept_relus());
+    }
+    client.close(&mut ch).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resnet18_with_a_random_10_percent_mask_matches_the_fixed_point_engine() {
+    let model = Model::random(arch::resnet18(10).unwrap(), 8, Some(0.1)).unwrap();
+    check_against_fixed_point(model, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_vanish_leave_the_server_serving() {
+    let model = Model::random(arch::small_cnn(10).unwrap(), 3, Some(0.2)).unwrap();
+    let (addr, served) = start_server(&model, Duration::from_secs(5)).await;
+    let hash = served.public.hash.clone();
+
+    // Mid-offline: ask for an inference, then disappear.
+    let mut ch = connect(&addr).await;
+    let _c = ClientSession::handshake(&mut ch, Some(&hash)).await.unwrap();
+    ch.send_msg(MsgKind::Begin, &Request::Infer).await.unwrap();
+    drop(ch);
+
+    // Mid-online: finish the offline phase, send the masked input, disappear.
+    let mut ch = connect(&addr).await;
+    let mut c = ClientSession::handshake(&mut ch, Some(&hash)).await.unwrap();
+    let _prepared = c.prepare(&mut ch).await.unwrap();
+    ch.send_now(MsgKind::OnlineInput, &vec![0u8; 8 * 28 * 28]).await.unwrap();
+    drop(ch);
+
+    // Two well-behaved clients at once are both served.
+    let tasks: Vec<_> = (0..2)
+        .map(|i| {
+            let (addr, hash) = (addr.clone(), hash.clone());
+            tokio::spawn(async move {
+                let mut ch = connect(&addr).await;
+                let mut c = ClientSession::handshake(&mut ch, Some(&hash)).await.unwrap();
+                let x = random_images(1, 28 * 28, i).pop().unwrap();
+                let r = c.infer(&mut ch, &x).await.unwrap();
+                c.close(&mut ch).await.unwrap();
+                r.logits.len()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 10);
+    }
+}
+
+/// Reads frames until the server's error frame; returns its text.
+async fn server_error(s: &mut TcpStream) -> String {
+    loop {
+        let mut h = [0u8; HEADER_LEN];
+        s.read_exact(&mut h).await.expect("server answers before closing");
+        let len = u32::from_le_bytes(h[..4].try_into().unwrap()) as usize;
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).await.unwrap();
+        if h[6] == MsgKind::Error as u8 {
+            return String::from_utf8(payload).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_get_clear_errors() {
+    let model = Model::random(arch::small_cnn(10).unwrap(), 3, Some(0.05)).unwrap();
+    let (addr, served) = start_server(&model, Duration::from_secs(5)).await;
+    let header = |len: u32, version: u16, kind: MsgKind| {
+        let mut h = len.to_le_bytes().to_vec();
+        h.extend_from_slice(&version.to_le_bytes());
+        h.push(kind as u8);
+        h
+    };
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), "protocol version"),
+        (header(u32::MAX, PROTOCOL_VERSION, MsgKind::HelloAck), "exceeds the limit"),
+        (header(4, PROTOCOL_VERSION + 1, MsgKind::HelloAck), "protocol version 2"),
+        ([header(3, PROTOCOL_VERSION, MsgKind::HelloAck), vec![0xff; 3]].concat(), "malformed HelloAck"),
+    ];
+    for (bytes, expected) in cases {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        s.write_all(&bytes).await.unwrap();
+        let msg = server_error(&mut s).await;
+        assert!(msg.contains(expected), "sent {:?}: got {msg:?}", &bytes[..bytes.len().min(12)]);
+    }
+
+    // A server speaking another version is refused by the client.
+    let fake = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fake_addr = fake.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = fake.accept().await.unwrap();
+        s.write_all(&header(0, 9, MsgKind::Hello)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    });
+    let mut ch = connect(&fake_addr.to_string()).await;
+    let err = ClientSession::handshake(&mut ch, None).await.err().expect("refused");
+    assert!(err.to_string().contains("protocol version 9"), "{err}");
+
+    // And the real server still serves.
+    let mut ch = connect(&addr).await;
+    let mut c = ClientSession::handshake(&mut ch, Some(&served.public.hash)).await.unwrap();
+    assert_eq!(c.infer(&mut ch, &vec![0.5; 28 * 28]).await.unwrap().logits.len(), 10);
+}
+
+#[test]
+fn demo_prints_the_report_as_json() {
+    let out = pi().args(["demo", "--json", "--count", "3"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["inferences", "accuracy_pi", "accuracy_f32", "agreement_fixed_point", "offline_s_p50", "online_s_p50", "offline_bytes", "online_bytes", "relus"] {
+        assert!(!r[key].is_null(), "missing {key} in {r}");
+    }
+    assert_eq!(r["inferences"], 3);
+    assert_eq!(r["agreement_fixed_point"], 1.0);
+}
