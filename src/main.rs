@@ -1,5 +1,6 @@
 //! `pi`: the one command-line entry point. Each subcommand is a thin layer over a library crate.
 
+mod bench;
 mod eval;
 mod init;
 mod inspect;
@@ -33,6 +34,9 @@ enum Command {
     Infer(serve::InferArgs),
     /// Start a server on a free loopback port and run the client on the bundled model and images.
     Demo(serve::DemoArgs),
+    /// Benchmarks: `pi bench gc`, `pi bench linear`.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 fn main() {
@@ -50,6 +54,7 @@ fn main() {
         Command::Serve(a) => serve::serve(&a),
         Command::Infer(a) => serve::infer(&a),
         Command::Demo(a) => serve::demo(&a),
+        Command::Bench(c) => bench::run(&c),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -154,10 +154,10 @@ impl GarblerOffline {
         let mut frame = Vec::with_capacity(chunk * k * 16);
         for &(lo, hi) in &chunk_ranges(n, chunk) {
             frame.clear();
-            for i in lo..hi {
-                for j in 0..k {
-                    let bit = ((a[i] >> j) & 1) as u128;
-                    let label = self.a_zero[i * k + j].0 ^ (0u128.wrapping_sub(bit) & d);
+            for (&ai, zeros) in a[lo..hi].iter().zip(self.a_zero[lo * k..hi * k].chunks_exact(k)) {
+                for (j, zero) in zeros.iter().enumerate() {
+                    let bit = ((ai >> j) & 1) as u128;
+                    let label = zero.0 ^ (0u128.wrapping_sub(bit) & d);
                     frame.extend_from_slice(&label.to_le_bytes());
                 }
             }

@@ -42,18 +42,28 @@ pub(crate) fn evaluate_lanes_with<W: Word>(
     stride: usize,
     out: &mut [Label],
 ) {
-    match ids.len() {
-        8 => evaluate_impl::<W, 8>(w, circuit, ids, gin, ein, tables, stride, out),
-        7 => evaluate_impl::<W, 7>(w, circuit, ids, gin, ein, tables, stride, out),
-        6 => evaluate_impl::<W, 6>(w, circuit, ids, gin, ein, tables, stride, out),
-        5 => evaluate_impl::<W, 5>(w, circuit, ids, gin, ein, tables, stride, out),
-        4 => evaluate_impl::<W, 4>(w, circuit, ids, gin, ein, tables, stride, out),
-        3 => evaluate_impl::<W, 3>(w, circuit, ids, gin, ein, tables, stride, out),
-        2 => evaluate_impl::<W, 2>(w, circuit, ids, gin, ein, tables, stride, out),
-        _ => evaluate_impl::<W, 1>(w, circuit, ids, gin, ein, tables, stride, out),
+    let lanes = ids.len();
+    if lanes == LANES {
+        return evaluate_impl::<W, LANES>(w, circuit, ids, gin, ein, tables, stride, out);
     }
+    // Partial group: padded to LANES lanes with dummy labels and zero tables (results discarded).
+    let (ng, ne, nout) = (circuit.n_garbler_inputs, circuit.n_evaluator_inputs, circuit.outputs.len());
+    let rec = AND_TABLE_BYTES * circuit.n_and();
+    let pad_ids: Vec<u64> = (0..LANES).map(|j| ids[j.min(lanes - 1)]).collect();
+    let mut pgin = gin.to_vec();
+    pgin.resize(LANES * ng, Label::default());
+    let mut pein = ein.to_vec();
+    pein.resize(LANES * ne, Label::default());
+    let mut ptables = vec![0u8; LANES * rec];
+    for j in 0..lanes {
+        ptables[j * rec..(j + 1) * rec].copy_from_slice(&tables[j * stride..j * stride + rec]);
+    }
+    let mut pout = vec![Label::default(); LANES * nout];
+    evaluate_impl::<W, LANES>(w, circuit, &pad_ids, &pgin, &pein, &ptables, rec, &mut pout);
+    out.copy_from_slice(&pout[..lanes * nout]);
 }
 
+#[allow(clippy::too_many_arguments)]
 fn evaluate_impl<W: Word, const L: usize>(
     w: &mut Vec<W>,
     circuit: &Circuit,

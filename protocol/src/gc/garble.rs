@@ -57,17 +57,26 @@ pub(crate) fn garble_lanes_with<W: Word>(
     stride: usize,
     out: &mut [Label],
 ) {
-    // Monomorphised per lane count so that the lane loops have constant trip counts.
-    match ids.len() {
-        8 => garble_impl::<W, 8>(w, circuit, delta, ids, gin, ein, tables, stride, out),
-        7 => garble_impl::<W, 7>(w, circuit, delta, ids, gin, ein, tables, stride, out),
-        6 => garble_impl::<W, 6>(w, circuit, delta, ids, gin, ein, tables, stride, out),
-        5 => garble_impl::<W, 5>(w, circuit, delta, ids, gin, ein, tables, stride, out),
-        4 => garble_impl::<W, 4>(w, circuit, delta, ids, gin, ein, tables, stride, out),
-        3 => garble_impl::<W, 3>(w, circuit, delta, ids, gin, ein, tables, stride, out),
-        2 => garble_impl::<W, 2>(w, circuit, delta, ids, gin, ein, tables, stride, out),
-        _ => garble_impl::<W, 1>(w, circuit, delta, ids, gin, ein, tables, stride, out),
+    let lanes = ids.len();
+    if lanes == LANES {
+        return garble_impl::<W, LANES>(w, circuit, delta, ids, gin, ein, tables, stride, out);
     }
+    // A partial group (the tail of a batch) runs padded to LANES lanes (constant trip counts keep the
+    // lane loops unrolled); the padding lanes' tables are discarded, never sent.
+    let (ng, ne, nout) = (circuit.n_garbler_inputs, circuit.n_evaluator_inputs, circuit.outputs.len());
+    let rec = AND_TABLE_BYTES * circuit.n_and();
+    let pad_ids: Vec<u64> = (0..LANES).map(|j| ids[j.min(lanes - 1)]).collect();
+    let mut pgin = gin.to_vec();
+    pgin.resize(LANES * ng, Label::default());
+    let mut pein = ein.to_vec();
+    pein.resize(LANES * ne, Label::default());
+    let mut ptables = vec![0u8; LANES * rec];
+    let mut pout = vec![Label::default(); LANES * nout];
+    garble_impl::<W, LANES>(w, circuit, delta, &pad_ids, &pgin, &pein, &mut ptables, rec, &mut pout);
+    for j in 0..lanes {
+        tables[j * stride..j * stride + rec].copy_from_slice(&ptables[j * rec..(j + 1) * rec]);
+    }
+    out.copy_from_slice(&pout[..lanes * nout]);
 }
 
 /// Labels of one wire in all `L` lanes.
@@ -240,6 +249,31 @@ mod tests {
             e.extend(to_bits(r, 59));
             let got = run(&c, &g, &e, seed);
             prop_assert_eq!(from_bits(&got), from_bits(&c.eval_plain(&g, &e)));
+        }
+    }
+
+    #[test]
+    fn simd_and_portable_words_garble_identically() {
+        let p = ReluParams { l: 59, k: 32, shift: 12 };
+        let c = crate::gc::relu::relu_circuit(&p);
+        let mut rng = rand_chacha::ChaCha12Rng::seed_from_u64(8);
+        let delta = Delta::random(&mut rng);
+        for lanes in [1usize, 5, LANES] {
+            let ids: Vec<u64> = (0..lanes as u64).map(|i| 100 + i).collect();
+            let gz: Vec<Label> = (0..lanes * 32).map(|_| Label(rng.random())).collect();
+            let ez: Vec<Label> = (0..lanes * 32).map(|_| Label(rng.random())).collect();
+            let rec = AND_TABLE_BYTES * c.n_and();
+            let run = |native: bool| {
+                let mut t = vec![0u8; lanes * rec];
+                let mut o = vec![Label::default(); lanes * c.outputs.len()];
+                if native {
+                    garble_lanes(&c, &delta, &ids, &gz, &ez, &mut t, rec, &mut o);
+                } else {
+                    garble_lanes_with::<u128>(&mut Vec::new(), &c, &delta, &ids, &gz, &ez, &mut t, rec, &mut o);
+                }
+                (t, o)
+            };
+            assert_eq!(run(true), run(false));
         }
     }
 

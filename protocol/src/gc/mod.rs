@@ -24,7 +24,7 @@ use zeroize::Zeroize;
 
 /// Number of circuit instances garbled or evaluated in lock step, so that their independent AES calls
 /// pipeline (an AND's hashes depend on the previous gate of the same instance, not on other instances).
-pub const LANES: usize = 8;
+pub const LANES: usize = 16;
 
 /// A wire label. Its least significant bit is the point-and-permute bit.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]

@@ -92,7 +92,12 @@ impl Walk {
 
     /// HE shape of a linear node.
     pub fn layer_shape(&self, node: &Node) -> Option<LayerShape> {
-        let s = &self.shapes[&node.inputs[0]];
+        layer_shape(node, &self.shapes[&node.inputs[0]])
+    }
+}
+
+/// HE shape of a conv or linear node reading an input of shape `s` (`None` for other nodes).
+pub fn layer_shape(node: &Node, s: &[usize]) -> Option<LayerShape> {
         match node.op {
             Op::Conv2d { in_channels, out_channels, kernel, stride, padding, .. } => Some(LayerShape::Conv(ConvShape {
                 in_channels,
@@ -108,7 +113,12 @@ impl Walk {
             }
             _ => None,
         }
-    }
+}
+
+/// The linear layers of a graph in evaluation order, by node name (what HE preprocesses).
+pub fn linear_layers(graph: &pi_model::Graph) -> Result<Vec<(String, LayerShape)>, pi_model::GraphError> {
+    let shapes = graph.shapes()?;
+    Ok(graph.nodes.iter().filter_map(|n| layer_shape(n, &shapes[&n.inputs[0]]).map(|s| (n.name.clone(), s))).collect())
 }
 
 /// Local computation of a non-linear, non-ReLU node on one party's shares (add, pooling, flatten).
