@@ -36,6 +36,9 @@ mod graph_json {
     }
 }
 
+/// Largest activation (elements) a peer may announce: bounds the memory a hostile greeting can demand.
+pub const MAX_ACTIVATION: usize = 1 << 26;
+
 /// Why a public model is unusable.
 #[derive(Debug, thiserror::Error)]
 #[error("inconsistent public model: {0}")]
@@ -67,6 +70,9 @@ impl PublicModel {
         let err = |s: String| PublicModelError(s);
         self.fp.validate().map_err(err)?;
         let shapes = self.graph.shapes().map_err(|e| err(e.to_string()))?;
+        if let Some((name, s)) = shapes.iter().find(|(_, s)| s.iter().product::<usize>() > MAX_ACTIVATION) {
+            return Err(err(format!("activation {name:?} of shape {s:?} exceeds {MAX_ACTIVATION} elements")));
+        }
         if self.graph.nodes.iter().any(|n| matches!(n.op, Op::Batchnorm { .. })) {
             return Err(err("graph is not folded".into()));
         }

@@ -59,45 +59,101 @@ impl ConvGeometry {
     }
 }
 
+/// Output channels per register tile of the convolution micro-kernel.
+const MR: usize = 4;
+/// Output positions per register tile (one 64-byte cache line of `u64`).
+const NR: usize = 8;
+
 /// `out[m, y, x] = sum_{c,u,v} w[m, c, u, v] * in[c, y*s + u - p, x*s + v - p]` (no bias).
+///
+/// im2col into tiles of `NR` output positions (each tile's `K x NR` patch matrix is contiguous and
+/// stays in cache), then a register-tiled `MR x NR` micro-kernel over all output channels; tiles run
+/// in parallel.
 pub fn conv2d<T: Scalar>(g: &ConvGeometry, input: &[T], weight: &[T]) -> Vec<T> {
     let (ho, wo) = (g.out_height(), g.out_width());
     let p = ho * wo;
     let kk = g.in_channels * g.kernel * g.kernel;
-    // im2col: row (c, u, v) holds the input pixel each output position sees.
-    let mut col = vec![T::ZERO; kk * p];
-    col.par_chunks_mut(p).enumerate().for_each(|(row, dst)| {
-        let c = row / (g.kernel * g.kernel);
-        let u = (row / g.kernel) % g.kernel;
-        let v = row % g.kernel;
-        for y in 0..ho {
-            let iy = (y * g.stride + u) as isize - g.padding as isize;
-            if iy < 0 || iy >= g.height as isize {
-                continue;
-            }
-            let src = &input[(c * g.height + iy as usize) * g.width..][..g.width];
-            for x in 0..wo {
-                let ix = (x * g.stride + v) as isize - g.padding as isize;
-                if ix >= 0 && (ix as usize) < g.width {
-                    dst[y * wo + x] = src[ix as usize];
+    let m = g.out_channels;
+    let tiles = p.div_ceil(NR);
+    let tile_out: Vec<Vec<T>> = (0..tiles)
+        .into_par_iter()
+        .map(|t| {
+            // Patch matrix of this tile: patch[k * NR + j] = input seen by position t*NR + j at row k.
+            let mut patch = vec![T::ZERO; kk * NR];
+            for j in 0..NR.min(p - t * NR) {
+                let pos = t * NR + j;
+                let (y, x) = (pos / wo, pos % wo);
+                for c in 0..g.in_channels {
+                    for u in 0..g.kernel {
+                        let iy = (y * g.stride + u) as isize - g.padding as isize;
+                        if iy < 0 || iy >= g.height as isize {
+                            continue;
+                        }
+                        let src = &input[(c * g.height + iy as usize) * g.width..][..g.width];
+                        for v in 0..g.kernel {
+                            let ix = (x * g.stride + v) as isize - g.padding as isize;
+                            if ix >= 0 && (ix as usize) < g.width {
+                                patch[((c * g.kernel + u) * g.kernel + v) * NR + j] = src[ix as usize];
+                            }
+                        }
+                    }
                 }
             }
-        }
-    });
-    let mut out = vec![T::ZERO; g.out_channels * p];
-    out.par_chunks_mut(p).enumerate().for_each(|(m, dst)| {
-        let wrow = &weight[m * kk..(m + 1) * kk];
-        for (k, &w) in wrow.iter().enumerate() {
-            if w == T::ZERO {
-                continue;
+            let mut out = vec![T::ZERO; m * NR];
+            let mut m0 = 0;
+            while m0 < m {
+                let rows = MR.min(m - m0);
+                let acc = micro_kernel_dispatch(weight, kk, m0, rows, &patch);
+                for (i, row) in acc.iter().enumerate().take(rows) {
+                    out[(m0 + i) * NR..(m0 + i + 1) * NR].copy_from_slice(row);
+                }
+                m0 += MR;
             }
-            let src = &col[k * p..(k + 1) * p];
-            for (d, &s) in dst.iter_mut().zip(src) {
-                *d = d.add(w.mul(s));
-            }
+            out
+        })
+        .collect();
+    let mut out = vec![T::ZERO; m * p];
+    for (t, tile) in tile_out.iter().enumerate() {
+        let n = NR.min(p - t * NR);
+        for ch in 0..m {
+            out[ch * p + t * NR..][..n].copy_from_slice(&tile[ch * NR..][..n]);
         }
-    });
+    }
     out
+}
+
+/// Runs the micro-kernel compiled for AVX-512 (64-bit vector multiplies) when the CPU has it.
+#[inline(always)]
+fn micro_kernel_dispatch<T: Scalar>(weight: &[T], kk: usize, m0: usize, rows: usize, patch: &[T]) -> [[T; NR]; MR] {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512dq") && std::arch::is_x86_feature_detected!("avx512vl") {
+        // SAFETY: the CPU supports the features the function is compiled for (checked just above).
+        return unsafe { micro_kernel_avx512(weight, kk, m0, rows, patch) };
+    }
+    micro_kernel(weight, kk, m0, rows, patch)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl")]
+fn micro_kernel_avx512<T: Scalar>(weight: &[T], kk: usize, m0: usize, rows: usize, patch: &[T]) -> [[T; NR]; MR] {
+    micro_kernel(weight, kk, m0, rows, patch)
+}
+
+/// `MR x NR` block of `W[m0.., :] * patch`, accumulated in registers (rows beyond `rows` are zero).
+#[inline(always)]
+fn micro_kernel<T: Scalar>(weight: &[T], kk: usize, m0: usize, rows: usize, patch: &[T]) -> [[T; NR]; MR] {
+    let mut acc = [[T::ZERO; NR]; MR];
+    let w: [&[T]; MR] = std::array::from_fn(|i| if i < rows { &weight[(m0 + i) * kk..][..kk] } else { &weight[m0 * kk..][..kk] });
+    for k in 0..kk {
+        let c: &[T; NR] = patch[k * NR..][..NR].try_into().expect("NR values");
+        for i in 0..MR {
+            let wi = w[i][k];
+            for j in 0..NR {
+                acc[i][j] = acc[i][j].add(wi.mul(c[j]));
+            }
+        }
+    }
+    acc
 }
 
 /// `out[i] = sum_j w[i, j] * x[j]` (no bias).
