@@ -166,6 +166,8 @@ fn emit(r: &pi_client::Report, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string(r)?);
     } else {
+        pi_client::print_layers(r);
+        println!();
         pi_client::print_report(r);
     }
     Ok(())

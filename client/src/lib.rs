@@ -6,7 +6,7 @@ use pi_model::data::{self, Dataset, Split};
 use pi_model::engine::{RingModel, argmax, run_f32};
 use pi_model::{Model, format};
 use pi_protocol::Channel;
-use pi_protocol::inference::client::{ClientSession, InferenceResult};
+use pi_protocol::inference::client::{ClientSession, InferenceResult, LayerCost};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -77,6 +77,8 @@ pub struct Report {
     pub online_rounds: usize,
     /// Garbled ReLUs per inference.
     pub relus: usize,
+    /// Per conv/linear and ReLU layer, averaged over the inferences: linearized ReLUs cost nothing.
+    pub layers: Vec<LayerCost>,
     pub per_inference: Vec<InferenceRecord>,
 }
 
@@ -141,10 +143,12 @@ pub async fn run(opts: &InferOptions) -> anyhow::Result<Report> {
             .expect("template"),
     );
     let mut records = Vec::with_capacity(count);
+    let mut layers: Vec<LayerCost> = Vec::new();
     for i in 0..count {
         let x = ds.image(i);
         let r: InferenceResult = session.infer(&mut ch, x).await.with_context(|| format!("inference {i}"))?;
         let prediction = argmax(&r.logits);
+        accumulate_layers(&mut layers, &r.layers, count);
         let (prediction_f32, agrees_fixed_point, max_logit_error) = match &reference {
             Some(rf) => {
                 let f = run_f32(&rf.model, x)?;
@@ -174,10 +178,24 @@ pub async fn run(opts: &InferOptions) -> anyhow::Result<Report> {
     }
     bar.finish_and_clear();
     session.close(&mut ch).await?;
-    Ok(summarise(&opts.server, &public.hash, records))
+    Ok(summarise(&opts.server, &public.hash, records, layers))
 }
 
-fn summarise(server: &str, hash: &str, records: Vec<InferenceRecord>) -> Report {
+/// Adds one inference's per-layer costs, divided by the number of inferences, into the average.
+fn accumulate_layers(avg: &mut Vec<LayerCost>, one: &[LayerCost], count: usize) {
+    if avg.is_empty() {
+        *avg = one.iter().map(|l| LayerCost { offline_bytes: 0, online_bytes: 0, offline_s: 0.0, online_s: 0.0, ..l.clone() }).collect();
+    }
+    let n = count.max(1);
+    for (a, l) in avg.iter_mut().zip(one) {
+        a.offline_bytes += l.offline_bytes / n as u64;
+        a.online_bytes += l.online_bytes / n as u64;
+        a.offline_s += l.offline_s / n as f64;
+        a.online_s += l.online_s / n as f64;
+    }
+}
+
+fn summarise(server: &str, hash: &str, records: Vec<InferenceRecord>, layers: Vec<LayerCost>) -> Report {
     let n = records.len().max(1) as f64;
     let frac = |f: &dyn Fn(&InferenceRecord) -> Option<bool>| -> Option<f64> {
         let v: Vec<bool> = records.iter().filter_map(f).collect();
@@ -205,7 +223,26 @@ fn summarise(server: &str, hash: &str, records: Vec<InferenceRecord>) -> Report 
         online_bytes_received: avg(&|r| r.online_bytes_received),
         online_rounds: records.first().map(|r| r.online_rounds).unwrap_or(0),
         relus: records.first().map(|r| r.relus).unwrap_or(0),
+        layers,
         per_inference: records,
+    }
+}
+
+/// Per-layer table: what each conv/linear and ReLU layer cost (linearized ReLUs cost nothing).
+pub fn print_layers(r: &Report) {
+    println!("{:<22} {:<7} {:>15} {:>12} {:>12} {:>12} {:>6}", "layer", "kind", "ReLUs kept/all", "offline MB", "online KB", "online ms", "round");
+    for l in &r.layers {
+        let relus = if l.kind == "relu" { format!("{}/{}", l.relus_kept, l.relus_total) } else { String::new() };
+        println!(
+            "{:<22} {:<7} {:>15} {:>12.3} {:>12.1} {:>12.2} {:>6}",
+            l.node,
+            l.kind,
+            relus,
+            l.offline_bytes as f64 / 1e6,
+            l.online_bytes as f64 / 1e3,
+            1e3 * l.online_s,
+            if l.online_round { "yes" } else { "-" }
+        );
     }
 }
 

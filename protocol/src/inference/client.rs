@@ -29,6 +29,24 @@ pub struct InferenceResult {
     pub online_rounds: usize,
     /// Garbled ReLUs evaluated.
     pub relus: usize,
+    /// Cost per layer (conv/linear and ReLU nodes): linearized ReLUs show zero bytes and no round.
+    pub layers: Vec<LayerCost>,
+}
+
+/// What one conv/linear or ReLU node cost in this inference, measured on the client's channel.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct LayerCost {
+    pub node: String,
+    pub kind: &'static str,
+    /// ReLU nodes: activation elements, and how many are real ReLUs (garbled); 0 for linear nodes.
+    pub relus_total: usize,
+    pub relus_kept: usize,
+    pub offline_bytes: u64,
+    pub offline_s: f64,
+    pub online_bytes: u64,
+    pub online_s: f64,
+    /// Whether the node costs an online round trip.
+    pub online_round: bool,
 }
 
 /// The client side of a connected, set-up session.
@@ -49,6 +67,7 @@ pub struct Prepared {
 
 /// The client's offline material for one inference.
 struct Offline {
+    layers: Vec<LayerCost>,
     input_mask: Vec<u64>,
     logits_share: Vec<u64>,
     gc: Vec<Option<EvaluatorOffline>>,
@@ -119,7 +138,7 @@ impl ClientSession {
         }
         let c1 = ch.counters();
         let t1 = Instant::now();
-        let (logits_ring, online_rounds, relus) = self.online(ch, x, prepared.offline).await?;
+        let (logits_ring, online_rounds, relus, layers) = self.online(ch, x, prepared.offline).await?;
         let online_time = t1.elapsed();
         let frac = self.walk.plan.nodes.last().expect("non-empty").out_scale * self.public.fp.f;
         let logits = logits_ring.iter().map(|&v| self.public.fp.decode_with(v, frac)).collect();
@@ -132,6 +151,7 @@ impl ClientSession {
             online_bytes: ch.counters().since(c1),
             online_rounds,
             relus,
+            layers,
         })
     }
 
@@ -148,7 +168,9 @@ impl ClientSession {
         let input_mask: Vec<u64> = (0..input_len).map(|_| fp.reduce(self.rng.random())).collect();
         let mut gc: Vec<Option<EvaluatorOffline>> = (0..public.graph.nodes.len()).map(|_| None).collect();
         let mut outs: Vec<Vec<u64>> = Vec::with_capacity(public.graph.nodes.len());
+        let mut layers = Vec::new();
         for (i, node) in public.graph.nodes.iter().enumerate() {
+            let (c0, t0) = (ch.counters(), Instant::now());
             let out = if let Some(shape) = self.walk.layer_shape(node) {
                 let r = self.walk.arg(&outs, &input_mask, &node.inputs[0]).to_vec();
                 self.he.linear(ch, &shape, &r).await?
@@ -170,13 +192,30 @@ impl ClientSession {
                 let args: Vec<&[u64]> = node.inputs.iter().map(|n| self.walk.arg(&outs, &input_mask, n)).collect();
                 local_node(public, &self.walk, i, &args)
             };
+            if matches!(node.op, Op::Conv2d { .. } | Op::Linear { .. } | Op::Relu { .. }) {
+                let is_relu = matches!(node.op, Op::Relu { .. });
+                layers.push(LayerCost {
+                    node: node.name.clone(),
+                    kind: node.op.kind(),
+                    relus_total: if is_relu { public.masks[i].len() } else { 0 },
+                    relus_kept: public.masks[i].iter().filter(|&&b| b).count(),
+                    offline_bytes: ch.counters().since(c0).total(),
+                    offline_s: t0.elapsed().as_secs_f64(),
+                    ..Default::default()
+                });
+            }
             outs.push(finish_node(public, &self.walk, i, Role::Client, out));
         }
         let logits_share = outs.pop().expect("non-empty graph");
-        Ok(Offline { input_mask, logits_share, gc })
+        Ok(Offline { layers, input_mask, logits_share, gc })
     }
 
-    async fn online(&mut self, ch: &mut Channel, x: &[f32], mut offline: Offline) -> Result<(Vec<u64>, usize, usize), InferenceError> {
+    async fn online(
+        &mut self,
+        ch: &mut Channel,
+        x: &[f32],
+        mut offline: Offline,
+    ) -> Result<(Vec<u64>, usize, usize, Vec<LayerCost>), InferenceError> {
         let fp = self.public.fp;
         let masked: Vec<u8> = x
             .iter()
@@ -185,11 +224,19 @@ impl ClientSession {
             .collect();
         ch.send_now(MsgKind::OnlineInput, &masked).await?;
         let (mut rounds, mut relus) = (1, 0);
-        for slot in offline.gc.iter_mut() {
+        let mut layers = std::mem::take(&mut offline.layers);
+        for (i, slot) in offline.gc.iter_mut().enumerate() {
             if let Some(ev) = slot.take() {
+                let (c0, t0) = (ch.counters(), Instant::now());
                 relus += ev.len();
                 rounds += 1;
                 ev.online(ch).await?;
+                let name = &self.public.graph.nodes[i].name;
+                if let Some(l) = layers.iter_mut().find(|l| &l.node == name) {
+                    l.online_bytes = ch.counters().since(c0).total();
+                    l.online_s = t0.elapsed().as_secs_f64();
+                    l.online_round = true;
+                }
             }
         }
         let bytes = ch.recv(MsgKind::OnlineLogits).await?;
@@ -206,6 +253,6 @@ impl ClientSession {
             .zip(&offline.logits_share)
             .map(|(c, &s)| fp.reduce(u64::from_le_bytes(c.try_into().expect("8 bytes")).wrapping_add(s)))
             .collect();
-        Ok((logits, rounds, relus))
+        Ok((logits, rounds, relus, layers))
     }
 }

@@ -53,3 +53,24 @@ async fn small_cnn_logits_match_the_fixed_point_engine() {
         assert_eq!(r.relus, model.public.kept_relus());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linearized_layers_cost_no_bytes_and_no_round() {
+    let mut model = Model::random(arch::small_cnn(10).unwrap(), 2, Some(0.2)).unwrap();
+    model.tensors.get_mut("res.relu1.mask").unwrap().fill(0.0);
+    let model = model.fold_batchnorm();
+    let ring = RingModel::new(&model, FixedPoint::DEFAULT).unwrap();
+    let public = PublicModel::new(&ring.model, "test-hash".into(), ring.fp, None).unwrap();
+    let served = Arc::new(ServedModel { ring, public });
+    let x: Vec<f32> = (0..28 * 28).map(|i| (i % 13) as f32 / 6.0 - 1.0).collect();
+    let r = run_pair(served.clone(), vec![x.clone()]).await.pop().unwrap();
+    let layer = |name: &str| r.layers.iter().find(|l| l.node == name).unwrap().clone();
+    let gone = layer("res.relu1");
+    assert_eq!((gone.relus_kept, gone.offline_bytes, gone.online_bytes, gone.online_round), (0, 0, 0, false));
+    let kept = layer("res.relu2");
+    assert!(kept.relus_kept > 0 && kept.offline_bytes > 0 && kept.online_bytes > 0 && kept.online_round);
+    // Three ReLU layers with survivors plus the input/logits exchange.
+    assert_eq!(r.online_rounds, 4);
+    let want = served.ring.decode_output(&served.ring.run(&x).unwrap());
+    assert_eq!(argmax(&want), argmax(&r.logits));
+}
