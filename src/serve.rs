@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use pi_model::FixedPoint;
+use pi_protocol::channel::Shaping;
 use pi_server::{Limits, PrepareOptions, ReluBits};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -68,6 +69,26 @@ pub fn serve(a: &ServeArgs) -> anyhow::Result<()> {
     })
 }
 
+/// An emulated network link, to measure LAN/WAN figures on one machine.
+#[derive(clap::Args, Clone)]
+pub struct LinkOptions {
+    /// Emulated bandwidth, e.g. 1gbit, 100mbit (default: the real link, unshaped).
+    #[arg(long, value_parser = Shaping::parse_bandwidth)]
+    bandwidth: Option<f64>,
+    /// Emulated round-trip time in milliseconds (with or without --bandwidth).
+    #[arg(long, default_value_t = 0.0)]
+    rtt_ms: f64,
+}
+
+impl LinkOptions {
+    fn shaping(&self) -> Option<Shaping> {
+        (self.bandwidth.is_some() || self.rtt_ms > 0.0).then(|| Shaping {
+            bandwidth_bps: self.bandwidth.unwrap_or(f64::INFINITY),
+            rtt: Duration::from_secs_f64(self.rtt_ms.max(0.0) / 1e3),
+        })
+    }
+}
+
 #[derive(clap::Args)]
 pub struct InferArgs {
     /// Server address HOST:PORT.
@@ -89,6 +110,8 @@ pub struct InferArgs {
     /// Seconds to wait for any message from the server.
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
+    #[command(flatten)]
+    link: LinkOptions,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -103,6 +126,7 @@ pub fn infer(a: &InferArgs) -> anyhow::Result<()> {
         reference_model: a.reference_model.clone(),
         timeout: Duration::from_secs(a.timeout_secs),
         progress: !a.json,
+        shaping: a.link.shaping(),
     };
     let report = runtime()?.block_on(pi_client::run(&opts))?;
     emit(&report, a.json)
@@ -121,6 +145,8 @@ pub struct DemoArgs {
     count: usize,
     #[command(flatten)]
     options: ModelOptions,
+    #[command(flatten)]
+    link: LinkOptions,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -155,6 +181,7 @@ pub fn demo(a: &DemoArgs) -> anyhow::Result<()> {
             reference_model: Some(model_path.clone()),
             timeout: Duration::from_secs(120),
             progress: !a.json,
+            shaping: a.link.shaping(),
         };
         let report = pi_client::run(&opts).await;
         server.abort();

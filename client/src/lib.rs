@@ -30,6 +30,8 @@ pub struct InferOptions {
     pub timeout: Duration,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Emulated link between the parties (applied on the client's side).
+    pub shaping: Option<pi_protocol::channel::Shaping>,
 }
 
 /// One inference as reported.
@@ -117,7 +119,7 @@ pub async fn run(opts: &InferOptions) -> anyhow::Result<Report> {
     let count = opts.count.min(ds.len());
     let stream = TcpStream::connect(&opts.server).await.with_context(|| format!("connecting to {}", opts.server))?;
     stream.set_nodelay(true)?;
-    let mut ch = Channel::new(stream).with_timeout(opts.timeout);
+    let mut ch = Channel::new(stream).with_timeout(opts.timeout).with_shaping(opts.shaping);
     let mut session = ClientSession::handshake(&mut ch, opts.expected_hash.as_deref()).await?;
     let public = session.public().clone();
     anyhow::ensure!(

@@ -119,6 +119,41 @@ impl Counters {
     }
 }
 
+/// A link emulated by one party, so LAN and WAN figures can be measured on one machine: every
+/// flushed batch and every received frame waits for its bytes at `bandwidth`, and each change of
+/// speaker costs half the round-trip time each way. Waits add to computation rather than overlap
+/// with it, so shaped figures are an upper bound.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Shaping {
+    /// Link bandwidth in bits per second.
+    pub bandwidth_bps: f64,
+    pub rtt: Duration,
+}
+
+impl Shaping {
+    fn transfer(&self, bytes: usize) -> Duration {
+        Duration::from_secs_f64(bytes as f64 * 8.0 / self.bandwidth_bps)
+    }
+
+    /// Parses a bandwidth such as `1gbit`, `100mbit`, `500kbit` or a plain number of bits/s.
+    pub fn parse_bandwidth(s: &str) -> Result<f64, String> {
+        let t = s.trim().to_ascii_lowercase();
+        let (num, mul) = if let Some(n) = t.strip_suffix("gbit") {
+            (n, 1e9)
+        } else if let Some(n) = t.strip_suffix("mbit") {
+            (n, 1e6)
+        } else if let Some(n) = t.strip_suffix("kbit") {
+            (n, 1e3)
+        } else {
+            (t.as_str(), 1.0)
+        };
+        match num.trim().parse::<f64>() {
+            Ok(v) if v > 0.0 && v.is_finite() => Ok(v * mul),
+            _ => Err(format!("bad bandwidth {s:?} (e.g. 1gbit, 100mbit, 500kbit)")),
+        }
+    }
+}
+
 type Reader = Box<dyn AsyncRead + Unpin + Send>;
 type Writer = Box<dyn AsyncWrite + Unpin + Send>;
 
@@ -127,6 +162,10 @@ pub struct Channel {
     reader: BufReader<Reader>,
     writer: BufWriter<Writer>,
     counters: Counters,
+    shaping: Option<Shaping>,
+    /// Bytes queued since the last flush, and whether this side spoke since it last listened.
+    unflushed: usize,
+    spoke: bool,
     max_frame: usize,
     timeout: Duration,
 }
@@ -144,6 +183,9 @@ impl Channel {
             counters: Counters::default(),
             max_frame: DEFAULT_MAX_FRAME,
             timeout: DEFAULT_TIMEOUT,
+            shaping: None,
+            unflushed: 0,
+            spoke: false,
         }
     }
 
@@ -155,6 +197,12 @@ impl Channel {
 
     pub fn with_max_frame(mut self, max: usize) -> Self {
         self.max_frame = max;
+        self
+    }
+
+    /// Emulates a slower link on this side (see [`Shaping`]).
+    pub fn with_shaping(mut self, shaping: Option<Shaping>) -> Self {
+        self.shaping = shaping;
         self
     }
 
@@ -184,11 +232,19 @@ impl Channel {
         self.writer.write_all(&header).await?;
         self.writer.write_all(payload).await?;
         self.counters.sent += (HEADER_LEN + payload.len()) as u64;
+        self.unflushed += HEADER_LEN + payload.len();
         Ok(())
     }
 
     /// Sends everything queued.
     pub async fn flush(&mut self) -> Result<(), ChannelError> {
+        if let Some(sh) = self.shaping {
+            let bytes = std::mem::take(&mut self.unflushed);
+            if bytes > 0 {
+                tokio::time::sleep(sh.transfer(bytes) + sh.rtt / 2).await;
+                self.spoke = true;
+            }
+        }
         self.writer.flush().await?;
         Ok(())
     }
@@ -236,6 +292,12 @@ impl Channel {
         let mut payload = vec![0u8; len];
         self.read_exact_timed(&mut payload).await?;
         self.counters.received += (HEADER_LEN + len) as u64;
+        if let Some(sh) = self.shaping {
+            // The peer's bytes cross the same link; the first answer after we spoke also pays the
+            // way back (half a round trip).
+            let back = if std::mem::take(&mut self.spoke) { sh.rtt / 2 } else { Duration::ZERO };
+            tokio::time::sleep(sh.transfer(HEADER_LEN + len) + back).await;
+        }
         if kind == MsgKind::Error {
             return Err(ChannelError::Remote(String::from_utf8_lossy(&payload).into_owned()));
         }
@@ -277,6 +339,22 @@ mod tests {
         a.send_msg(MsgKind::Hello, &(7u32, String::from("x"))).await.unwrap();
         let got: (u32, String) = b.recv_msg(MsgKind::Hello).await.unwrap();
         assert_eq!(got, (7, "x".to_string()));
+    }
+
+    #[tokio::test]
+    async fn shaping_delays_by_bandwidth_and_round_trip() {
+        assert_eq!(Shaping::parse_bandwidth("100mbit").unwrap(), 1e8);
+        assert!(Shaping::parse_bandwidth("fast").is_err());
+        let (a, mut b) = Channel::memory_pair();
+        let sh = Shaping { bandwidth_bps: 8e6, rtt: Duration::from_millis(40) };
+        let mut a = a.with_shaping(Some(sh));
+        let t = std::time::Instant::now();
+        a.send_now(MsgKind::Data, &vec![0u8; 10_000 - HEADER_LEN]).await.unwrap(); // 10 ms + 20 ms
+        b.send_now(MsgKind::Data, &vec![0u8; 10_000 - HEADER_LEN]).await.unwrap();
+        b.recv(MsgKind::Data).await.unwrap();
+        a.recv(MsgKind::Data).await.unwrap(); // 10 ms + 20 ms back
+        let e = t.elapsed();
+        assert!(e >= Duration::from_millis(60) && e < Duration::from_millis(500), "{e:?}");
     }
 
     #[tokio::test]
