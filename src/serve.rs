@@ -55,11 +55,22 @@ pub struct ServeArgs {
     /// Largest accepted frame, in MiB.
     #[arg(long, default_value_t = 64)]
     max_frame_mib: usize,
+    /// Sessions served at once; more clients are refused with "server busy".
+    #[arg(long, default_value_t = 32)]
+    max_sessions: usize,
+    /// Inferences one session may request.
+    #[arg(long, default_value_t = 10_000)]
+    max_inferences: usize,
 }
 
 pub fn serve(a: &ServeArgs) -> anyhow::Result<()> {
     let model = Arc::new(pi_server::prepare(&a.model, &a.options.prepare())?);
-    let limits = Limits { max_frame: a.max_frame_mib << 20, read_timeout: Duration::from_secs(a.timeout_secs) };
+    let limits = Limits {
+        max_frame: a.max_frame_mib << 20,
+        read_timeout: Duration::from_secs(a.timeout_secs),
+        max_sessions: a.max_sessions,
+        max_inferences_per_session: a.max_inferences,
+    };
     runtime()?.block_on(async {
         let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("binding {}", a.listen))?;
         println!("listening on {}", listener.local_addr()?);

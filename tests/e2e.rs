@@ -98,7 +98,7 @@ async fn start_server(model: &Model, timeout: Duration) -> (String, Arc<pi_proto
     let served = Arc::new(pi_server::prepare(&path, &PrepareOptions::default()).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let limits = Limits { max_frame: 64 << 20, read_timeout: timeout };
+    let limits = Limits { read_timeout: timeout, ..Limits::default() };
     tokio::spawn(pi_server::serve(listener, served.clone(), limits));
     (addr, served)
 }

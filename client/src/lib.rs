@@ -252,7 +252,7 @@ pub fn print_layers(r: &Report) {
 pub fn print_report(r: &Report) {
     let pct = |v: Option<f64>| v.map(|x| format!("{:.2}%", 100.0 * x)).unwrap_or_else(|| "-".into());
     let mb = |b: u64| format!("{:.2} MB", b as f64 / 1e6);
-    println!("server {}  model {}", r.server, &r.model_hash[..16.min(r.model_hash.len())]);
+    println!("server {}  model {}", r.server, r.model_hash.get(..16).unwrap_or(&r.model_hash));
     println!("{:<34} {}", "inferences", r.inferences);
     println!("{:<34} {}", "garbled ReLUs per inference", r.relus);
     println!("{:<34} {}", "online rounds per inference", r.online_rounds);

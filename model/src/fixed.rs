@@ -29,7 +29,7 @@ impl FixedPoint {
         if !(8..=64).contains(&self.l) {
             return Err(format!("ring width l = {} must be in 8..=64", self.l));
         }
-        if 2 * self.f + 2 > self.l {
+        if self.f >= 32 || 2 * self.f + 2 > self.l {
             return Err(format!("f = {} fractional bits leave no room in l = {} (need 2f + 2 <= l)", self.f, self.l));
         }
         Ok(())

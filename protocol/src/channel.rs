@@ -79,6 +79,15 @@ impl MsgKind {
     }
 }
 
+/// bincode with a decoding limit, so a length prefix inside a message cannot make us allocate more
+/// than a frame could carry.
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<DEFAULT_MAX_FRAME>()
+}
+
+/// Longest peer error text kept (the rest is cut), so a peer cannot flood logs.
+const MAX_ERROR_TEXT: usize = 1024;
+
 /// Why a channel operation failed. Every variant is a clean, reportable error: nothing from the peer panics.
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
@@ -148,8 +157,8 @@ impl Shaping {
             (t.as_str(), 1.0)
         };
         match num.trim().parse::<f64>() {
-            Ok(v) if v > 0.0 && v.is_finite() => Ok(v * mul),
-            _ => Err(format!("bad bandwidth {s:?} (e.g. 1gbit, 100mbit, 500kbit)")),
+            Ok(v) if (v * mul).is_finite() && v * mul >= 1e3 => Ok(v * mul),
+            _ => Err(format!("bad bandwidth {s:?} (at least 1kbit, e.g. 1gbit, 100mbit, 500kbit)")),
         }
     }
 }
@@ -229,8 +238,11 @@ impl Channel {
         header[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
         header[4..6].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
         header[6] = kind as u8;
-        self.writer.write_all(&header).await?;
-        self.writer.write_all(payload).await?;
+        self.timed(|w| Box::pin(async move {
+            w.write_all(&header).await?;
+            w.write_all(payload).await
+        }))
+        .await?;
         self.counters.sent += (HEADER_LEN + payload.len()) as u64;
         self.unflushed += HEADER_LEN + payload.len();
         Ok(())
@@ -245,8 +257,7 @@ impl Channel {
                 self.spoke = true;
             }
         }
-        self.writer.flush().await?;
-        Ok(())
+        self.timed(|w| Box::pin(w.flush())).await
     }
 
     /// Sends one frame and flushes.
@@ -257,14 +268,26 @@ impl Channel {
 
     /// Serialises a small control message with bincode and sends it (flushed).
     pub async fn send_msg<T: Serialize>(&mut self, kind: MsgKind, msg: &T) -> Result<(), ChannelError> {
-        let bytes = bincode::serde::encode_to_vec(msg, bincode::config::standard())
+        let bytes = bincode::serde::encode_to_vec(msg, bincode_config())
             .map_err(|e| ChannelError::Malformed { kind, reason: e.to_string() })?;
         self.send_now(kind, &bytes).await
     }
 
-    /// Tells the peer why this side gives up (best effort; errors are ignored).
+    /// Tells the peer why this side gives up (best effort, within a few seconds; errors are ignored).
     pub async fn send_error(&mut self, reason: &str) {
-        let _ = self.send_now(MsgKind::Error, reason.as_bytes()).await;
+        let reason = &reason.as_bytes()[..reason.len().min(MAX_ERROR_TEXT)];
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.send_now(MsgKind::Error, reason)).await;
+    }
+
+    /// Runs a write under the channel's timeout: a peer that stops reading cannot stall us forever.
+    async fn timed<'a, F>(&'a mut self, op: F) -> Result<(), ChannelError>
+    where
+        F: FnOnce(&'a mut BufWriter<Writer>) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send + 'a>>,
+    {
+        match tokio::time::timeout(self.timeout, op(&mut self.writer)).await {
+            Err(_) => Err(ChannelError::Timeout(self.timeout)),
+            Ok(r) => Ok(r?),
+        }
     }
 
     async fn read_exact_timed(&mut self, buf: &mut [u8]) -> Result<(), ChannelError> {
@@ -299,7 +322,8 @@ impl Channel {
             tokio::time::sleep(sh.transfer(HEADER_LEN + len) + back).await;
         }
         if kind == MsgKind::Error {
-            return Err(ChannelError::Remote(String::from_utf8_lossy(&payload).into_owned()));
+            let text = String::from_utf8_lossy(&payload[..payload.len().min(MAX_ERROR_TEXT)]);
+            return Err(ChannelError::Remote(text.escape_debug().to_string()));
         }
         Ok((kind, payload))
     }
@@ -316,7 +340,7 @@ impl Channel {
     /// Receives a bincode control message of the expected kind.
     pub async fn recv_msg<T: DeserializeOwned>(&mut self, expected: MsgKind) -> Result<T, ChannelError> {
         let bytes = self.recv(expected).await?;
-        let (msg, used) = bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
+        let (msg, used) = bincode::serde::decode_from_slice(&bytes, bincode_config())
             .map_err(|e| ChannelError::Malformed { kind: expected, reason: e.to_string() })?;
         if used != bytes.len() {
             return Err(ChannelError::Malformed { kind: expected, reason: "trailing bytes".into() });
@@ -392,6 +416,16 @@ mod tests {
         let (_raw, other) = tokio::io::duplex(1024);
         let mut ch = Channel::new(other).with_timeout(Duration::from_millis(20));
         assert!(matches!(ch.recv_any().await, Err(ChannelError::Timeout(_))));
+        // A bincode length prefix far beyond the frame is refused without allocating it.
+        let (mut a, mut b) = Channel::memory_pair();
+        let mut evil = vec![0xfd];
+        evil.extend_from_slice(&(1u64 << 45).to_le_bytes());
+        a.send_now(MsgKind::Hello, &evil).await.unwrap();
+        assert!(matches!(b.recv_msg::<String>(MsgKind::Hello).await, Err(ChannelError::Malformed { .. })));
+        // A peer that never reads: writes time out instead of blocking forever.
+        let (_raw, other) = tokio::io::duplex(1024);
+        let mut ch = Channel::new(other).with_timeout(Duration::from_millis(50));
+        assert!(matches!(ch.send_now(MsgKind::Data, &vec![0u8; 1 << 20]).await, Err(ChannelError::Timeout(_))));
         // Garbage bincode.
         let (mut a, mut b) = Channel::memory_pair();
         a.send_now(MsgKind::Hello, &[0xff; 3]).await.unwrap();

@@ -38,6 +38,8 @@ mod graph_json {
 
 /// Largest activation (elements) a peer may announce: bounds the memory a hostile greeting can demand.
 pub const MAX_ACTIVATION: usize = 1 << 26;
+/// Largest sum of all activations a peer may announce (the client keeps every node's share).
+pub const MAX_TOTAL_ACTIVATIONS: usize = 1 << 28;
 
 /// Why a public model is unusable.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +74,10 @@ impl PublicModel {
         let shapes = self.graph.shapes().map_err(|e| err(e.to_string()))?;
         if let Some((name, s)) = shapes.iter().find(|(_, s)| s.iter().product::<usize>() > MAX_ACTIVATION) {
             return Err(err(format!("activation {name:?} of shape {s:?} exceeds {MAX_ACTIVATION} elements")));
+        }
+        let total: usize = shapes.values().map(|s| s.iter().product::<usize>()).sum();
+        if total > MAX_TOTAL_ACTIVATIONS {
+            return Err(err(format!("activations total {total} elements, more than {MAX_TOTAL_ACTIVATIONS}")));
         }
         if self.graph.nodes.iter().any(|n| matches!(n.op, Op::Batchnorm { .. })) {
             return Err(err("graph is not folded".into()));

@@ -95,19 +95,40 @@ fn calibration_inputs(ring: &RingModel, dir: Option<&Path>) -> anyhow::Result<Ve
 pub struct Limits {
     /// Largest accepted frame.
     pub max_frame: usize,
-    /// Longest wait for any read from a client.
+    /// Longest wait for any read from, or write to, a client.
     pub read_timeout: Duration,
+    /// Sessions served at once; further clients are refused with "server busy".
+    pub max_sessions: usize,
+    /// Inferences per session, so one connection cannot make the server work forever.
+    pub max_inferences_per_session: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_frame: pi_protocol::channel::DEFAULT_MAX_FRAME, read_timeout: Duration::from_secs(60) }
+        Self {
+            max_frame: pi_protocol::channel::DEFAULT_MAX_FRAME,
+            read_timeout: Duration::from_secs(60),
+            max_sessions: 32,
+            max_inferences_per_session: 10_000,
+        }
+    }
+}
+
+/// What the client is told when its session fails: protocol errors it caused are named; the
+/// server's internal errors (which could describe the weights) are not.
+fn client_reason(e: &anyhow::Error) -> String {
+    use pi_protocol::inference::InferenceError;
+    match e.downcast_ref::<InferenceError>() {
+        Some(InferenceError::He(_) | InferenceError::Gc(_) | InferenceError::Task(_)) => "internal server error".into(),
+        Some(other) => other.to_string(),
+        None => "internal server error".into(),
     }
 }
 
 /// Serves clients forever (until the task is dropped). Each connection is its own task.
 pub async fn serve(listener: TcpListener, model: Arc<ServedModel>, limits: Limits) -> anyhow::Result<()> {
     let counter = AtomicU64::new(0);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_sessions));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -121,24 +142,31 @@ pub async fn serve(listener: TcpListener, model: Arc<ServedModel>, limits: Limit
         let id = counter.fetch_add(1, Ordering::Relaxed);
         let model = model.clone();
         let limits = limits.clone();
+        let slot = slots.clone().try_acquire_owned();
         tokio::spawn(async move {
-            tracing::info!(session = id, %peer, "client connected");
             let mut ch = Channel::new(stream).with_max_frame(limits.max_frame).with_timeout(limits.read_timeout);
-            match session(&mut ch, model, id).await {
+            let Ok(_slot) = slot else {
+                tracing::warn!(session = id, %peer, "refused: {} sessions already running", limits.max_sessions);
+                ch.send_error("server busy: too many sessions, try again later").await;
+                return;
+            };
+            tracing::info!(session = id, %peer, "client connected");
+            match session(&mut ch, model, id, limits.max_inferences_per_session).await {
                 Ok(n) => tracing::info!(session = id, inferences = n, "session ended"),
                 Err(e) => {
                     tracing::warn!(session = id, "session failed: {e:#}");
-                    ch.send_error(&format!("{e:#}")).await;
+                    ch.send_error(&client_reason(&e)).await;
                 }
             }
         });
     }
 }
 
-async fn session(ch: &mut Channel, model: Arc<ServedModel>, id: u64) -> anyhow::Result<usize> {
+async fn session(ch: &mut Channel, model: Arc<ServedModel>, id: u64, max_inferences: usize) -> anyhow::Result<usize> {
     let mut s = ServerSession::handshake(ch, model).await?;
     let mut served = 0;
     while s.next_request(ch).await?.is_some() {
+        anyhow::ensure!(served < max_inferences, "session limit of {max_inferences} inferences reached");
         let stats = s.serve_inference(ch).await?;
         served += 1;
         tracing::info!(

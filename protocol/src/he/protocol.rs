@@ -232,7 +232,8 @@ impl HeServer {
         let (plan, kernel, margin) = match checked {
             Ok(v) => v,
             Err(e) => {
-                ch.send_error(&e.to_string()).await;
+                // The detail (it may describe the weights) stays in the server's error; the peer gets none.
+                ch.send_error("the server cannot preprocess this layer").await;
                 return Err(e);
             }
         };
