@@ -80,30 +80,37 @@ impl GarblerSession {
         }).collect();
         let delta = self.cot.delta().clone();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+        // Sent frames come back for reuse: fresh multi-megabyte buffers cost a page fault per 4 KiB.
+        let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
         let producer = {
             let (ac, delta) = (ac.clone(), delta.clone());
             tokio::task::spawn_blocking(move || {
                 let mut a_zero = vec![Label::default(); n * k];
                 let mut r_sum = vec![0u64; n];
+                let mut raw = Vec::<u128>::new();
                 for (c, &(lo, hi)) in ranges.iter().enumerate() {
                     let gin = &mut a_zero[lo * k..hi * k];
-                    let mut raw = vec![0u128; gin.len()];
+                    raw.resize(gin.len(), 0);
                     AesPrg::new(seeds[c]).fill(0, &mut raw);
-                    for (g, x) in gin.iter_mut().zip(raw) {
+                    for (g, &x) in gin.iter_mut().zip(&raw) {
                         *g = Label(x);
                     }
-                    let mut records = vec![0u8; (hi - lo) * ac.record_bytes()];
+                    let mut records = back_rx.try_recv().unwrap_or_default();
+                    records.clear();
+                    records.resize((hi - lo) * ac.record_bytes(), 0);
                     garble_batch(&ac, &delta, first_id + lo as u64, gin, &ein[lo * k..hi * k], &mut records, &mut r_sum[lo..hi]);
                     if tx.blocking_send(records).is_err() {
                         break; // the async side failed and reports why
                     }
                 }
                 seeds.zeroize();
+                raw.zeroize();
                 (a_zero, r_sum)
             })
         };
         while let Some(frame) = rx.recv().await {
             ch.send(MsgKind::GarbledTables, &frame).await?;
+            let _ = back_tx.send(frame); // the producer may have finished
         }
         ch.flush().await?;
         let (a_zero, r_sum) = producer.await?;

@@ -9,6 +9,7 @@
 //! instead of an `l`-bit garbled subtractor.
 
 use super::hash::{FixedKeyAes, tweak};
+use super::word::{Native, Word};
 use super::{Delta, Label};
 
 /// Bytes of one output ciphertext.
@@ -34,29 +35,45 @@ pub fn garble_arith(
     assert_eq!(out_zero.len(), lanes * nout);
     assert!(stride >= nout * ARITH_CT_BYTES && cts.len() >= (lanes - 1) * stride + nout * ARITH_CT_BYTES);
     assert_eq!(r.len(), lanes);
-    let sd = FixedKeyAes::sigma(delta.as_u128());
+    let sd = Native::from_u128(FixedKeyAes::sigma(delta.as_u128()));
     let aes = FixedKeyAes::get();
-    let mut buf = vec![0u128; 2 * nout];
-    for j in 0..lanes {
+    // All lanes' hashes in one AES call (SIMD words: no 64-bit stores read back as 128-bit blocks).
+    let mut buf = vec![Native::zero(); 2 * nout * lanes];
+    let mut ys = vec![0u64; 2 * nout * lanes];
+    for (j, &id) in ids.iter().enumerate() {
         for o in 0..nout {
-            let s = FixedKeyAes::sigma(out_zero[j * nout + o].0) ^ tweak(ids[j], first_index + o as u64);
-            buf[2 * o] = s;
-            buf[2 * o + 1] = s ^ sd;
+            let i = j * nout + o;
+            let s = Native::from_u128(FixedKeyAes::sigma(out_zero[i].0) ^ tweak(id, first_index + o as u64));
+            let s1 = s.xor(sd);
+            buf[2 * i] = s;
+            buf[2 * i + 1] = s1;
+            // Low halves of the hash inputs, kept for `H = π(y) ⊕ y` (only the low 64 bits are used).
+            ys[2 * i] = s.to_u128() as u64;
+            ys[2 * i + 1] = s1.to_u128() as u64;
         }
-        aes.mmo_in_place(&mut buf);
+    }
+    aes.permute_words(&mut buf);
+    // Branch-free and bounds-check-free per output (this loop was a tenth of the garbling time).
+    for (j, rj) in r.iter_mut().enumerate() {
         let mut sum = 0u64;
-        for o in 0..nout {
-            let pi = out_zero[j * nout + o].lsb();
-            let (h0, h1) = (buf[2 * o] as u64, buf[2 * o + 1] as u64);
-            let (h_even, h_odd) = if pi { (h1, h0) } else { (h0, h1) };
-            let w = weights[o];
-            let r_o = h_even.wrapping_sub(if pi { w } else { 0 });
-            let t = r_o.wrapping_add(if pi { 0 } else { w }).wrapping_sub(h_odd);
+        let cj = &mut cts[j * stride..j * stride + nout * ARITH_CT_BYTES];
+        let outs = cj
+            .chunks_exact_mut(ARITH_CT_BYTES)
+            .zip(buf[2 * j * nout..2 * (j + 1) * nout].chunks_exact(2))
+            .zip(ys[2 * j * nout..2 * (j + 1) * nout].chunks_exact(2))
+            .zip(&out_zero[j * nout..(j + 1) * nout])
+            .zip(weights);
+        for ((((c, b), y), l), &w) in outs {
+            let (h0, h1) = ((b[0].to_u128() as u64) ^ y[0], (b[1].to_u128() as u64) ^ y[1]);
+            let m = ((l.0 & 1) as u64).wrapping_neg(); // all ones iff π = 1
+            let swap = (h0 ^ h1) & m;
+            let (h_even, h_odd) = (h0 ^ swap, h1 ^ swap);
+            let r_o = h_even.wrapping_sub(w & m);
+            let t = r_o.wrapping_add(w & !m).wrapping_sub(h_odd);
             sum = sum.wrapping_add(r_o);
-            let off = j * stride + o * ARITH_CT_BYTES;
-            cts[off..off + ARITH_CT_BYTES].copy_from_slice(&(t & mask).to_le_bytes());
+            c.copy_from_slice(&(t & mask).to_le_bytes());
         }
-        r[j] = sum & mask;
+        *rj = sum & mask;
     }
 }
 
@@ -78,18 +95,22 @@ pub fn evaluate_arith(
     assert!(stride >= nout * ARITH_CT_BYTES && cts.len() >= (lanes - 1) * stride + nout * ARITH_CT_BYTES);
     assert_eq!(v.len(), lanes);
     let aes = FixedKeyAes::get();
-    let mut buf = vec![0u128; nout];
+    let mut buf = vec![Native::zero(); nout * lanes];
     for j in 0..lanes {
         for o in 0..nout {
-            buf[o] = FixedKeyAes::sigma(out[j * nout + o].0) ^ tweak(ids[j], first_index + o as u64);
+            buf[j * nout + o] = Native::from_u128(FixedKeyAes::sigma(out[j * nout + o].0) ^ tweak(ids[j], first_index + o as u64));
         }
-        aes.mmo_in_place(&mut buf);
+    }
+    aes.permute_words(&mut buf);
+    for j in 0..lanes {
         let mut sum = 0u64;
         for o in 0..nout {
+            let i = j * nout + o;
+            let y = FixedKeyAes::sigma(out[i].0) ^ tweak(ids[j], first_index + o as u64);
             let off = j * stride + o * ARITH_CT_BYTES;
             let t = u64::from_le_bytes(cts[off..off + ARITH_CT_BYTES].try_into().expect("8 bytes"));
-            let h = buf[o] as u64;
-            sum = sum.wrapping_add(if out[j * nout + o].lsb() { h.wrapping_add(t) } else { h });
+            let h = (buf[i].to_u128() ^ y) as u64;
+            sum = sum.wrapping_add(if out[i].lsb() { h.wrapping_add(t) } else { h });
         }
         v[j] = sum & mask;
     }

@@ -2,8 +2,8 @@
 //! (2 hashes per AND gate per instance, batched across instances). Per AND gate, with labels `A`, `B`:
 //! `W = H(A,t0) ⊕ lsb(A)·TG ⊕ H(B,t1) ⊕ lsb(B)·(TE ⊕ A)`.
 
-use super::garble::{AND_TABLE_BYTES, lanes_of};
-use super::word::{Native, Word};
+use super::garble::{AND_TABLE_BYTES, MAX_RUN, and_run, lanes_of};
+use super::word::{Lanes, Native};
 use super::hash::{FixedKeyAes, tweak};
 use super::{Bit, Circuit, Gate, LANES, Label};
 
@@ -27,12 +27,36 @@ pub fn evaluate_lanes(
     assert!(stride >= rec && tables.len() >= (lanes - 1) * stride + rec);
     assert_eq!(out.len(), lanes * circuit.outputs.len());
     thread_local!(static SCRATCH: std::cell::RefCell<Vec<Native>> = const { std::cell::RefCell::new(Vec::new()) });
-    SCRATCH.with_borrow_mut(|w| evaluate_lanes_with::<Native>(w, circuit, ids, gin, ein, tables, stride, out))
+    #[cfg(target_arch = "x86_64")]
+    if super::garble::avx512() {
+        thread_local!(static SCRATCH4: std::cell::RefCell<Vec<super::word::X4>> = const { std::cell::RefCell::new(Vec::new()) });
+        // SAFETY: the CPU supports the features the function is compiled for (checked).
+        return SCRATCH4.with_borrow_mut(|w| unsafe { evaluate_lanes_avx512(w, circuit, ids, gin, ein, tables, stride, out) });
+    }
+    SCRATCH.with_borrow_mut(|w| evaluate_lanes_with::<Native, LANES>(w, circuit, ids, gin, ein, tables, stride, out))
+}
+
+/// [`evaluate_lanes_with`] compiled with AVX-512 enabled (see `garble::garble_lanes_avx512`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn evaluate_lanes_avx512(
+    w: &mut Vec<super::word::X4>,
+    circuit: &Circuit,
+    ids: &[u64],
+    gin: &[Label],
+    ein: &[Label],
+    tables: &[u8],
+    stride: usize,
+    out: &mut [Label],
+) {
+    evaluate_lanes_with::<super::word::X4, { LANES / 4 }>(w, circuit, ids, gin, ein, tables, stride, out)
 }
 
 /// [`evaluate_lanes`] computing with word type `W` (checked arguments).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn evaluate_lanes_with<W: Word>(
+#[inline(always)]
+pub(crate) fn evaluate_lanes_with<W: Lanes, const L: usize>(
     w: &mut Vec<W>,
     circuit: &Circuit,
     ids: &[u64],
@@ -43,8 +67,9 @@ pub(crate) fn evaluate_lanes_with<W: Word>(
     out: &mut [Label],
 ) {
     let lanes = ids.len();
+    assert_eq!(L * W::K, LANES, "L words of K labels make LANES instances");
     if lanes == LANES {
-        return evaluate_impl::<W, LANES>(w, circuit, ids, gin, ein, tables, stride, out);
+        return evaluate_impl::<W, L>(w, circuit, ids, gin, ein, tables, stride, out);
     }
     // Partial group: padded to LANES lanes with dummy labels and zero tables (results discarded).
     let (ng, ne, nout) = (circuit.n_garbler_inputs, circuit.n_evaluator_inputs, circuit.outputs.len());
@@ -59,12 +84,13 @@ pub(crate) fn evaluate_lanes_with<W: Word>(
         ptables[j * rec..(j + 1) * rec].copy_from_slice(&tables[j * stride..j * stride + rec]);
     }
     let mut pout = vec![Label::default(); LANES * nout];
-    evaluate_impl::<W, LANES>(w, circuit, &pad_ids, &pgin, &pein, &ptables, rec, &mut pout);
+    evaluate_impl::<W, L>(w, circuit, &pad_ids, &pgin, &pein, &ptables, rec, &mut pout);
     out.copy_from_slice(&pout[..lanes * nout]);
 }
 
 #[allow(clippy::too_many_arguments)]
-fn evaluate_impl<W: Word, const L: usize>(
+#[inline(always)]
+fn evaluate_impl<W: Lanes, const L: usize>(
     w: &mut Vec<W>,
     circuit: &Circuit,
     ids: &[u64],
@@ -77,57 +103,86 @@ fn evaluate_impl<W: Word, const L: usize>(
     let (ng, ne, nin) = (circuit.n_garbler_inputs, circuit.n_evaluator_inputs, circuit.n_inputs());
     let nout = circuit.outputs.len();
     let aes = FixedKeyAes::get();
-    w.clear();
-    w.resize(circuit.n_wires() * L, W::zero());
-    for j in 0..L {
-        for i in 0..ng {
-            w[i * L + j] = W::from_u128(gin[j * ng + i].0);
-        }
-        for i in 0..ne {
-            w[(ng + i) * L + j] = W::from_u128(ein[j * ne + i].0);
+    let nw = circuit.n_wires() * L;
+    // Wire labels, then the AES batch of one run of independent ANDs (2 blocks per AND per lane).
+    // Every wire is written before it is read, so stale contents from the previous call are harmless
+    // (zeroing the scratch on every call cost ~10% of the time).
+    if w.len() != nw + MAX_RUN * L * 2 {
+        w.clear();
+        w.resize(nw + MAX_RUN * L * 2, W::zero());
+    }
+    let (w, enc) = w.split_at_mut(nw);
+    let k = W::K;
+    // Word `j` of a wire holds instances `j*K .. j*K + K`.
+    for i in 0..ng {
+        for j in 0..L {
+            w[i * L + j] = W::gather(|t| gin[(j * k + t) * ng + i].0);
         }
     }
-    let base: [W; L] = std::array::from_fn(|j| W::from_u128(tweak(ids[j], 0)));
-    let mut ys = [[W::zero(); 2]; L];
-    let mut enc = [[W::zero(); 2]; L];
+    for i in 0..ne {
+        for j in 0..L {
+            w[(ng + i) * L + j] = W::gather(|t| ein[(j * k + t) * ne + i].0);
+        }
+    }
+    let base: [W; L] = std::array::from_fn(|j| W::gather(|t| tweak(ids[j * k + t], 0)));
+    let gates = &circuit.gates;
     let mut and_idx = 0usize;
-    for (g, gate) in circuit.gates.iter().enumerate() {
+    let mut g = 0usize;
+    while g < gates.len() {
         let (src, dst) = w.split_at_mut((nin + g) * L);
-        let dst = &mut dst[..L];
-        match *gate {
+        match gates[g] {
             Gate::Xor(a, b) => {
                 let (sa, sb) = (lanes_of::<W, L>(src, a), lanes_of::<W, L>(src, b));
-                for ((o, &x), &y) in dst.iter_mut().zip(sa).zip(sb) {
+                for ((o, &x), &y) in dst[..L].iter_mut().zip(sa).zip(sb) {
                     *o = x.xor(y);
                 }
+                g += 1;
             }
-            Gate::Not(a) => dst.copy_from_slice(lanes_of::<W, L>(src, a)),
-            Gate::And(a, b) => {
-                let (sa, sb) = (lanes_of::<W, L>(src, a), lanes_of::<W, L>(src, b));
-                let t0 = W::from_u128(2 * and_idx as u128);
-                let t1 = W::from_u128(2 * and_idx as u128 + 1);
-                for j in 0..L {
-                    ys[j] = [sa[j].sigma().xor(base[j]).xor(t0), sb[j].sigma().xor(base[j]).xor(t1)];
-                    enc[j] = ys[j];
+            Gate::Not(a) => {
+                dst[..L].copy_from_slice(lanes_of::<W, L>(src, a));
+                g += 1;
+            }
+            Gate::And(..) => {
+                let run = and_run(gates, nin, g);
+                let enc = &mut enc[..run * L * 2];
+                for (r, e) in enc.chunks_exact_mut(2 * L).enumerate() {
+                    let Gate::And(a, b) = gates[g + r] else { unreachable!() };
+                    let (sa, sb) = (lanes_of::<W, L>(src, a), lanes_of::<W, L>(src, b));
+                    let t0 = W::splat(2 * (and_idx + r) as u128);
+                    let t1 = W::splat(2 * (and_idx + r) as u128 + 1);
+                    for j in 0..L {
+                        e[2 * j] = sa[j].sigma().xor(base[j]).xor(t0);
+                        e[2 * j + 1] = sb[j].sigma().xor(base[j]).xor(t1);
+                    }
                 }
-                aes.permute_words(enc.as_flattened_mut());
-                for j in 0..L {
-                    let (la, lb) = (sa[j], sb[j]);
-                    let off = j * stride + AND_TABLE_BYTES * and_idx;
-                    let table: &[u8; 32] = tables[off..off + 32].try_into().expect("32 bytes");
-                    let tg = W::read_from(&table[..16]);
-                    let te = W::read_from(&table[16..]);
-                    let (ha, hb) = (enc[j][0].xor(ys[j][0]), enc[j][1].xor(ys[j][1]));
-                    dst[j] = ha.xor(la.lsb_mask().and(tg)).xor(hb).xor(lb.lsb_mask().and(te.xor(la)));
+                aes.permute_words(enc);
+                for (r, e) in enc.chunks_exact(2 * L).enumerate() {
+                    let Gate::And(a, b) = gates[g + r] else { unreachable!() };
+                    let (sa, sb) = (lanes_of::<W, L>(src, a), lanes_of::<W, L>(src, b));
+                    let t0 = W::splat(2 * (and_idx + r) as u128);
+                    let t1 = W::splat(2 * (and_idx + r) as u128 + 1);
+                    let dst = &mut dst[r * L..(r + 1) * L];
+                    let tb = AND_TABLE_BYTES * (and_idx + r);
+                    for j in 0..L {
+                        let (la, lb) = (sa[j], sb[j]);
+                        let off = j * k * stride + tb;
+                        let tg = W::read_strided(tables, off, stride);
+                        let te = W::read_strided(tables, off + 16, stride);
+                        // Hash inputs recomputed rather than copied before the in-place AES.
+                        let ha = e[2 * j].xor(la.sigma().xor(base[j]).xor(t0));
+                        let hb = e[2 * j + 1].xor(lb.sigma().xor(base[j]).xor(t1));
+                        dst[j] = ha.xor(la.lsb_mask().and(tg)).xor(hb).xor(lb.lsb_mask().and(te.xor(la)));
+                    }
                 }
-                and_idx += 1;
+                and_idx += run;
+                g += run;
             }
         }
     }
     for (oi, o) in circuit.outputs.iter().enumerate() {
         let Bit::Wire(x) = *o else { panic!("constant circuit outputs are not garbled") };
         for j in 0..L {
-            out[j * nout + oi] = Label(w[x as usize * L + j].to_u128());
+            w[x as usize * L + j].scatter(|t, v| out[(j * k + t) * nout + oi] = Label(v));
         }
     }
 }

@@ -7,7 +7,7 @@
 //! `W0 = H(A0,t0) ⊕ pa·TG ⊕ H(B0,t1) ⊕ pb·(TE ⊕ A0)`. The table is `TG ‖ TE` (32 bytes).
 
 use super::hash::{FixedKeyAes, tweak};
-use super::word::{Native, Word};
+use super::word::{Lanes, Native};
 use super::{Bit, Circuit, Delta, Gate, LANES, Label};
 
 /// Bytes of one AND gate's table.
@@ -41,12 +41,53 @@ pub fn garble_lanes(
     // Per-thread scratch for the wire labels: allocating it per call made the allocator return and
     // re-fault pages on every group.
     thread_local!(static SCRATCH: std::cell::RefCell<Vec<Native>> = const { std::cell::RefCell::new(Vec::new()) });
-    SCRATCH.with_borrow_mut(|w| garble_lanes_with::<Native>(w, circuit, delta, ids, gin, ein, tables, stride, out))
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        thread_local!(static SCRATCH4: std::cell::RefCell<Vec<super::word::X4>> = const { std::cell::RefCell::new(Vec::new()) });
+        // SAFETY: the CPU supports the features the function is compiled for (checked).
+        return SCRATCH4.with_borrow_mut(|w| unsafe { garble_lanes_avx512(w, circuit, delta, ids, gin, ein, tables, stride, out) });
+    }
+    SCRATCH.with_borrow_mut(|w| garble_lanes_with::<Native, LANES>(w, circuit, delta, ids, gin, ein, tables, stride, out))
+}
+
+/// Whether the AVX-512 build of the lane loops can run here (checked once; the AES calls inside keep
+/// their own run-time dispatch).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn avx512() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx2")
+    })
+}
+
+/// The same code compiled with AVX-512 enabled: 32 vector registers (no spills of the lane arrays)
+/// and 256/512-bit moves and XORs for the lane loops of free gates.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn garble_lanes_avx512(
+    w: &mut Vec<super::word::X4>,
+    circuit: &Circuit,
+    delta: &Delta,
+    ids: &[u64],
+    gin: &[Label],
+    ein: &[Label],
+    tables: &mut [u8],
+    stride: usize,
+    out: &mut [Label],
+) {
+    garble_lanes_with::<super::word::X4, { LANES / 4 }>(w, circuit, delta, ids, gin, ein, tables, stride, out)
 }
 
 /// [`garble_lanes`] computing with word type `W` (checked arguments).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn garble_lanes_with<W: Word>(
+#[inline(always)]
+pub(crate) fn garble_lanes_with<W: Lanes, const L: usize>(
     w: &mut Vec<W>,
     circuit: &Circuit,
     delta: &Delta,
@@ -58,8 +99,9 @@ pub(crate) fn garble_lanes_with<W: Word>(
     out: &mut [Label],
 ) {
     let lanes = ids.len();
+    assert_eq!(L * W::K, LANES, "L words of K labels make LANES instances");
     if lanes == LANES {
-        return garble_impl::<W, LANES>(w, circuit, delta, ids, gin, ein, tables, stride, out);
+        return garble_impl::<W, L>(w, circuit, delta, ids, gin, ein, tables, stride, out);
     }
     // A partial group (the tail of a batch) runs padded to LANES lanes (constant trip counts keep the
     // lane loops unrolled); the padding lanes' tables are discarded, never sent.
@@ -72,7 +114,7 @@ pub(crate) fn garble_lanes_with<W: Word>(
     pein.resize(LANES * ne, Label::default());
     let mut ptables = vec![0u8; LANES * rec];
     let mut pout = vec![Label::default(); LANES * nout];
-    garble_impl::<W, LANES>(w, circuit, delta, &pad_ids, &pgin, &pein, &mut ptables, rec, &mut pout);
+    garble_impl::<W, L>(w, circuit, delta, &pad_ids, &pgin, &pein, &mut ptables, rec, &mut pout);
     for j in 0..lanes {
         tables[j * stride..j * stride + rec].copy_from_slice(&ptables[j * rec..(j + 1) * rec]);
     }
@@ -81,13 +123,30 @@ pub(crate) fn garble_lanes_with<W: Word>(
 
 /// Labels of one wire in all `L` lanes.
 #[inline(always)]
-pub(crate) fn lanes_of<W: Word, const L: usize>(w: &[W], wire: u32) -> &[W; L] {
+pub(crate) fn lanes_of<W: Copy, const L: usize>(w: &[W], wire: u32) -> &[W; L] {
     let i = wire as usize * L;
     w[i..i + L].try_into().expect("L labels")
 }
 
+/// Most AND gates hashed in one AES call (a run of mutually independent ANDs, see [`and_run`]).
+pub(crate) const MAX_RUN: usize = 32;
+
+/// Length of the run of AND gates starting at gate `g` (an AND) whose inputs all come from before
+/// gate `g`: they are independent, so all their hashes (in all lanes) go to AES as one batch. In the
+/// ReLU gadget the carry chain gives runs of 1 and the output muxes one run of `k - 1 - shift`.
+#[inline]
+pub(crate) fn and_run(gates: &[Gate], nin: usize, g: usize) -> usize {
+    let lim = (nin + g) as u32;
+    gates[g..]
+        .iter()
+        .take(MAX_RUN)
+        .take_while(|gate| matches!(**gate, Gate::And(a, b) if a < lim && b < lim))
+        .count()
+}
+
 #[allow(clippy::too_many_arguments)]
-fn garble_impl<W: Word, const L: usize>(
+#[inline(always)]
+fn garble_impl<W: Lanes, const L: usize>(
     w: &mut Vec<W>,
     circuit: &Circuit,
     delta: &Delta,
@@ -100,72 +159,102 @@ fn garble_impl<W: Word, const L: usize>(
 ) {
     let (ng, ne, nin) = (circuit.n_garbler_inputs, circuit.n_evaluator_inputs, circuit.n_inputs());
     let nout = circuit.outputs.len();
-    let d = W::from_u128(delta.as_u128());
+    let k = W::K;
+    let d = W::splat(delta.as_u128());
     let sd = d.sigma();
     let aes = FixedKeyAes::get();
-    w.clear();
-    w.resize(circuit.n_wires() * L, W::zero());
-    for j in 0..L {
-        for i in 0..ng {
-            w[i * L + j] = W::from_u128(gin[j * ng + i].0);
-        }
-        for i in 0..ne {
-            w[(ng + i) * L + j] = W::from_u128(ein[j * ne + i].0);
+    let nw = circuit.n_wires() * L;
+    // Wire labels, then the AES batch of one run (4 blocks per AND per lane).
+    // Every wire is written before it is read, so stale contents from the previous call are harmless
+    // (zeroing the scratch on every call cost ~10% of the time).
+    if w.len() != nw + MAX_RUN * L * 4 {
+        w.clear();
+        w.resize(nw + MAX_RUN * L * 4, W::zero());
+    }
+    let (w, enc) = w.split_at_mut(nw);
+    // Word `j` of a wire holds instances `j*K .. j*K + K`.
+    for i in 0..ng {
+        for j in 0..L {
+            w[i * L + j] = W::gather(|t| gin[(j * k + t) * ng + i].0);
         }
     }
-    let base: [W; L] = std::array::from_fn(|j| W::from_u128(tweak(ids[j], 0)));
-    let mut ys = [[W::zero(); 4]; L];
-    let mut enc = [[W::zero(); 4]; L];
+    for i in 0..ne {
+        for j in 0..L {
+            w[(ng + i) * L + j] = W::gather(|t| ein[(j * k + t) * ne + i].0);
+        }
+    }
+    let base: [W; L] = std::array::from_fn(|j| W::gather(|t| tweak(ids[j * k + t], 0)));
+    let gates = &circuit.gates;
     let mut and_idx = 0usize;
-    for (g, gate) in circuit.gates.iter().enumerate() {
-        // Gates only read earlier wires, so the output slot is split off from its inputs.
+    let mut g = 0usize;
+    while g < gates.len() {
+        // Gates only read earlier wires, so the output slots are split off from their inputs.
         let (src, dst) = w.split_at_mut((nin + g) * L);
-        let dst = &mut dst[..L];
-        match *gate {
+        match gates[g] {
             Gate::Xor(a, b) => {
                 let (sa, sb) = (lanes_of::<W, L>(src, a), lanes_of::<W, L>(src, b));
-                for ((o, &x), &y) in dst.iter_mut().zip(sa).zip(sb) {
+                for ((o, &x), &y) in dst[..L].iter_mut().zip(sa).zip(sb) {
                     *o = x.xor(y);
                 }
+                g += 1;
             }
             Gate::Not(a) => {
-                for (o, &x) in dst.iter_mut().zip(lanes_of::<W, L>(src, a)) {
+                for (o, &x) in dst[..L].iter_mut().zip(lanes_of::<W, L>(src, a)) {
                     *o = x.xor(d);
                 }
+                g += 1;
             }
-            Gate::And(a, b) => {
-                let (sa, sb) = (lanes_of::<W, L>(src, a), lanes_of::<W, L>(src, b));
-                let t0 = W::from_u128(2 * and_idx as u128);
-                let t1 = W::from_u128(2 * and_idx as u128 + 1);
-                for j in 0..L {
-                    let ha = sa[j].sigma().xor(base[j]).xor(t0);
-                    let hb = sb[j].sigma().xor(base[j]).xor(t1);
-                    ys[j] = [ha, ha.xor(sd), hb, hb.xor(sd)];
-                    enc[j] = ys[j];
+            Gate::And(..) => {
+                let run = and_run(gates, nin, g);
+                let enc = &mut enc[..run * L * 4];
+                for (r, e) in enc.chunks_exact_mut(4 * L).enumerate() {
+                    let Gate::And(a, b) = gates[g + r] else { unreachable!() };
+                    let (sa, sb) = (lanes_of::<W, L>(src, a), lanes_of::<W, L>(src, b));
+                    let t0 = W::splat(2 * (and_idx + r) as u128);
+                    let t1 = W::splat(2 * (and_idx + r) as u128 + 1);
+                    for j in 0..L {
+                        let ha = sa[j].sigma().xor(base[j]).xor(t0);
+                        let hb = sb[j].sigma().xor(base[j]).xor(t1);
+                        e[4 * j..4 * j + 4].copy_from_slice(&[ha, ha.xor(sd), hb, hb.xor(sd)]);
+                    }
                 }
-                aes.permute_words(enc.as_flattened_mut());
-                for j in 0..L {
-                    let (a0, b0) = (sa[j], sb[j]);
-                    let [h0, h1, h2, h3] = std::array::from_fn::<W, 4, _>(|i| enc[j][i].xor(ys[j][i]));
-                    let (ma, mb) = (a0.lsb_mask(), b0.lsb_mask());
-                    let tg = h0.xor(h1).xor(mb.and(d));
-                    let te = h2.xor(h3).xor(a0);
-                    let wg = h0.xor(ma.and(tg));
-                    let we = h2.xor(mb.and(te.xor(a0)));
-                    dst[j] = wg.xor(we);
-                    let off = j * stride + AND_TABLE_BYTES * and_idx;
-                    let table: &mut [u8; 32] = (&mut tables[off..off + 32]).try_into().expect("32 bytes");
-                    tg.write_to(&mut table[..16]);
-                    te.write_to(&mut table[16..]);
+                aes.permute_words(enc);
+                for (r, e) in enc.chunks_exact(4 * L).enumerate() {
+                    let Gate::And(a, b) = gates[g + r] else { unreachable!() };
+                    let (sa, sb) = (lanes_of::<W, L>(src, a), lanes_of::<W, L>(src, b));
+                    let t0 = W::splat(2 * (and_idx + r) as u128);
+                    let t1 = W::splat(2 * (and_idx + r) as u128 + 1);
+                    let dst = &mut dst[r * L..(r + 1) * L];
+                    let tb = AND_TABLE_BYTES * (and_idx + r);
+                    for j in 0..L {
+                        let (a0, b0) = (sa[j], sb[j]);
+                        // Recompute the hash inputs rather than keep a copy of the batch.
+                        let ya = a0.sigma().xor(base[j]).xor(t0);
+                        let yb = b0.sigma().xor(base[j]).xor(t1);
+                        let h0 = e[4 * j].xor(ya);
+                        let h1 = e[4 * j + 1].xor(ya).xor(sd);
+                        let h2 = e[4 * j + 2].xor(yb);
+                        let h3 = e[4 * j + 3].xor(yb).xor(sd);
+                        let (ma, mb) = (a0.lsb_mask(), b0.lsb_mask());
+                        let tg = h0.xor(h1).xor(mb.and(d));
+                        let te = h2.xor(h3).xor(a0);
+                        let wg = h0.xor(ma.and(tg));
+                        let we = h2.xor(mb.and(te.xor(a0)));
+                        dst[j] = wg.xor(we);
+                        let off = j * k * stride + tb;
+                        tg.write_strided(tables, off, stride);
+                        te.write_strided(tables, off + 16, stride);
+                    }
                 }
-                and_idx += 1;
+                and_idx += run;
+                g += run;
             }
         }
     }
     for (oi, o) in circuit.outputs.iter().enumerate() {
         let Bit::Wire(x) = *o else { panic!("constant circuit outputs are not garbled") };
         for j in 0..L {
-            out[j * nout + oi] = Label(w[x as usize * L + j].to_u128());
+            w[x as usize * L + j].scatter(|t, v| out[(j * k + t) * nout + oi] = Label(v));
         }
     }
 }
@@ -269,7 +358,7 @@ mod tests {
                 if native {
                     garble_lanes(&c, &delta, &ids, &gz, &ez, &mut t, rec, &mut o);
                 } else {
-                    garble_lanes_with::<u128>(&mut Vec::new(), &c, &delta, &ids, &gz, &ez, &mut t, rec, &mut o);
+                    garble_lanes_with::<u128, LANES>(&mut Vec::new(), &c, &delta, &ids, &gz, &ez, &mut t, rec, &mut o);
                 }
                 (t, o)
             };

@@ -5,7 +5,7 @@
 
 use aes::Aes128;
 use aes::cipher::{BlockEncrypt, KeyInit};
-use super::word::Word;
+use super::word::Lanes;
 use std::sync::OnceLock;
 
 #[cfg(target_endian = "big")]
@@ -61,10 +61,11 @@ impl FixedKeyAes {
     /// Raw `π` on [`Word`]s in place, without copies: the hot loops keep the hash inputs `y` themselves
     /// and finish `H = π(y) ⊕ y` (a `memcpy` of the batch stalled store forwarding into AES).
     #[inline]
-    pub fn permute_words<W: Word>(&self, xs: &mut [W]) {
-        // SAFETY: `W` is 16 bytes of plain data whose memory is its little-endian encoding (the `Word`
-        // contract; little-endian target), and `aes::Block` is `[u8; 16]` with alignment 1.
-        let blocks = unsafe { std::slice::from_raw_parts_mut(xs.as_mut_ptr() as *mut aes::Block, xs.len()) };
+    pub fn permute_words<W: Lanes>(&self, xs: &mut [W]) {
+        // SAFETY: `W` is `16 * K` bytes of plain data whose memory is `K` little-endian labels (the
+        // `Lanes` contract; little-endian target), and `aes::Block` is `[u8; 16]` with alignment 1.
+        debug_assert_eq!(std::mem::size_of::<W>(), 16 * W::K);
+        let blocks = unsafe { std::slice::from_raw_parts_mut(xs.as_mut_ptr() as *mut aes::Block, xs.len() * W::K) };
         self.cipher.encrypt_blocks(blocks);
     }
 

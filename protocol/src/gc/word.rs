@@ -137,6 +137,180 @@ mod sse {
     }
 }
 
+/// What the garbling loops compute with: `K` labels (of `K` circuit instances) per value. Every
+/// [`Word`] is one (`K = 1`); on x86_64 with AVX-512, [`X4`] holds four in one 512-bit register, so
+/// that each instruction of the gate loops serves four instances (all operations act on each 128-bit
+/// label independently, exactly as on one label).
+///
+/// # Safety
+/// Implementors are exactly `16 * K` bytes of plain data whose memory is the `K` labels' little-endian
+/// encodings one after the other (the AES hash encrypts them in place as `K` blocks).
+pub unsafe trait Lanes: Copy + Send + Sync + 'static {
+    /// Labels per value.
+    const K: usize;
+    fn zero() -> Self;
+    /// The same label in every position.
+    fn splat(x: u128) -> Self;
+    /// Position `t` holds `f(t)`.
+    fn gather(f: impl FnMut(usize) -> u128) -> Self;
+    /// Calls `f(t, label t)` for every position.
+    fn scatter(self, f: impl FnMut(usize, u128));
+    fn xor(self, o: Self) -> Self;
+    fn and(self, o: Self) -> Self;
+    /// `σ` of every label.
+    fn sigma(self) -> Self;
+    /// Per label: all ones if its least significant bit is 1, else zero.
+    fn lsb_mask(self) -> Self;
+    /// Stores label `t` at `out[off + t * stride..][..16]`.
+    fn write_strided(self, out: &mut [u8], off: usize, stride: usize);
+    /// Loads label `t` from `b[off + t * stride..][..16]`.
+    fn read_strided(b: &[u8], off: usize, stride: usize) -> Self;
+}
+
+// SAFETY: a `Word` is 16 bytes holding one little-endian label.
+unsafe impl<W: Word> Lanes for W {
+    const K: usize = 1;
+    #[inline(always)]
+    fn zero() -> Self {
+        <W as Word>::zero()
+    }
+    #[inline(always)]
+    fn splat(x: u128) -> Self {
+        W::from_u128(x)
+    }
+    #[inline(always)]
+    fn gather(mut f: impl FnMut(usize) -> u128) -> Self {
+        W::from_u128(f(0))
+    }
+    #[inline(always)]
+    fn scatter(self, mut f: impl FnMut(usize, u128)) {
+        f(0, self.to_u128())
+    }
+    #[inline(always)]
+    fn xor(self, o: Self) -> Self {
+        Word::xor(self, o)
+    }
+    #[inline(always)]
+    fn and(self, o: Self) -> Self {
+        Word::and(self, o)
+    }
+    #[inline(always)]
+    fn sigma(self) -> Self {
+        Word::sigma(self)
+    }
+    #[inline(always)]
+    fn lsb_mask(self) -> Self {
+        Word::lsb_mask(self)
+    }
+    #[inline(always)]
+    fn write_strided(self, out: &mut [u8], off: usize, _stride: usize) {
+        self.write_to(&mut out[off..off + 16]);
+    }
+    #[inline(always)]
+    fn read_strided(b: &[u8], off: usize, _stride: usize) -> Self {
+        W::read_from(&b[off..off + 16])
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x4 {
+    use super::Lanes;
+    use std::arch::x86_64::*;
+
+    /// Four labels in one AVX-512 register. Only constructed on the AVX-512 code path, which checks
+    /// the CPU features at run time (`gc::garble::avx512`); its operations are inlined into functions
+    /// compiled with those features.
+    #[derive(Clone, Copy)]
+    #[repr(transparent)]
+    pub struct X4(pub __m512i);
+
+    #[inline(always)]
+    fn m128(x: u128) -> __m128i {
+        // SAFETY: SSE2 is baseline on x86_64. Built from general-purpose registers (no store-to-load).
+        unsafe { _mm_set_epi64x((x >> 64) as i64, x as i64) }
+    }
+
+    // SAFETY (all unsafe blocks below): `X4` values only exist on the run-time-checked AVX-512 path;
+    // pointer loads and stores are bounds-checked before (unaligned variants).
+    // SAFETY: 64 bytes, four little-endian 128-bit lanes in order.
+    unsafe impl Lanes for X4 {
+        const K: usize = 4;
+        #[inline(always)]
+        fn zero() -> Self {
+            unsafe { X4(_mm512_setzero_si512()) }
+        }
+        #[inline(always)]
+        fn splat(x: u128) -> Self {
+            unsafe { X4(_mm512_broadcast_i32x4(m128(x))) }
+        }
+        #[inline(always)]
+        fn gather(mut f: impl FnMut(usize) -> u128) -> Self {
+            unsafe {
+                let v = _mm512_castsi128_si512(m128(f(0)));
+                let v = _mm512_inserti32x4::<1>(v, m128(f(1)));
+                let v = _mm512_inserti32x4::<2>(v, m128(f(2)));
+                X4(_mm512_inserti32x4::<3>(v, m128(f(3))))
+            }
+        }
+        #[inline(always)]
+        fn scatter(self, mut f: impl FnMut(usize, u128)) {
+            let mut b = [0u8; 64];
+            unsafe { _mm512_storeu_si512(b.as_mut_ptr() as *mut _, self.0) };
+            for (t, c) in b.chunks_exact(16).enumerate() {
+                f(t, u128::from_le_bytes(c.try_into().expect("16 bytes")));
+            }
+        }
+        #[inline(always)]
+        fn xor(self, o: Self) -> Self {
+            unsafe { X4(_mm512_xor_si512(self.0, o.0)) }
+        }
+        #[inline(always)]
+        fn and(self, o: Self) -> Self {
+            unsafe { X4(_mm512_and_si512(self.0, o.0)) }
+        }
+        #[inline(always)]
+        fn sigma(self) -> Self {
+            unsafe {
+                let swapped = _mm512_shuffle_epi32::<0b01_00_11_10>(self.0);
+                let high_only = _mm512_and_si512(self.0, _mm512_set_epi64(-1, 0, -1, 0, -1, 0, -1, 0));
+                X4(_mm512_xor_si512(swapped, high_only))
+            }
+        }
+        #[inline(always)]
+        fn lsb_mask(self) -> Self {
+            unsafe {
+                let t = _mm512_slli_epi64::<63>(self.0);
+                X4(_mm512_srai_epi32::<31>(_mm512_shuffle_epi32::<0b01_01_01_01>(t)))
+            }
+        }
+        #[inline(always)]
+        fn write_strided(self, out: &mut [u8], off: usize, stride: usize) {
+            assert!(off + 3 * stride + 16 <= out.len());
+            unsafe {
+                let p = out.as_mut_ptr().add(off);
+                _mm_storeu_si128(p as *mut __m128i, _mm512_castsi512_si128(self.0));
+                _mm_storeu_si128(p.add(stride) as *mut __m128i, _mm512_extracti32x4_epi32::<1>(self.0));
+                _mm_storeu_si128(p.add(2 * stride) as *mut __m128i, _mm512_extracti32x4_epi32::<2>(self.0));
+                _mm_storeu_si128(p.add(3 * stride) as *mut __m128i, _mm512_extracti32x4_epi32::<3>(self.0));
+            }
+        }
+        #[inline(always)]
+        fn read_strided(b: &[u8], off: usize, stride: usize) -> Self {
+            assert!(off + 3 * stride + 16 <= b.len());
+            unsafe {
+                let p = b.as_ptr().add(off);
+                let v = _mm512_castsi128_si512(_mm_loadu_si128(p as *const __m128i));
+                let v = _mm512_inserti32x4::<1>(v, _mm_loadu_si128(p.add(stride) as *const __m128i));
+                let v = _mm512_inserti32x4::<2>(v, _mm_loadu_si128(p.add(2 * stride) as *const __m128i));
+                X4(_mm512_inserti32x4::<3>(v, _mm_loadu_si128(p.add(3 * stride) as *const __m128i)))
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub use x4::X4;
+
 #[cfg(target_arch = "x86_64")]
 pub use sse::Sse;
 
@@ -148,7 +322,7 @@ pub type Native = u128;
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{Native, Word};
 
     #[test]
     fn native_word_agrees_with_u128() {
@@ -165,5 +339,33 @@ mod tests {
             assert_eq!(Native::from_bytes(&x.to_le_bytes()).to_bytes(), x.to_le_bytes());
         }
         assert_eq!(Native::zero().to_u128(), 0);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn x4_agrees_with_u128_per_label() {
+        use super::{Lanes, X4};
+        if !crate::gc::garble::avx512() {
+            return;
+        }
+        let xs = [0u128, 1, u128::MAX, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3211, 1 << 64, (1 << 64) | 1, 3 << 63, 7];
+        let y = [xs[3], xs[4], xs[5], xs[6]];
+        for q in xs.windows(4) {
+            let v = X4::gather(|t| q[t]);
+            let w = X4::gather(|t| y[t]);
+            let check = |got: X4, want: &dyn Fn(usize) -> u128| {
+                got.scatter(|t, g| assert_eq!(g, want(t), "label {t}"));
+            };
+            check(v, &|t| q[t]);
+            check(v.xor(w), &|t| q[t] ^ y[t]);
+            check(Lanes::and(v, w), &|t| q[t] & y[t]);
+            check(Lanes::sigma(v), &|t| Word::sigma(q[t]));
+            check(Lanes::lsb_mask(v), &|t| Word::lsb_mask(q[t]));
+            check(X4::splat(q[1]), &|_| q[1]);
+            let mut buf = vec![0u8; 3 * 40 + 16 + 8];
+            v.write_strided(&mut buf, 8, 40);
+            check(X4::read_strided(&buf, 8, 40), &|t| q[t]);
+            assert_eq!(u128::from_le_bytes(buf[48..64].try_into().unwrap()), q[1]);
+        }
     }
 }

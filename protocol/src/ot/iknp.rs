@@ -120,8 +120,11 @@ impl CotReceiver {
         let choices: Arc<Vec<bool>> = Arc::new(choices.to_vec());
         let prgs = self.prgs.clone();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+        // Sent frames come back for reuse (fresh 1 MiB buffers cost a page fault per 4 KiB).
+        let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
         let producer = tokio::task::spawn_blocking(move || {
             let mut out: Vec<Label> = Vec::with_capacity(m);
+            let (mut t, mut rows) = (Vec::<u128>::new(), Vec::<u128>::new());
             for (lo, hi) in chunks(m) {
                 let nb = (hi - lo).div_ceil(128);
                 let pos = start + (lo / 128) as u64;
@@ -129,8 +132,10 @@ impl CotReceiver {
                 for (j, &c) in choices[lo..hi].iter().enumerate() {
                     x[j / 128] |= (c as u128) << (j % 128);
                 }
-                let mut t = vec![0u128; KAPPA * nb];
-                let mut frame = vec![0u8; KAPPA * nb * 16];
+                t.resize(KAPPA * nb, 0);
+                let mut frame = back_rx.try_recv().unwrap_or_default();
+                frame.clear();
+                frame.resize(KAPPA * nb * 16, 0);
                 t.par_chunks_mut(nb).zip(frame.par_chunks_mut(nb * 16)).enumerate().for_each(|(i, (ti, fi))| {
                     let (g0, g1) = &prgs[i];
                     g0.fill(pos, ti);
@@ -143,14 +148,17 @@ impl CotReceiver {
                 if tx.blocking_send(frame).is_err() {
                     return out; // the async side gave up; its error is reported there
                 }
-                let mut rows = vec![0u128; KAPPA * nb];
+                rows.resize(KAPPA * nb, 0);
                 transpose_columns(&t, nb, &mut rows);
                 out.extend(rows[..hi - lo].iter().map(|&r| Label(r)));
             }
+            t.zeroize();
+            rows.zeroize();
             out
         });
         while let Some(frame) = rx.recv().await {
             ch.send(MsgKind::OtExtension, &frame).await?;
+            let _ = back_tx.send(frame); // the producer may have finished
         }
         ch.flush().await?;
         Ok(producer.await?)
