@@ -129,6 +129,14 @@ pub struct GarblerOffline {
     r_sum: Vec<u64>,
 }
 
+impl Drop for GarblerOffline {
+    /// With delta, the zero-labels give every input label pair; `R` unmasks the outputs.
+    fn drop(&mut self) {
+        self.a_zero.iter_mut().for_each(|l| l.0.zeroize());
+        self.r_sum.zeroize();
+    }
+}
+
 impl GarblerOffline {
     /// Number of ReLUs.
     pub fn len(&self) -> usize {
@@ -251,6 +259,13 @@ pub struct EvaluatorOffline {
     r: Vec<u64>,
 }
 
+impl Drop for EvaluatorOffline {
+    /// The client's next-layer masks.
+    fn drop(&mut self) {
+        self.r.zeroize();
+    }
+}
+
 impl EvaluatorOffline {
     pub fn len(&self) -> usize {
         self.r.len()
@@ -266,12 +281,12 @@ impl EvaluatorOffline {
 
     /// Online phase: receives the server's labels, evaluates, sends the masked outputs. Returns the
     /// client's share of the layer output, which is its mask `r`.
-    pub async fn online(self, ch: &mut Channel) -> Result<Vec<u64>, GcError> {
+    pub async fn online(mut self, ch: &mut Channel) -> Result<Vec<u64>, GcError> {
         let n = self.len();
         let k = self.params.k as usize;
         let mask = self.params.mask();
         let ranges = chunk_ranges(n, chunk_relus(&self.params));
-        let r = Arc::new(self.r);
+        let r = Arc::new(std::mem::take(&mut self.r));
         let mut results: Vec<Vec<u8>> = Vec::with_capacity(ranges.len());
         let mut pending: Option<tokio::task::JoinHandle<Vec<u8>>> = None;
         for (c, &(lo, hi)) in ranges.iter().enumerate() {
