@@ -34,6 +34,15 @@ enum Command {
     Infer(serve::InferArgs),
     /// Start a server on a free loopback port and run the client on the bundled model and images.
     Demo(serve::DemoArgs),
+    /// Train a network of a built-in architecture (SGD, best checkpoint by validation accuracy).
+    #[cfg(feature = "train")]
+    Train(pi_linearizer::TrainArgs),
+    /// Learn which ReLUs to keep under a budget (SNL, or the random/layer baselines), finetune, export.
+    #[cfg(feature = "train")]
+    Linearize(pi_linearizer::LinearizeArgs),
+    /// Import a PyTorch (.pt/.pth) or safetensors checkpoint of ResNet-18 / WRN-22-8 (SNL parameter names).
+    #[cfg(feature = "train")]
+    Import(pi_linearizer::ImportArgs),
     /// Benchmarks: `pi bench gc`, `pi bench linear`.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -55,6 +64,12 @@ fn main() {
         Command::Infer(a) => serve::infer(&a),
         Command::Demo(a) => serve::demo(&a),
         Command::Bench(c) => bench::run(&c),
+        #[cfg(feature = "train")]
+        Command::Train(a) => pi_linearizer::train(&a),
+        #[cfg(feature = "train")]
+        Command::Linearize(a) => pi_linearizer::linearize(&a),
+        #[cfg(feature = "train")]
+        Command::Import(a) => pi_linearizer::import(&a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

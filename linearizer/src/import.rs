@@ -1,0 +1,376 @@
+//! `import`: PyTorch checkpoints (`.pt`/`.pth`/`.pth.tar` through burn-store's reader, and
+//! `.safetensors`) of ResNet-18 and WRN-22-8 with the parameter names of the public SNL code
+//! (`layer1.0.conv1.weight`, `layer1.0.alpha1.alphas`, `block1.layer.0.convShortcut.weight`, ...)
+//! into the project's model format.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use burn_store::pytorch_reader::{DType as PtDType, PytorchReader};
+use clap::Args;
+use ndarray::{ArrayD, IxDyn};
+use pi_model::{Model, arch};
+use safetensors::{Dtype, SafeTensors};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::report::emit;
+
+/// Convert a PyTorch checkpoint of a CIFAR ResNet-18 or WRN-22-8 into the model format.
+#[derive(Args, Clone, Debug)]
+pub struct ImportArgs {
+    /// Architecture of the checkpoint: resnet18 (SNL's ResNet18_IN, no stem ReLU) or wrn22-8.
+    #[arg(long)]
+    pub arch: String,
+    /// Checkpoint: .pt/.pth/.pth.tar (torch.save of a state_dict, or a dict holding one under
+    /// `state_dict`; a DataParallel `module.` prefix is removed) or .safetensors.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Output model file (.safetensors, the project's model format).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of classes (default: read from the classifier weight).
+    #[arg(long)]
+    pub classes: Option<usize>,
+    /// SNL alphas above this value become ReLUs (mask 1), the others identities (mask 0).
+    #[arg(long, default_value_t = 0.01)]
+    pub threshold: f32,
+    /// Fold BatchNorm into the convolutions in the written file (the runtime folds on load
+    /// anyway; unfolded files can be trained further with `linearize`).
+    #[arg(long)]
+    pub fold: bool,
+    /// Write the JSON report to this file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Print the JSON report on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// JSON report of `import`.
+#[derive(Debug, Serialize)]
+pub struct ImportReport {
+    pub arch: String,
+    pub classes: usize,
+    pub checkpoint: String,
+    pub out: String,
+    pub tensors_read: usize,
+    /// Checkpoint entries that are not part of the network (optimizer state, counters...).
+    pub ignored: Vec<String>,
+    /// True when the checkpoint carried SNL alphas (else every ReLU is kept).
+    pub had_masks: bool,
+    /// Alphas that were neither 0 nor 1 and were binarised at the threshold.
+    pub non_binary_alphas: usize,
+    pub relus_total: usize,
+    pub relus_kept: usize,
+}
+
+/// A checkpoint tensor converted to f32.
+struct Raw {
+    shape: Vec<usize>,
+    data: Vec<f32>,
+}
+
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let frac = (h & 0x3ff) as u32;
+    let bits = match (exp, frac) {
+        (0, 0) => sign,
+        (0, f) => {
+            // Subnormal: renormalise.
+            let mut e = 127 - 15 + 1;
+            let mut f = f;
+            while f & 0x400 == 0 {
+                f <<= 1;
+                e -= 1;
+            }
+            sign | (e << 23) | ((f & 0x3ff) << 13)
+        }
+        (0x1f, f) => sign | 0x7f80_0000 | (f << 13),
+        (e, f) => sign | ((e + 127 - 15) << 23) | (f << 13),
+    };
+    f32::from_bits(bits)
+}
+
+fn decode(name: &str, bytes: &[u8], kind: &str) -> Result<Vec<f32>> {
+    let chunks = |n: usize| bytes.chunks_exact(n);
+    Ok(match kind {
+        "f32" => chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect(),
+        "f64" => chunks(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+            .collect(),
+        "f16" => chunks(2)
+            .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+            .collect(),
+        "bf16" => chunks(2)
+            .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+            .collect(),
+        other => {
+            bail!("tensor {name} has type {other}; only floating-point parameters can be imported")
+        }
+    })
+}
+
+/// Reads every tensor of a PyTorch checkpoint; integer tensors (e.g. BatchNorm's
+/// `num_batches_tracked`) are skipped.
+fn read_pytorch(path: &Path) -> Result<BTreeMap<String, Raw>> {
+    let reader = PytorchReader::new(path)
+        .map_err(|e| anyhow!("{}: not a readable PyTorch checkpoint: {e}", path.display()))?;
+    let mut out = BTreeMap::new();
+    for (name, t) in reader.tensors() {
+        let kind = match t.dtype() {
+            PtDType::F32 => "f32",
+            PtDType::F64 => "f64",
+            PtDType::F16 => "f16",
+            PtDType::BF16 => "bf16",
+            _ => continue,
+        };
+        let bytes = t.read().with_context(|| format!("reading tensor {name}"))?;
+        out.insert(
+            name.clone(),
+            Raw {
+                shape: t.shape().to_vec(),
+                data: decode(name, &bytes, kind)?,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Reads every floating-point tensor of a safetensors file.
+fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Raw>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
+    let mut out = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let kind = match view.dtype() {
+            Dtype::F32 => "f32",
+            Dtype::F64 => "f64",
+            Dtype::F16 => "f16",
+            Dtype::BF16 => "bf16",
+            _ => continue,
+        };
+        out.insert(
+            name.clone(),
+            Raw {
+                shape: view.shape().to_vec(),
+                data: decode(&name, view.data(), kind)?,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Reads a checkpoint by its content: safetensors files start with a little-endian header
+/// length followed by `{`; anything else goes to the PyTorch reader.
+fn read_checkpoint(path: &Path) -> Result<BTreeMap<String, Raw>> {
+    let head = {
+        use std::io::Read;
+        let mut f =
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let mut h = [0u8; 9];
+        let n = f.read(&mut h)?;
+        h[..n].to_vec()
+    };
+    let is_safetensors = head.len() == 9
+        && head[8] == b'{'
+        && u64::from_le_bytes(head[..8].try_into().expect("8 bytes")) < (1 << 30);
+    let mut tensors = if is_safetensors {
+        read_safetensors(path)?
+    } else {
+        read_pytorch(path)?
+    };
+    // `{'state_dict': ..., 'optimizer': ...}` -> the state dict; DataParallel's `module.` prefix.
+    if tensors.keys().any(|k| k.starts_with("state_dict.")) {
+        tensors = tensors
+            .into_iter()
+            .filter_map(|(k, v)| k.strip_prefix("state_dict.").map(|s| (s.to_string(), v)))
+            .collect();
+    }
+    if !tensors.is_empty() && tensors.keys().all(|k| k.starts_with("module.")) {
+        tensors = tensors
+            .into_iter()
+            .map(|(k, v)| (k["module.".len()..].to_string(), v))
+            .collect();
+    }
+    if tensors.is_empty() {
+        bail!("{} holds no floating-point tensors", path.display());
+    }
+    Ok(tensors)
+}
+
+/// The checkpoint name of a model tensor: ReLU masks `X.reluK.mask` are SNL's `X.alphaK.alphas`.
+fn checkpoint_name(tensor: &str) -> Option<String> {
+    let stem = tensor.strip_suffix(".mask")?;
+    let (prefix, last) = stem.rsplit_once('.').unwrap_or(("", stem));
+    let k = last.strip_prefix("relu")?;
+    Some(if prefix.is_empty() {
+        format!("alpha{k}.alphas")
+    } else {
+        format!("{prefix}.alpha{k}.alphas")
+    })
+}
+
+/// Builds a model of `arch` from checkpoint tensors; returns it with the import statistics.
+fn convert(
+    arch_name: &str,
+    classes: Option<usize>,
+    mut tensors: BTreeMap<String, Raw>,
+    threshold: f32,
+) -> Result<(Model, ImportReport)> {
+    if !matches!(arch_name, "resnet18" | "wrn22-8") {
+        bail!("unknown architecture {arch_name:?} for import (resnet18, wrn22-8)");
+    }
+    let classifier = if arch_name == "resnet18" {
+        "linear.weight"
+    } else {
+        "fc.weight"
+    };
+    let classes = match classes {
+        Some(c) => c,
+        None => match tensors.get(classifier) {
+            Some(t) if t.shape.len() == 2 => t.shape[0],
+            _ => bail!(
+                "checkpoint has no 2-D {classifier}; is it a {arch_name} checkpoint? (give --classes if the names differ)"
+            ),
+        },
+    };
+    let graph = arch::build(arch_name, classes)?;
+    let expected = graph.expected_tensors()?;
+    let has_alphas = tensors
+        .keys()
+        .any(|k| k.ends_with(".alphas") || k.ends_with(".mask"));
+    let mut out = BTreeMap::new();
+    let mut missing = Vec::new();
+    let mut non_binary = 0;
+    for (name, shape) in &expected {
+        let mask_name = checkpoint_name(name);
+        let raw = tensors
+            .remove(name)
+            .or_else(|| mask_name.as_ref().and_then(|m| tensors.remove(m)));
+        let numel: usize = shape.iter().product();
+        let data = match raw {
+            Some(r) => {
+                let squeezed: Vec<usize> = r.shape.iter().copied().filter(|&d| d != 1).collect();
+                let want: Vec<usize> = shape.iter().copied().filter(|&d| d != 1).collect();
+                if r.data.len() != numel || squeezed != want {
+                    bail!(
+                        "{name}: checkpoint shape {:?}, {arch_name} needs {shape:?}",
+                        r.shape
+                    );
+                }
+                if let Some(i) = r.data.iter().position(|v| !v.is_finite()) {
+                    bail!("{name}: non-finite value at index {i}");
+                }
+                if mask_name.is_some() {
+                    non_binary += r.data.iter().filter(|&&v| v != 0.0 && v != 1.0).count();
+                    r.data
+                        .iter()
+                        .map(|&v| if v > threshold { 1.0 } else { 0.0 })
+                        .collect()
+                } else {
+                    r.data
+                }
+            }
+            None if mask_name.is_some() && !has_alphas => vec![1.0; numel],
+            None => {
+                missing.push(mask_name.unwrap_or_else(|| name.clone()));
+                continue;
+            }
+        };
+        out.insert(
+            name.clone(),
+            ArrayD::from_shape_vec(IxDyn(shape), data).expect("checked size"),
+        );
+    }
+    if !missing.is_empty() {
+        let shown: Vec<&str> = missing.iter().take(8).map(|s| s.as_str()).collect();
+        bail!(
+            "checkpoint lacks {} tensor(s) of {arch_name}: {}{}",
+            missing.len(),
+            shown.join(", "),
+            if missing.len() > 8 { ", ..." } else { "" }
+        );
+    }
+    let ignored: Vec<String> = tensors.keys().cloned().collect();
+    let model = Model {
+        graph,
+        tensors: out,
+    };
+    let report = ImportReport {
+        arch: arch_name.to_string(),
+        classes,
+        checkpoint: String::new(),
+        out: String::new(),
+        tensors_read: expected.len(),
+        ignored,
+        had_masks: has_alphas,
+        non_binary_alphas: non_binary,
+        relus_total: model.relu_counts().iter().map(|c| c.total).sum(),
+        relus_kept: model.kept_relus(),
+    };
+    Ok((model, report))
+}
+
+/// Reads a checkpoint file into a model of `arch` (unfolded BatchNorm).
+pub fn import_checkpoint(
+    arch_name: &str,
+    path: &Path,
+    classes: Option<usize>,
+    threshold: f32,
+) -> Result<(Model, ImportReport)> {
+    let tensors = read_checkpoint(path)?;
+    convert(arch_name, classes, tensors, threshold)
+        .with_context(|| format!("importing {}", path.display()))
+}
+
+/// Runs `import` (see [`ImportArgs`]).
+pub fn import(args: &ImportArgs) -> Result<()> {
+    let (model, mut report) =
+        import_checkpoint(&args.arch, &args.checkpoint, args.classes, args.threshold)?;
+    if !report.ignored.is_empty() {
+        warn!(count = report.ignored.len(), first = %report.ignored[0], "checkpoint entries not used by the network");
+    }
+    let out_model = if args.fold {
+        model.fold_batchnorm()
+    } else {
+        model
+    };
+    pi_model::save(&out_model, &args.out)
+        .with_context(|| format!("saving {}", args.out.display()))?;
+    report.checkpoint = args.checkpoint.display().to_string();
+    report.out = args.out.display().to_string();
+    info!(arch = %report.arch, relus = report.relus_kept, out = %report.out, "imported");
+    emit(&report, args.report.as_deref(), args.json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_names_follow_snl() {
+        assert_eq!(
+            checkpoint_name("layer1.0.relu1.mask").as_deref(),
+            Some("layer1.0.alpha1.alphas")
+        );
+        assert_eq!(
+            checkpoint_name("block2.layer.1.relu2.mask").as_deref(),
+            Some("block2.layer.1.alpha2.alphas")
+        );
+        assert_eq!(checkpoint_name("conv1.weight"), None);
+    }
+
+    #[test]
+    fn half_precision_decodes() {
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x0000), 0.0);
+        assert!((f16_to_f32(0x0001) - 5.960_464_5e-8).abs() < 1e-12);
+    }
+}

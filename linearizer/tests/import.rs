@@ -1,0 +1,217 @@
+//! Import of SNL-style checkpoints: safetensors and PyTorch `.pt` files that the tests write
+//! themselves from a random model with the public SNL code's parameter names.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use pi_linearizer::import::import_checkpoint;
+use pi_model::{Model, arch};
+
+/// Checkpoint tensors by name: shape and values.
+type Tensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+/// SNL's name of a model tensor: ReLU masks are `...alphaK.alphas` of shape `[1, C, H, W]`.
+fn snl_name(name: &str, shape: &[usize]) -> (String, Vec<usize>) {
+    if let Some(stem) = name.strip_suffix(".mask") {
+        let (prefix, last) = stem.rsplit_once('.').unwrap();
+        let k = last.strip_prefix("relu").unwrap();
+        let mut s = vec![1];
+        s.extend_from_slice(shape);
+        (format!("{prefix}.alpha{k}.alphas"), s)
+    } else {
+        (name.to_string(), shape.to_vec())
+    }
+}
+
+/// A random model whose masks keep half of the ReLUs, and its tensors under SNL names.
+fn snl_tensors(arch_name: &str) -> (Model, Tensors) {
+    let model = Model::random(arch::build(arch_name, 10).unwrap(), 11, Some(0.5)).unwrap();
+    let mut out = BTreeMap::new();
+    for (name, t) in &model.tensors {
+        let (n, s) = snl_name(name, t.shape());
+        out.insert(n, (s, t.iter().copied().collect()));
+    }
+    (model, out)
+}
+
+fn write_safetensors(path: &Path, tensors: &Tensors) {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, (s, d))| {
+            (
+                n.clone(),
+                s.clone(),
+                d.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+/// Pickle opcodes for a `str`.
+fn pickle_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'X');
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn pickle_int(out: &mut Vec<u8>, v: usize) {
+    out.push(b'J');
+    out.extend_from_slice(&(v as i32).to_le_bytes());
+}
+
+fn pickle_tuple(out: &mut Vec<u8>, items: &[usize]) {
+    out.push(b'(');
+    for &i in items {
+        pickle_int(out, i);
+    }
+    out.push(b't');
+}
+
+/// Writes what `torch.save({"state_dict": sd, "epoch": 3}, path)` writes (ZIP container,
+/// pickle protocol 2, one storage per tensor), optionally under `module.` (DataParallel).
+fn write_pt(path: &Path, tensors: &Tensors, prefix: &str) {
+    let mut pkl = vec![0x80, 2, b'}', b'('];
+    pickle_str(&mut pkl, "state_dict");
+    pkl.extend_from_slice(b"}(");
+    for (i, (name, (shape, _))) in tensors.iter().enumerate() {
+        pickle_str(&mut pkl, &format!("{prefix}{name}"));
+        pkl.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n(");
+        pkl.push(b'(');
+        pickle_str(&mut pkl, "storage");
+        pkl.extend_from_slice(b"ctorch\nFloatStorage\n");
+        pickle_str(&mut pkl, &i.to_string());
+        pickle_str(&mut pkl, "cpu");
+        pickle_int(&mut pkl, shape.iter().product());
+        pkl.extend_from_slice(b"tQ");
+        pickle_int(&mut pkl, 0);
+        pickle_tuple(&mut pkl, shape);
+        let mut strides = vec![1usize; shape.len()];
+        for d in (0..shape.len().saturating_sub(1)).rev() {
+            strides[d] = strides[d + 1] * shape[d + 1];
+        }
+        pickle_tuple(&mut pkl, &strides);
+        pkl.extend_from_slice(b"\x89ccollections\nOrderedDict\n)RtR");
+    }
+    pkl.push(b'u');
+    pickle_str(&mut pkl, "epoch");
+    pickle_int(&mut pkl, 3);
+    pkl.extend_from_slice(b"u.");
+
+    let file = std::fs::File::create(path).unwrap();
+    let mut zip = zip::ZipWriter::new(file);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    zip.start_file("archive/data.pkl", opts).unwrap();
+    zip.write_all(&pkl).unwrap();
+    zip.start_file("archive/byteorder", opts).unwrap();
+    zip.write_all(b"little").unwrap();
+    for (i, (_, (_, data))) in tensors.iter().enumerate() {
+        zip.start_file(format!("archive/data/{i}"), opts).unwrap();
+        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        zip.write_all(&bytes).unwrap();
+    }
+    zip.start_file("archive/version", opts).unwrap();
+    zip.write_all(b"3\n").unwrap();
+    zip.finish().unwrap();
+}
+
+fn assert_same(a: &Model, b: &Model) {
+    assert_eq!(a.graph, b.graph);
+    assert_eq!(
+        a.tensors.keys().collect::<Vec<_>>(),
+        b.tensors.keys().collect::<Vec<_>>()
+    );
+    for (k, t) in &a.tensors {
+        assert_eq!(t, &b.tensors[k], "{k}");
+    }
+}
+
+#[test]
+fn safetensors_with_snl_names_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("resnet18.safetensors");
+    let (model, tensors) = snl_tensors("resnet18");
+    write_safetensors(&path, &tensors);
+    let (imported, report) = import_checkpoint("resnet18", &path, None, 0.01).unwrap();
+    assert_same(&model, &imported);
+    assert!(report.had_masks);
+    assert_eq!(report.classes, 10);
+    assert_eq!(report.relus_total, 491_520);
+    assert_eq!(report.relus_kept, model.kept_relus());
+}
+
+#[test]
+fn pytorch_zip_checkpoint_round_trips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, tensors) = snl_tensors("resnet18");
+    let path = tmp.path().join("snl_best_checkpoint_resnet18.pth.tar");
+    write_pt(&path, &tensors, "module.");
+    let (imported, report) = import_checkpoint("resnet18", &path, None, 0.01).unwrap();
+    assert_same(&model, &imported);
+    assert!(report.ignored.is_empty(), "{:?}", report.ignored);
+}
+
+#[test]
+fn wrn_without_alphas_keeps_every_relu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, mut tensors) = snl_tensors("wrn22-8");
+    tensors.retain(|k, _| !k.ends_with(".alphas"));
+    let path = tmp.path().join("wrn.pt");
+    write_pt(&path, &tensors, "");
+    let (imported, report) = import_checkpoint("wrn22-8", &path, None, 0.01).unwrap();
+    assert!(!report.had_masks);
+    assert_eq!(imported.kept_relus(), 1_359_872);
+    assert_eq!(
+        imported.tensors["block1.layer.0.conv1.weight"],
+        model.tensors["block1.layer.0.conv1.weight"]
+    );
+}
+
+#[test]
+fn bad_checkpoints_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let garbage = tmp.path().join("garbage.pt");
+    std::fs::write(&garbage, b"this is not a checkpoint").unwrap();
+    let err = import_checkpoint("resnet18", &garbage, None, 0.01).unwrap_err();
+    assert!(format!("{err:#}").contains("garbage.pt"), "{err:#}");
+
+    let (_, mut tensors) = snl_tensors("resnet18");
+    tensors.remove("layer2.1.conv2.weight");
+    let missing = tmp.path().join("missing.safetensors");
+    write_safetensors(&missing, &tensors);
+    let err = import_checkpoint("resnet18", &missing, None, 0.01).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("layer2.1.conv2.weight"),
+        "{err:#}"
+    );
+
+    let (_, mut tensors) = snl_tensors("resnet18");
+    tensors.get_mut("layer1.0.conv1.weight").unwrap().0 = vec![64, 64, 9];
+    let shaped = tmp.path().join("shape.safetensors");
+    write_safetensors(&shaped, &tensors);
+    let err = import_checkpoint("resnet18", &shaped, None, 0.01).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("layer1.0.conv1.weight"),
+        "{err:#}"
+    );
+
+    let err = import_checkpoint("resnet18", &tmp.path().join("absent.pt"), None, 0.01).unwrap_err();
+    assert!(format!("{err:#}").contains("absent.pt"), "{err:#}");
+    let err = import_checkpoint("small-cnn", &shaped, None, 0.01).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("unknown architecture"),
+        "{err:#}"
+    );
+}
