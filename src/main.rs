@@ -50,8 +50,13 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    // The server logs its sessions by default; other commands only warnings. RUST_LOG overrides.
-    let default = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
+    // Long-running commands (serve, train, linearize, import) log progress by default; the rest only
+    // warnings, so their reports stay readable. RUST_LOG overrides.
+    let quiet = matches!(
+        cli.command,
+        Command::Init(_) | Command::Inspect(_) | Command::Eval(_) | Command::Infer(_) | Command::Demo(_) | Command::Bench(_)
+    );
+    let default = if quiet { "warn" } else { "info" };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into()))
         .with_writer(std::io::stderr)
