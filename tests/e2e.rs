@@ -243,3 +243,25 @@ fn demo_prints_the_report_as_json() {
     assert_eq!(r["inferences"], 3);
     assert_eq!(r["agreement_fixed_point"], 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_server_refuses_extra_clients_clearly() {
+    let model = Model::random(arch::small_cnn(10).unwrap(), 3, Some(0.05)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    format::save(&model, &path).unwrap();
+    let served = Arc::new(pi_server::prepare(&path, &PrepareOptions::default()).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let limits = Limits { max_sessions: 1, max_inferences_per_session: 1, ..Limits::default() };
+    tokio::spawn(pi_server::serve(listener, served.clone(), limits));
+
+    let mut first = connect(&addr).await;
+    let mut c = ClientSession::handshake(&mut first, Some(&served.public.hash)).await.unwrap();
+    let mut second = TcpStream::connect(&addr).await.unwrap();
+    assert!(server_error(&mut second).await.contains("server busy"));
+    // The one allowed inference works; a second one in the same session is refused.
+    c.infer(&mut first, &vec![0.1; 28 * 28]).await.unwrap();
+    let err = c.infer(&mut first, &vec![0.1; 28 * 28]).await.err().expect("refused");
+    assert!(err.to_string().contains("session limit"), "{err}");
+}

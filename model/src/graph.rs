@@ -297,6 +297,8 @@ impl GraphBuilder {
         name
     }
 
+    /// A bias-free convolution, arguments in PyTorch's `Conv2d(in, out, kernel, stride, padding)` order.
+    #[allow(clippy::too_many_arguments)]
     pub fn conv(&mut self, name: &str, input: &str, cin: usize, cout: usize, k: usize, s: usize, p: usize) -> String {
         let op = Op::Conv2d { in_channels: cin, out_channels: cout, kernel: k, stride: s, padding: p, bias: false };
         self.add(name, op, &[input])

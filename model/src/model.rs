@@ -194,11 +194,7 @@ impl Model {
                     let c = *channels;
                     n.op = Op::Conv2d { in_channels: c, out_channels: c, kernel: 1, stride: 1, padding: 0, bias: true };
                 }
-                Op::Conv2d { bias, .. } => {
-                    if tensors.contains_key(&format!("{}.bias", n.name)) {
-                        *bias = true;
-                    }
-                }
+                Op::Conv2d { bias, .. } if tensors.contains_key(&format!("{}.bias", n.name)) => *bias = true,
                 _ => {}
             }
             nodes.push(n);

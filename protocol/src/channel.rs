@@ -238,11 +238,13 @@ impl Channel {
         header[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
         header[4..6].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
         header[6] = kind as u8;
-        self.timed(|w| Box::pin(async move {
-            w.write_all(&header).await?;
-            w.write_all(payload).await
-        }))
-        .await?;
+        let r = self
+            .timed(|w| Box::pin(async move {
+                w.write_all(&header).await?;
+                w.write_all(payload).await
+            }))
+            .await;
+        self.write_outcome(r).await?;
         self.counters.sent += (HEADER_LEN + payload.len()) as u64;
         self.unflushed += HEADER_LEN + payload.len();
         Ok(())
@@ -257,7 +259,8 @@ impl Channel {
                 self.spoke = true;
             }
         }
-        self.timed(|w| Box::pin(w.flush())).await
+        let r = self.timed(|w| Box::pin(w.flush())).await;
+        self.write_outcome(r).await
     }
 
     /// Sends one frame and flushes.
@@ -279,15 +282,37 @@ impl Channel {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.send_now(MsgKind::Error, reason)).await;
     }
 
-    /// Runs a write under the channel's timeout: a peer that stops reading cannot stall us forever.
-    async fn timed<'a, F>(&'a mut self, op: F) -> Result<(), ChannelError>
+    /// Runs a write under the channel's timeout (`None` when it timed out): a peer that stops reading
+    /// cannot stall us forever.
+    async fn timed<'a, F>(&'a mut self, op: F) -> Option<std::io::Result<()>>
     where
         F: FnOnce(&'a mut BufWriter<Writer>) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send + 'a>>,
     {
-        match tokio::time::timeout(self.timeout, op(&mut self.writer)).await {
-            Err(_) => Err(ChannelError::Timeout(self.timeout)),
-            Ok(r) => Ok(r?),
+        tokio::time::timeout(self.timeout, op(&mut self.writer)).await.ok()
+    }
+
+    /// Turns the outcome of a timed write into the channel's error.
+    async fn write_outcome(&mut self, r: Option<std::io::Result<()>>) -> Result<(), ChannelError> {
+        match r {
+            None => Err(ChannelError::Timeout(self.timeout)),
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(self.explain(e).await),
         }
+    }
+
+    /// A write failed because the peer hung up: if it said why first, report that instead.
+    async fn explain(&mut self, e: std::io::Error) -> ChannelError {
+        let saved = self.timeout;
+        self.timeout = Duration::from_millis(200);
+        let reason = loop {
+            match self.recv_any().await {
+                Err(ChannelError::Remote(r)) => break Some(r),
+                Ok(_) => continue,
+                Err(_) => break None,
+            }
+        };
+        self.timeout = saved;
+        reason.map(ChannelError::Remote).unwrap_or(ChannelError::Io(e))
     }
 
     async fn read_exact_timed(&mut self, buf: &mut [u8]) -> Result<(), ChannelError> {

@@ -166,7 +166,10 @@ async fn session(ch: &mut Channel, model: Arc<ServedModel>, id: u64, max_inferen
     let mut s = ServerSession::handshake(ch, model).await?;
     let mut served = 0;
     while s.next_request(ch).await?.is_some() {
-        anyhow::ensure!(served < max_inferences, "session limit of {max_inferences} inferences reached");
+        if served >= max_inferences {
+            let reason = format!("session limit of {max_inferences} inferences reached");
+            return Err(pi_protocol::inference::InferenceError::Limit(reason).into());
+        }
         let stats = s.serve_inference(ch).await?;
         served += 1;
         tracing::info!(

@@ -37,6 +37,8 @@ pub enum InferenceError {
     Version { server: u16, client: u16 },
     #[error("bad input: {0}")]
     Input(String),
+    #[error("refused: {0}")]
+    Limit(String),
     #[error("background task failed: {0}")]
     Task(String),
 }
