@@ -91,6 +91,12 @@ impl FixedPoint {
         self.from_i64(self.to_i64(x) >> bits)
     }
 
+    /// Multiplier of average pooling over `area` elements: `round(2^f / area)` with `f` fractional
+    /// bits. The ring engine and private inference both scale window sums by it.
+    pub fn pool_factor(&self, area: usize) -> u64 {
+        self.encode(1.0 / area as f32)
+    }
+
     /// ReLU of a plaintext ring element.
     #[inline]
     pub fn relu(&self, x: u64) -> u64 {

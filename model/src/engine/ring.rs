@@ -61,8 +61,8 @@ impl RingModel {
                         };
                     }
                     Op::Relu { .. } => l.mask = model.pixel_mask(node, in_shape),
-                    Op::AvgPool { kernel, .. } => l.pool_factor = fp.encode(1.0 / (kernel * kernel) as f32),
-                    Op::GlobalAvgPool => l.pool_factor = fp.encode(1.0 / (in_shape[1] * in_shape[2]) as f32),
+                    Op::AvgPool { kernel, .. } => l.pool_factor = fp.pool_factor(kernel * kernel),
+                    Op::GlobalAvgPool => l.pool_factor = fp.pool_factor(in_shape[1] * in_shape[2]),
                     _ => {}
                 }
                 l

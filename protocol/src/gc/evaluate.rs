@@ -2,7 +2,7 @@
 //! (2 hashes per AND gate per instance, batched across instances). Per AND gate, with labels `A`, `B`:
 //! `W = H(A,t0) ⊕ lsb(A)·TG ⊕ H(B,t1) ⊕ lsb(B)·(TE ⊕ A)`.
 
-use super::garble::{AND_TABLE_BYTES, MAX_RUN, and_run, lanes_of};
+use super::garble::{AND_TABLE_BYTES, MAX_RUN, and_run, lanes_of, load_wires};
 use super::word::{Lanes, Native};
 use super::hash::{FixedKeyAes, tweak};
 use super::{Bit, Circuit, Gate, LANES, Label};
@@ -107,23 +107,8 @@ fn evaluate_impl<W: Lanes, const L: usize>(
     // Wire labels, then the AES batch of one run of independent ANDs (2 blocks per AND per lane).
     // Every wire is written before it is read, so stale contents from the previous call are harmless
     // (zeroing the scratch on every call cost ~10% of the time).
-    if w.len() != nw + MAX_RUN * L * 2 {
-        w.clear();
-        w.resize(nw + MAX_RUN * L * 2, W::zero());
-    }
-    let (w, enc) = w.split_at_mut(nw);
+    let (w, enc) = load_wires::<W, L>(w, nw, MAX_RUN * L * 2, gin, ein, ng, ne);
     let k = W::K;
-    // Word `j` of a wire holds instances `j*K .. j*K + K`.
-    for i in 0..ng {
-        for j in 0..L {
-            w[i * L + j] = W::gather(|t| gin[(j * k + t) * ng + i].0);
-        }
-    }
-    for i in 0..ne {
-        for j in 0..L {
-            w[(ng + i) * L + j] = W::gather(|t| ein[(j * k + t) * ne + i].0);
-        }
-    }
     let base: [W; L] = std::array::from_fn(|j| W::gather(|t| tweak(ids[j * k + t], 0)));
     let gates = &circuit.gates;
     let mut and_idx = 0usize;

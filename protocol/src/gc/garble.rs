@@ -121,6 +121,39 @@ pub(crate) fn garble_lanes_with<W: Lanes, const L: usize>(
     out.copy_from_slice(&pout[..lanes * nout]);
 }
 
+/// Sizes the scratch (`nw` wire words, then `extra` words for AES batches) and loads the input
+/// labels into the wire words, garbler inputs first: word `j` of a wire holds instances
+/// `j*K .. j*K + K`. Returns the wire words and the AES buffer. Shared by garbler and evaluator.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn load_wires<'a, W: Lanes, const L: usize>(
+    w: &'a mut Vec<W>,
+    nw: usize,
+    extra: usize,
+    gin: &[Label],
+    ein: &[Label],
+    ng: usize,
+    ne: usize,
+) -> (&'a mut [W], &'a mut [W]) {
+    if w.len() != nw + extra {
+        w.clear();
+        w.resize(nw + extra, W::zero());
+    }
+    let (wires, buf) = w.split_at_mut(nw);
+    let k = W::K;
+    for i in 0..ng {
+        for j in 0..L {
+            wires[i * L + j] = W::gather(|t| gin[(j * k + t) * ng + i].0);
+        }
+    }
+    for i in 0..ne {
+        for j in 0..L {
+            wires[(ng + i) * L + j] = W::gather(|t| ein[(j * k + t) * ne + i].0);
+        }
+    }
+    (wires, buf)
+}
+
 /// Labels of one wire in all `L` lanes.
 #[inline(always)]
 pub(crate) fn lanes_of<W: Copy, const L: usize>(w: &[W], wire: u32) -> &[W; L] {
@@ -167,22 +200,7 @@ fn garble_impl<W: Lanes, const L: usize>(
     // Wire labels, then the AES batch of one run (4 blocks per AND per lane).
     // Every wire is written before it is read, so stale contents from the previous call are harmless
     // (zeroing the scratch on every call cost ~10% of the time).
-    if w.len() != nw + MAX_RUN * L * 4 {
-        w.clear();
-        w.resize(nw + MAX_RUN * L * 4, W::zero());
-    }
-    let (w, enc) = w.split_at_mut(nw);
-    // Word `j` of a wire holds instances `j*K .. j*K + K`.
-    for i in 0..ng {
-        for j in 0..L {
-            w[i * L + j] = W::gather(|t| gin[(j * k + t) * ng + i].0);
-        }
-    }
-    for i in 0..ne {
-        for j in 0..L {
-            w[(ng + i) * L + j] = W::gather(|t| ein[(j * k + t) * ne + i].0);
-        }
-    }
+    let (w, enc) = load_wires::<W, L>(w, nw, MAX_RUN * L * 4, gin, ein, ng, ne);
     let base: [W; L] = std::array::from_fn(|j| W::gather(|t| tweak(ids[j * k + t], 0)));
     let gates = &circuit.gates;
     let mut and_idx = 0usize;

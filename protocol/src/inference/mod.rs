@@ -129,7 +129,7 @@ pub(crate) fn local_node(public: &PublicModel, walk: &Walk, i: usize, args: &[&[
     let node = &public.graph.nodes[i];
     let s = &walk.shapes[&node.inputs[0]];
     let scale = |v: Vec<u64>, area: usize| -> Vec<u64> {
-        let c = fp.encode(1.0 / area as f32);
+        let c = fp.pool_factor(area);
         v.into_iter().map(|x| fp.reduce(x.wrapping_mul(c))).collect()
     };
     match node.op {
