@@ -7,7 +7,7 @@ use super::arith::{ARITH_CT_BYTES, evaluate_arith, garble_arith};
 use super::circuit::Circuit;
 use super::evaluate::evaluate_lanes;
 use super::garble::{AND_TABLE_BYTES, garble_lanes};
-use super::{Delta, LANES, Label};
+use super::{Delta, LANES, Label, ReluParams};
 use rayon::prelude::*;
 
 /// A circuit whose output bits `z_o` are read as the ring element `Σ z_o·weights[o] mod 2^l`.
@@ -17,6 +17,9 @@ pub struct ArithCircuit {
     pub weights: Vec<u64>,
     /// `2^l - 1`.
     pub mask: u64,
+    /// The ReLU gadget this circuit records, if it is one: such batches run on the lock-step
+    /// backends ([`super::lockstep`]) where the CPU allows, with identical output.
+    pub gadget: Option<ReluParams>,
 }
 
 impl ArithCircuit {
@@ -24,7 +27,7 @@ impl ArithCircuit {
     pub fn new(circuit: Circuit, weights: Vec<u64>, mask: u64) -> Self {
         assert_eq!(circuit.outputs.len(), weights.len(), "one weight per output");
         assert!(circuit.outputs.iter().all(|o| matches!(o, super::Bit::Wire(_))), "outputs must be wires");
-        Self { circuit, weights, mask }
+        Self { circuit, weights, mask, gadget: None }
     }
 
     /// AND-table bytes per instance.
@@ -73,10 +76,14 @@ pub fn garble_batch(
         .for_each(|(g, (recs, rs))| {
             let lanes = rs.len();
             let i0 = g * LANES;
-            let ids: Vec<u64> = (0..lanes as u64).map(|j| first_id + (i0 as u64) + j).collect();
-            let mut out = vec![Label::default(); lanes * nout];
             let gl = &gin[i0 * ng..(i0 + lanes) * ng];
             let el = &ein[i0 * ne..(i0 + lanes) * ne];
+            #[cfg(target_arch = "x86_64")]
+            if let Some(p) = ac.gadget.filter(|_| lanes == LANES && super::lockstep::available()) {
+                return super::lockstep::garble_relus(ac, &p, delta, first_id + i0 as u64, gl, el, recs, rs);
+            }
+            let ids: Vec<u64> = (0..lanes as u64).map(|j| first_id + (i0 as u64) + j).collect();
+            let mut out = vec![Label::default(); lanes * nout];
             garble_lanes(&ac.circuit, delta, &ids, gl, el, recs, rec, &mut out);
             let tb = ac.and_bytes();
             garble_arith(&out, &ac.weights, ac.mask, delta, &ids, ac.arith_index(), &mut recs[tb..], rec, rs);
@@ -95,10 +102,14 @@ pub fn evaluate_batch(ac: &ArithCircuit, first_id: u64, gin: &[Label], ein: &[La
     records.par_chunks(LANES * rec).zip(v.par_chunks_mut(LANES)).enumerate().for_each(|(g, (recs, vs))| {
         let lanes = vs.len();
         let i0 = g * LANES;
-        let ids: Vec<u64> = (0..lanes as u64).map(|j| first_id + (i0 as u64) + j).collect();
-        let mut out = vec![Label::default(); lanes * nout];
         let gl = &gin[i0 * ng..(i0 + lanes) * ng];
         let el = &ein[i0 * ne..(i0 + lanes) * ne];
+        #[cfg(target_arch = "x86_64")]
+        if let Some(p) = ac.gadget.filter(|_| lanes == LANES && super::lockstep::available()) {
+            return super::lockstep::evaluate_relus(ac, &p, first_id + i0 as u64, gl, el, recs, vs);
+        }
+        let ids: Vec<u64> = (0..lanes as u64).map(|j| first_id + (i0 as u64) + j).collect();
+        let mut out = vec![Label::default(); lanes * nout];
         evaluate_lanes(&ac.circuit, &ids, gl, el, recs, rec, &mut out);
         evaluate_arith(&out, nout, ac.mask, &ids, ac.arith_index(), &recs[ac.and_bytes()..], rec, vs);
     });

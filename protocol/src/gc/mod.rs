@@ -8,10 +8,13 @@ pub mod arith;
 pub mod batch;
 pub mod circuit;
 pub mod evaluate;
+pub mod fancy;
 pub mod garble;
 pub mod hash;
+pub mod lockstep;
 pub mod prg;
 pub mod relu;
+pub mod vaes;
 pub mod word;
 
 pub use circuit::{Bit, Circuit, CircuitBuilder, Gate};

@@ -10,6 +10,7 @@
 
 use super::batch::ArithCircuit;
 use super::circuit::{Circuit, CircuitBuilder, to_bits};
+use super::fancy::{Fancy, Recorder};
 use serde::{Deserialize, Serialize};
 
 /// Per-layer parameters of the ReLU gadget.
@@ -65,24 +66,62 @@ impl ReluParams {
     }
 }
 
-/// The gadget: `z = relu(sext_k(a + b)) >> shift` as `k - 1 - shift` little-endian bits.
+/// The gadget, once for every backend: `z = relu(sext_k(a + b)) >> shift` as `k - 1 - shift`
+/// little-endian output bits. A ripple-carry adder (`c' = c ⊕ ((a ⊕ c) ∧ (b ⊕ c))`, no carry out of
+/// the top bit: `k - 1` ANDs), then one AND with the inverted sign per kept bit. Sum bits below
+/// `shift` are XORs only; the garbled backends skip nothing else.
+#[inline(always)]
+pub fn relu_gadget<F: Fancy>(f: &mut F, p: &ReluParams) {
+    let (k, shift) = (p.k as usize, p.shift as usize);
+    debug_assert!(shift + 1 < k && k <= 64);
+    // Kept sum bits wait here until the sign is known.
+    let mut kept: [Option<F::Wire>; 64] = [None; 64];
+    let mut carry: Option<F::Wire> = None;
+    let mut sign = None;
+    for i in 0..k {
+        let (a, b) = (f.garbler_input(i), f.evaluator_input(i));
+        let (sum, ac, bc) = match carry {
+            None => (f.xor(a, b), a, b),
+            Some(c) => {
+                let ac = f.xor(a, c);
+                (f.xor(ac, b), ac, f.xor(b, c))
+            }
+        };
+        if i + 1 < k {
+            let t = f.and(ac, bc);
+            carry = Some(match carry {
+                None => t,
+                Some(c) => f.xor(c, t),
+            });
+        }
+        if i + 1 == k {
+            sign = Some(sum);
+        } else if i >= shift {
+            kept[i] = Some(sum);
+        }
+    }
+    let positive = f.not(sign.expect("k >= 2"));
+    for (o, y) in kept[shift..k - 1].iter().enumerate() {
+        let z = f.and(y.expect("kept bit"), positive);
+        f.output(o, z);
+    }
+}
+
+/// The gadget recorded as a circuit (for the interpreters and AND counts).
 pub fn relu_circuit(p: &ReluParams) -> Circuit {
     p.validate().expect("valid ReLU parameters");
-    let k = p.k as usize;
-    let mut b = CircuitBuilder::new();
-    let a = b.garbler_inputs(k);
-    let bb = b.evaluator_inputs(k);
-    let y = b.add(&a, &bb);
-    let positive = b.not(y[k - 1]);
-    let z: Vec<_> = y[p.shift as usize..k - 1].iter().map(|&yi| b.and(yi, positive)).collect();
-    b.finish(z)
+    let mut r = Recorder::new(p.garbler_bits(), p.evaluator_bits(), p.out_bits());
+    relu_gadget(&mut r, p);
+    r.finish()
 }
 
 /// The gadget with its arithmetic reading: output bit `o` weighs `2^o` in `Z_{2^l}`.
 pub fn relu_arith_circuit(p: &ReluParams) -> ArithCircuit {
     let c = relu_circuit(p);
     let weights = (0..p.out_bits()).map(|o| 1u64 << o).collect();
-    ArithCircuit::new(c, weights, p.mask())
+    let mut ac = ArithCircuit::new(c, weights, p.mask());
+    ac.gadget = Some(*p);
+    ac
 }
 
 /// The all-Boolean variant for comparison: the evaluator also inputs its mask `r` (`l` bits) and the
@@ -175,6 +214,12 @@ mod tests {
         fn gadget_matches_reference(p in params(), a in any::<u64>(), b in any::<u64>(), r in any::<u64>()) {
             let (a, b, r) = (a & p.mask(), b & p.mask(), r & p.mask());
             prop_assert_eq!(relu_plain(&p, a, b, r), reference(&p, a, b, r));
+            // The gadget run directly on bits (no circuit) agrees.
+            let (g, e) = (garbler_input_bits(&p, a), evaluator_input_bits(&p, b));
+            let mut plain = crate::gc::fancy::Plain::new(&g, &e, p.out_bits());
+            relu_gadget(&mut plain, &p);
+            let z = plain.out.iter().enumerate().fold(0u64, |acc, (o, &bit)| acc | ((bit as u64) << o));
+            prop_assert_eq!(z.wrapping_sub(r) & p.mask(), reference(&p, a, b, r));
             // The all-Boolean variant computes the same thing in-circuit.
             let c = relu_circuit_with_mask(&p);
             let mut e = evaluator_input_bits(&p, b);

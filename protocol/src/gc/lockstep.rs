@@ -1,0 +1,458 @@
+//! Half-gates garbling and evaluation of the ReLU gadget for [`LANES`] = 16 instances in lock step,
+//! as [`Fancy`] backends compiled with AVX-512 and VAES: a wire is four 512-bit registers (16
+//! labels), each AND hashes its 64 (garbler) or 32 (evaluator) blocks inline with the round keys in
+//! registers, and the arithmetic outputs are hashed as soon as the gadget hands them over. The
+//! compiler turns the gadget into straight-line code, so there is no wire array, no batch buffer and
+//! no library call per AND (which together cost more than the AES itself). Byte for byte the same
+//! tables, ciphertexts and shares as the circuit interpreters (tested).
+
+#![cfg(target_arch = "x86_64")]
+
+use super::arith::ARITH_CT_BYTES;
+use super::batch::ArithCircuit;
+use super::fancy::Fancy;
+use super::garble::AND_TABLE_BYTES;
+use super::hash::tweak;
+use super::relu::{ReluParams, relu_gadget};
+use super::vaes::RoundKeys;
+use super::word::{Lanes, X4};
+use super::{Delta, LANES, Label};
+use std::arch::x86_64::*;
+
+/// A wire of 16 instances: instance `4j + t` is label `t` of word `j`.
+type Wire = [X4; 4];
+
+/// Whether this CPU runs the lock-step backends (checked once).
+pub fn available() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        super::garble::avx512()
+            && std::arch::is_x86_feature_detected!("vaes")
+            && std::arch::is_x86_feature_detected!("aes")
+            && super::hash::FixedKeyAes::get().round_keys().is_some()
+    })
+}
+
+/// The round keys broadcast to all four 128-bit lanes.
+#[derive(Clone, Copy)]
+struct Keys([__m512i; 11]);
+
+impl Keys {
+    #[inline(always)]
+    fn new(rk: &RoundKeys) -> Self {
+        // SAFETY: only reached from the `available()`-checked entry points below.
+        unsafe {
+            let mut k = [_mm512_setzero_si512(); 11];
+            for (r, kr) in k.iter_mut().enumerate() {
+                *kr = _mm512_broadcast_i32x4(rk.key(r));
+            }
+            Keys(k)
+        }
+    }
+
+    /// `x ← π(x) ⊕ x` on every block of `N` registers (the hash after its input `σ(A) ⊕ t` is set).
+    #[inline(always)]
+    fn mmo<const N: usize>(&self, s: &mut [X4; N]) {
+        // SAFETY: as in `new`.
+        unsafe {
+            let mut x = [_mm512_setzero_si512(); N];
+            for i in 0..N {
+                x[i] = _mm512_xor_si512(s[i].0, self.0[0]);
+            }
+            for key in &self.0[1..10] {
+                for v in x.iter_mut() {
+                    *v = _mm512_aesenc_epi128(*v, *key);
+                }
+            }
+            for i in 0..N {
+                s[i] = X4(_mm512_xor_si512(_mm512_aesenclast_epi128(x[i], self.0[10]), s[i].0));
+            }
+        }
+    }
+}
+
+/// The low 64 bits of each of the four labels of `x`.
+#[inline(always)]
+fn low_qwords(x: X4) -> [u64; 4] {
+    // SAFETY: as in `Keys::new`; a 64-byte store into a 64-byte array.
+    let q: [u64; 8] = unsafe { std::mem::transmute(x.0) };
+    [q[0], q[2], q[4], q[6]]
+}
+
+#[inline(always)]
+fn from_low_qwords(q: [u64; 4]) -> X4 {
+    // SAFETY: as in `Keys::new`.
+    unsafe { X4(_mm512_set_epi64(0, q[3] as i64, 0, q[2] as i64, 0, q[1] as i64, 0, q[0] as i64)) }
+}
+
+#[inline(always)]
+fn add64(a: X4, b: X4) -> X4 {
+    // SAFETY: as in `Keys::new`.
+    unsafe { X4(_mm512_add_epi64(a.0, b.0)) }
+}
+
+#[inline(always)]
+fn sub64(a: X4, b: X4) -> X4 {
+    // SAFETY: as in `Keys::new`.
+    unsafe { X4(_mm512_sub_epi64(a.0, b.0)) }
+}
+
+#[inline(always)]
+fn xor(a: Wire, b: Wire) -> Wire {
+    let mut o = a;
+    for j in 0..4 {
+        o[j] = a[j].xor(b[j]);
+    }
+    o
+}
+
+/// What both parties share: the hash tweak bases and where each instance's record lives.
+struct Common<'a> {
+    keys: Keys,
+    /// `tweak(id, 0)` of each instance.
+    base: Wire,
+    /// Input labels, instance-major (`[lane * n + i]`).
+    gin: &'a [Label],
+    ein: &'a [Label],
+    k: usize,
+    /// Bytes per instance record; AND tables first, then the output ciphertexts at `ct_at`.
+    rec: usize,
+    ct_at: usize,
+    and_idx: usize,
+    arith_index: u64,
+    weights: &'a [u64],
+}
+
+impl<'a> Common<'a> {
+    fn new(ac: &'a ArithCircuit, p: &ReluParams, first_id: u64, gin: &'a [Label], ein: &'a [Label]) -> Self {
+        let rk = super::hash::FixedKeyAes::get().round_keys().expect("checked by available()");
+        Common {
+            keys: Keys::new(rk),
+            base: {
+                let mut base = [X4::zero(); 4];
+                for (j, b) in base.iter_mut().enumerate() {
+                    let id = |t: usize| (first_id + (4 * j + t) as u64) as i64;
+                    // SAFETY: as in `Keys::new`. `tweak(id, 0)` puts the id in the high 64 bits.
+                    *b = X4(unsafe { _mm512_set_epi64(id(3), 0, id(2), 0, id(1), 0, id(0), 0) });
+                    debug_assert_eq!(low_qwords(*b), [0; 4]);
+                    debug_assert_eq!(tweak(id(0) as u64, 0) >> 64, id(0) as u128);
+                }
+                base
+            },
+            gin,
+            ein,
+            k: p.k as usize,
+            rec: ac.record_bytes(),
+            ct_at: ac.and_bytes(),
+            and_idx: 0,
+            arith_index: 2 * ac.circuit.n_and() as u64,
+            weights: &ac.weights,
+        }
+    }
+
+    /// Input `i` of all 16 instances from an instance-major label array.
+    #[inline(always)]
+    fn input(&self, labels: &[Label], i: usize) -> Wire {
+        // SAFETY: `Label` is a plain 16-byte `u128`.
+        let bytes = unsafe { std::slice::from_raw_parts(labels.as_ptr() as *const u8, labels.len() * 16) };
+        let stride = 16 * self.k;
+        let mut w = [X4::zero(); 4];
+        for (j, x) in w.iter_mut().enumerate() {
+            *x = X4::read_strided(bytes, (4 * j * self.k + i) * 16, stride);
+        }
+        w
+    }
+
+    /// Hash inputs `σ(x) ⊕ tweak(id, index)` of a wire.
+    #[inline(always)]
+    fn hash_in(&self, x: &Wire, index: u64) -> Wire {
+        let t = X4::splat(index as u128);
+        let mut y = [X4::zero(); 4];
+        for j in 0..4 {
+            y[j] = x[j].sigma().xor(self.base[j]).xor(t);
+        }
+        y
+    }
+}
+
+/// The garbler backend: wires carry zero-labels.
+struct Garbler<'a> {
+    c: Common<'a>,
+    delta: X4,
+    sd: X4,
+    records: &'a mut [u8],
+    /// `Σ R_o` per instance (low 64 bits of each label slot).
+    r_sum: Wire,
+    mask: X4,
+}
+
+impl Fancy for Garbler<'_> {
+    type Wire = Wire;
+    #[inline(always)]
+    fn garbler_input(&mut self, i: usize) -> Wire {
+        self.c.input(self.c.gin, i)
+    }
+    #[inline(always)]
+    fn evaluator_input(&mut self, i: usize) -> Wire {
+        self.c.input(self.c.ein, i)
+    }
+    #[inline(always)]
+    fn xor(&mut self, a: Wire, b: Wire) -> Wire {
+        xor(a, b)
+    }
+    #[inline(always)]
+    fn not(&mut self, a: Wire) -> Wire {
+        xor(a, [self.delta; 4])
+    }
+    #[inline(always)]
+    fn and(&mut self, a: Wire, b: Wire) -> Wire {
+        let g = self.c.and_idx;
+        self.c.and_idx += 1;
+        let ya = self.c.hash_in(&a, 2 * g as u64);
+        let yb = self.c.hash_in(&b, 2 * g as u64 + 1);
+        let mut h = [X4::zero(); 16];
+        for j in 0..4 {
+            h[4 * j] = ya[j];
+            h[4 * j + 1] = ya[j].xor(self.sd);
+            h[4 * j + 2] = yb[j];
+            h[4 * j + 3] = yb[j].xor(self.sd);
+        }
+        self.c.keys.mmo(&mut h);
+        let off = AND_TABLE_BYTES * g;
+        let mut out = a;
+        for j in 0..4 {
+            let (a0, b0) = (a[j], b[j]);
+            let (h0, h1, h2, h3) = (h[4 * j], h[4 * j + 1], h[4 * j + 2], h[4 * j + 3]);
+            let (ma, mb) = (a0.lsb_mask(), b0.lsb_mask());
+            let tg = h0.xor(h1).xor(mb.and(self.delta));
+            let te = h2.xor(h3).xor(a0);
+            let at = 4 * j * self.c.rec + off;
+            tg.write_strided(self.records, at, self.c.rec);
+            te.write_strided(self.records, at + 16, self.c.rec);
+            out[j] = h0.xor(ma.and(tg)).xor(h2).xor(mb.and(te.xor(a0)));
+        }
+        out
+    }
+    /// Output `o` with zero-label `Z0`: `R = h(Z_π) - π·w`, ciphertext `R + (1-π)·w - h(Z_¬π)`.
+    #[inline(always)]
+    fn output(&mut self, o: usize, z: Wire) {
+        let y = self.c.hash_in(&z, self.c.arith_index + o as u64);
+        let mut h = [X4::zero(); 8];
+        for j in 0..4 {
+            h[2 * j] = y[j];
+            h[2 * j + 1] = y[j].xor(self.sd);
+        }
+        self.c.keys.mmo(&mut h);
+        let w = X4::splat(self.c.weights[o] as u128 | ((self.c.weights[o] as u128) << 64));
+        let at = self.c.ct_at + ARITH_CT_BYTES * o;
+        for j in 0..4 {
+            let (h0, h1) = (h[2 * j], h[2 * j + 1]);
+            let m = z[j].lsb_mask();
+            let swap = h0.xor(h1).and(m);
+            let (even, odd) = (h0.xor(swap), h1.xor(swap));
+            let r_o = sub64(even, w.and(m));
+            // `w & !m` as `w ⊕ (w & m)`.
+            let t = sub64(add64(r_o, w.xor(w.and(m))), odd).and(self.mask);
+            self.r_sum[j] = add64(self.r_sum[j], r_o);
+            for (t_i, ct) in low_qwords(t).into_iter().enumerate() {
+                let p = (4 * j + t_i) * self.c.rec + at;
+                self.records[p..p + ARITH_CT_BYTES].copy_from_slice(&ct.to_le_bytes());
+            }
+        }
+    }
+}
+
+/// The evaluator backend: wires carry active labels.
+struct Evaluator<'a> {
+    c: Common<'a>,
+    records: &'a [u8],
+    v_sum: Wire,
+}
+
+impl Fancy for Evaluator<'_> {
+    type Wire = Wire;
+    #[inline(always)]
+    fn garbler_input(&mut self, i: usize) -> Wire {
+        self.c.input(self.c.gin, i)
+    }
+    #[inline(always)]
+    fn evaluator_input(&mut self, i: usize) -> Wire {
+        self.c.input(self.c.ein, i)
+    }
+    #[inline(always)]
+    fn xor(&mut self, a: Wire, b: Wire) -> Wire {
+        xor(a, b)
+    }
+    #[inline(always)]
+    fn not(&mut self, a: Wire) -> Wire {
+        a
+    }
+    #[inline(always)]
+    fn and(&mut self, a: Wire, b: Wire) -> Wire {
+        let g = self.c.and_idx;
+        self.c.and_idx += 1;
+        let ya = self.c.hash_in(&a, 2 * g as u64);
+        let yb = self.c.hash_in(&b, 2 * g as u64 + 1);
+        let mut h = [X4::zero(); 8];
+        for j in 0..4 {
+            h[2 * j] = ya[j];
+            h[2 * j + 1] = yb[j];
+        }
+        self.c.keys.mmo(&mut h);
+        let off = AND_TABLE_BYTES * g;
+        let mut out = a;
+        for j in 0..4 {
+            let at = 4 * j * self.c.rec + off;
+            let tg = X4::read_strided(self.records, at, self.c.rec);
+            let te = X4::read_strided(self.records, at + 16, self.c.rec);
+            let (la, lb) = (a[j], b[j]);
+            out[j] = h[2 * j].xor(la.lsb_mask().and(tg)).xor(h[2 * j + 1]).xor(lb.lsb_mask().and(te.xor(la)));
+        }
+        out
+    }
+    /// `v = h(Z) + lsb(Z)·T`.
+    #[inline(always)]
+    fn output(&mut self, o: usize, z: Wire) {
+        let y = self.c.hash_in(&z, self.c.arith_index + o as u64);
+        let mut h = y;
+        self.c.keys.mmo(&mut h);
+        let at = self.c.ct_at + ARITH_CT_BYTES * o;
+        for j in 0..4 {
+            let mut q = [0u64; 4];
+            for (t_i, qt) in q.iter_mut().enumerate() {
+                let p = (4 * j + t_i) * self.c.rec + at;
+                *qt = u64::from_le_bytes(self.records[p..p + ARITH_CT_BYTES].try_into().expect("8 bytes"));
+            }
+            let t = from_low_qwords(q);
+            self.v_sum[j] = add64(self.v_sum[j], add64(h[j], t.and(z[j].lsb_mask())));
+        }
+    }
+}
+
+/// Checks the shapes shared by both entry points.
+fn check(ac: &ArithCircuit, p: &ReluParams, gin: &[Label], ein: &[Label], records: usize, out: usize) {
+    assert!(available(), "lock-step backends need AVX-512 and VAES");
+    assert_eq!(ac.gadget, Some(*p), "the circuit must be this ReLU gadget");
+    let k = p.k as usize;
+    assert_eq!((gin.len(), ein.len(), out), (LANES * k, LANES * k, LANES));
+    assert_eq!(records, LANES * ac.record_bytes());
+}
+
+/// Garbles instances `first_id .. first_id + 16` of the ReLU gadget `ac` (records as in
+/// [`super::batch::garble_batch`]); `r` receives the garbler's output offsets.
+pub fn garble_relus(ac: &ArithCircuit, p: &ReluParams, delta: &Delta, first_id: u64, gin: &[Label], ein: &[Label], records: &mut [u8], r: &mut [u64]) {
+    check(ac, p, gin, ein, records.len(), r.len());
+    // SAFETY: `check` confirmed the CPU features.
+    unsafe { garble_relus_vaes(ac, p, delta, first_id, gin, ein, records, r) }
+}
+
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw,vaes,aes")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn garble_relus_vaes(ac: &ArithCircuit, p: &ReluParams, delta: &Delta, first_id: u64, gin: &[Label], ein: &[Label], records: &mut [u8], r: &mut [u64]) {
+    let d = X4::splat(delta.as_u128());
+    let mut g = Garbler {
+        c: Common::new(ac, p, first_id, gin, ein),
+        delta: d,
+        sd: d.sigma(),
+        records,
+        r_sum: [X4::zero(); 4],
+        mask: X4::splat(ac.mask as u128),
+    };
+    relu_gadget(&mut g, p);
+    for j in 0..4 {
+        for (t, s) in low_qwords(g.r_sum[j]).into_iter().enumerate() {
+            r[4 * j + t] = s & ac.mask;
+        }
+    }
+}
+
+/// Evaluates instances `first_id .. first_id + 16` from their active input labels and records; `v`
+/// receives `R_sum + Σ z_o w_o` per instance.
+pub fn evaluate_relus(ac: &ArithCircuit, p: &ReluParams, first_id: u64, gin: &[Label], ein: &[Label], records: &[u8], v: &mut [u64]) {
+    check(ac, p, gin, ein, records.len(), v.len());
+    // SAFETY: `check` confirmed the CPU features.
+    unsafe { evaluate_relus_vaes(ac, p, first_id, gin, ein, records, v) }
+}
+
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw,vaes,aes")]
+unsafe fn evaluate_relus_vaes(ac: &ArithCircuit, p: &ReluParams, first_id: u64, gin: &[Label], ein: &[Label], records: &[u8], v: &mut [u64]) {
+    let mut e = Evaluator { c: Common::new(ac, p, first_id, gin, ein), records, v_sum: [X4::zero(); 4] };
+    relu_gadget(&mut e, p);
+    for j in 0..4 {
+        for (t, s) in low_qwords(e.v_sum[j]).into_iter().enumerate() {
+            v[4 * j + t] = s & ac.mask;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gc::arith::{evaluate_arith, garble_arith};
+    use crate::gc::evaluate::evaluate_lanes;
+    use crate::gc::garble::{encode, garble_lanes};
+    use crate::gc::relu::relu_arith_circuit;
+    use proptest::prelude::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The circuit interpreters on the same 16 instances: records and `R`.
+    fn interpreter_garble(ac: &ArithCircuit, delta: &Delta, ids: &[u64], gin: &[Label], ein: &[Label]) -> (Vec<u8>, Vec<u64>) {
+        let rec = ac.record_bytes();
+        let mut recs = vec![0u8; LANES * rec];
+        let mut out = vec![Label::default(); LANES * ac.weights.len()];
+        let mut r = vec![0u64; LANES];
+        garble_lanes(&ac.circuit, delta, ids, gin, ein, &mut recs, rec, &mut out);
+        garble_arith(&out, &ac.weights, ac.mask, delta, ids, 2 * ac.circuit.n_and() as u64, &mut recs[ac.and_bytes()..], rec, &mut r);
+        (recs, r)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn lockstep_equals_interpreters_and_plaintext(l in 16u32..=64, shift_frac in 0.0f64..1.0, k_frac in 0.0f64..1.0,
+                                                      seed in any::<u64>(), first_id in any::<u32>()) {
+            if !available() {
+                return Ok(());
+            }
+            let shift = ((l / 2 - 1) as f64 * shift_frac) as u32;
+            let k = shift + 2 + ((l - shift - 2) as f64 * k_frac) as u32;
+            let p = ReluParams { l, k, shift };
+            let ac = relu_arith_circuit(&p);
+            let ku = k as usize;
+            let mut rng = rand_chacha::ChaCha12Rng::seed_from_u64(seed);
+            let delta = Delta::random(&mut rng);
+            let gz: Vec<Label> = (0..LANES * ku).map(|_| Label(rng.random())).collect();
+            let ez: Vec<Label> = (0..LANES * ku).map(|_| Label(rng.random())).collect();
+            let first = first_id as u64;
+            let ids: Vec<u64> = (0..LANES as u64).map(|j| first + j).collect();
+            let mut recs = vec![0u8; LANES * ac.record_bytes()];
+            let mut r = vec![0u64; LANES];
+            garble_relus(&ac, &p, &delta, first, &gz, &ez, &mut recs, &mut r);
+            let (want_recs, want_r) = interpreter_garble(&ac, &delta, &ids, &gz, &ez);
+            prop_assert!(recs == want_recs, "tables or ciphertexts differ from the interpreter");
+            prop_assert_eq!(&r, &want_r);
+
+            // Evaluate on random shares; compare with the interpreter and with plaintext ReLU.
+            let a: Vec<u64> = (0..LANES).map(|_| rng.random::<u64>() & p.mask()).collect();
+            let b: Vec<u64> = (0..LANES).map(|_| rng.random::<u64>() & p.mask()).collect();
+            let bits = |x: u64| (0..ku).map(move |i| (x >> i) & 1 == 1);
+            let ga: Vec<Label> = a.iter().flat_map(|&x| bits(x)).zip(&gz).map(|(bit, &z)| encode(z, bit, &delta)).collect();
+            let ea: Vec<Label> = b.iter().flat_map(|&x| bits(x)).zip(&ez).map(|(bit, &z)| encode(z, bit, &delta)).collect();
+            let mut v = vec![0u64; LANES];
+            evaluate_relus(&ac, &p, first, &ga, &ea, &recs, &mut v);
+            let rec = ac.record_bytes();
+            let nout = ac.weights.len();
+            let mut out = vec![Label::default(); LANES * nout];
+            evaluate_lanes(&ac.circuit, &ids, &ga, &ea, &recs, rec, &mut out);
+            let mut want_v = vec![0u64; LANES];
+            evaluate_arith(&out, nout, ac.mask, &ids, 2 * ac.circuit.n_and() as u64, &recs[ac.and_bytes()..], rec, &mut want_v);
+            prop_assert_eq!(&v, &want_v);
+            for i in 0..LANES {
+                let y = ((a[i].wrapping_add(b[i]) << (64 - k)) as i64) >> (64 - k);
+                let z = (y.max(0) >> shift) as u64;
+                prop_assert_eq!(v[i].wrapping_sub(r[i]) & p.mask(), z, "instance {}", i);
+            }
+        }
+    }
+}
