@@ -77,6 +77,10 @@ pub struct GcReport {
     /// Tables + OT.
     pub offline_bytes_per_relu: f64,
     pub aes_blocks_per_s: f64,
+    /// What computes the fixed-key permutation in the bound and in the gate loops ("vaes" or the crate).
+    pub aes_backend: String,
+    /// The same raw loop through the `aes` crate (AES-NI, one block per instruction), for comparison.
+    pub aes_crate_blocks_per_s: f64,
     pub garble_relu_per_s: f64,
     pub eval_relu_per_s: f64,
     /// Base OTs, once per session (both directions).
@@ -93,12 +97,11 @@ fn secs(d: Duration) -> f64 {
 /// Blocks per AES call in the bound loop: an L1-resident buffer, like the garbler's batches.
 const AES_CALL_BLOCKS: usize = 1024;
 
-/// Raw fixed-key AES (the same `permute_words` the garbler calls, in place, no copies) on all rayon
-/// threads, parallelised exactly like garbling (`par_chunks` over the rayon pool), for at least
-/// `seconds` of wall time. Returns (blocks, wall seconds).
-fn aes_blocks(seconds: f64) -> (u64, f64) {
+/// Raw fixed-key AES (`permute`: the same VAES or AES-NI rounds the gate loops use, in place, no
+/// copies) on all rayon threads, parallelised exactly like garbling (`par_chunks` over the rayon
+/// pool), for at least `seconds` of wall time. Returns (blocks, wall seconds).
+fn aes_blocks(seconds: f64, permute: impl Fn(&mut [u128]) + Sync) -> (u64, f64) {
     let threads = rayon::current_num_threads();
-    let aes = FixedKeyAes::get();
     // 8 chunks per thread so that work stealing balances a thread that the OS descheduled.
     let mut buf: Vec<u128> = (0..(8 * threads * AES_CALL_BLOCKS) as u128).collect();
     let reps = 16;
@@ -107,7 +110,7 @@ fn aes_blocks(seconds: f64) -> (u64, f64) {
     while start.elapsed().as_secs_f64() < seconds {
         buf.par_chunks_mut(AES_CALL_BLOCKS).for_each(|c| {
             for _ in 0..reps {
-                aes.permute_words(c);
+                permute(c);
             }
         });
         blocks += (reps * buf.len()) as u64;
@@ -133,7 +136,8 @@ pub async fn run(opts: &GcBenchOptions) -> anyhow::Result<GcReport> {
     // Raw AES bound and garbling/evaluation throughput (CPU-bound: off the async runtime).
     let aes_seconds = opts.aes_seconds;
     let ac2 = ac.clone();
-    let (aes_rate, garble_s, eval_s) = tokio::task::spawn_blocking(move || {
+    let (aes_rate, crate_rate, garble_s, eval_s) = tokio::task::spawn_blocking(move || {
+        let aes = FixedKeyAes::get();
         let mut rng = rand::rng();
         let delta = Delta::random(&mut rng);
         let gz: Vec<Label> = (0..n * k).map(|_| Label(rng.random())).collect();
@@ -147,10 +151,14 @@ pub async fn run(opts: &GcBenchOptions) -> anyhow::Result<GcReport> {
         let mut v = vec![0u64; chunk];
         let (mut garble_s, mut eval_s) = (0.0, 0.0);
         let (mut aes_n, mut aes_s) = (0u64, 0.0);
+        let (mut crate_n, mut crate_s) = (0u64, 0.0);
         for _ in 0..ROUNDS {
-            let (b, s) = aes_blocks(aes_seconds / ROUNDS as f64);
+            let (b, s) = aes_blocks(aes_seconds / ROUNDS as f64, |c| aes.permute_words(c));
             aes_n += b;
             aes_s += s;
+            let (b, s) = aes_blocks(aes_seconds / ROUNDS as f64, |c| aes.permute_with_crate(c));
+            crate_n += b;
+            crate_s += s;
             for lo in (0..n).step_by(chunk) {
                 let hi = (lo + chunk).min(n);
                 let m = hi - lo;
@@ -167,7 +175,7 @@ pub async fn run(opts: &GcBenchOptions) -> anyhow::Result<GcReport> {
             }
         }
         let per_round = |s: f64| (s / ROUNDS as f64).max(1e-9);
-        Ok((aes_n as f64 / aes_s, per_round(garble_s), per_round(eval_s)))
+        Ok((aes_n as f64 / aes_s, crate_n as f64 / crate_s, per_round(garble_s), per_round(eval_s)))
     })
     .await??;
 
@@ -213,6 +221,8 @@ pub async fn run(opts: &GcBenchOptions) -> anyhow::Result<GcReport> {
         and_per_relu_boolean_mask: relu_circuit_with_mask(&p).n_and(),
         offline_bytes_per_relu: table_bytes + ot_bytes,
         aes_blocks_per_s: aes_rate,
+        aes_backend: FixedKeyAes::get().backend().to_string(),
+        aes_crate_blocks_per_s: crate_rate,
         garble_relu_per_s: nf / garble_s,
         eval_relu_per_s: nf / eval_s,
         e2e_setup_bytes: e2e.setup_bytes,

@@ -1,13 +1,16 @@
 //! Many instances of one circuit with arithmetic output, garbled or evaluated in parallel on all
 //! cores (rayon over groups of [`LANES`] instances). Instance `i` of a batch is circuit id
-//! `first_id + i`; its wire record is `32·n_and` bytes of AND tables then `8·n_out` bytes of
-//! arithmetic-output ciphertexts.
+//! `first_id + i`. Each instance costs `32·n_and` bytes of AND tables and `8·n_out` bytes of
+//! arithmetic-output ciphertexts; a group of `m` instances (`m = LANES` except perhaps the last)
+//! occupies `m` records' bytes: first gate by gate, the `m` tables of each gate side by side, then
+//! output by output, the `m` ciphertexts side by side ([`Layout::interleaved`]). The lock-step
+//! backends then read and write whole cache lines.
 
 use super::arith::{ARITH_CT_BYTES, evaluate_arith, garble_arith};
 use super::circuit::Circuit;
 use super::evaluate::evaluate_lanes;
 use super::garble::{AND_TABLE_BYTES, garble_lanes};
-use super::{Delta, LANES, Label, ReluParams};
+use super::{Delta, LANES, Label, Layout, ReluParams};
 use rayon::prelude::*;
 
 /// A circuit whose output bits `z_o` are read as the ring element `Σ z_o·weights[o] mod 2^l`.
@@ -79,14 +82,15 @@ pub fn garble_batch(
             let gl = &gin[i0 * ng..(i0 + lanes) * ng];
             let el = &ein[i0 * ne..(i0 + lanes) * ne];
             #[cfg(target_arch = "x86_64")]
-            if let Some(p) = ac.gadget.filter(|_| lanes == LANES && super::lockstep::available()) {
-                return super::lockstep::garble_relus(ac, &p, delta, first_id + i0 as u64, gl, el, recs, rs);
+            if ac.gadget.is_some() && lanes == LANES && super::lockstep::available() {
+                return super::lockstep::garble_relus(ac, delta, first_id + i0 as u64, gl, el, recs, rs);
             }
             let ids: Vec<u64> = (0..lanes as u64).map(|j| first_id + (i0 as u64) + j).collect();
             let mut out = vec![Label::default(); lanes * nout];
-            garble_lanes(&ac.circuit, delta, &ids, gl, el, recs, rec, &mut out);
-            let tb = ac.and_bytes();
-            garble_arith(&out, &ac.weights, ac.mask, delta, &ids, ac.arith_index(), &mut recs[tb..], rec, rs);
+            let (tables, cts) = recs.split_at_mut(lanes * ac.and_bytes());
+            garble_lanes(&ac.circuit, delta, &ids, gl, el, tables, Layout::interleaved(AND_TABLE_BYTES, lanes), &mut out);
+            let cl = Layout::interleaved(ARITH_CT_BYTES, lanes);
+            garble_arith(&out, &ac.weights, ac.mask, delta, &ids, ac.arith_index(), cts, cl, rs);
         });
 }
 
@@ -105,13 +109,14 @@ pub fn evaluate_batch(ac: &ArithCircuit, first_id: u64, gin: &[Label], ein: &[La
         let gl = &gin[i0 * ng..(i0 + lanes) * ng];
         let el = &ein[i0 * ne..(i0 + lanes) * ne];
         #[cfg(target_arch = "x86_64")]
-        if let Some(p) = ac.gadget.filter(|_| lanes == LANES && super::lockstep::available()) {
-            return super::lockstep::evaluate_relus(ac, &p, first_id + i0 as u64, gl, el, recs, vs);
+        if ac.gadget.is_some() && lanes == LANES && super::lockstep::available() {
+            return super::lockstep::evaluate_relus(ac, first_id + i0 as u64, gl, el, recs, vs);
         }
         let ids: Vec<u64> = (0..lanes as u64).map(|j| first_id + (i0 as u64) + j).collect();
         let mut out = vec![Label::default(); lanes * nout];
-        evaluate_lanes(&ac.circuit, &ids, gl, el, recs, rec, &mut out);
-        evaluate_arith(&out, nout, ac.mask, &ids, ac.arith_index(), &recs[ac.and_bytes()..], rec, vs);
+        let (tables, cts) = recs.split_at(lanes * ac.and_bytes());
+        evaluate_lanes(&ac.circuit, &ids, gl, el, tables, Layout::interleaved(AND_TABLE_BYTES, lanes), &mut out);
+        evaluate_arith(&out, nout, ac.mask, &ids, ac.arith_index(), cts, Layout::interleaved(ARITH_CT_BYTES, lanes), vs);
     });
 }
 

@@ -5,10 +5,10 @@
 use super::garble::{AND_TABLE_BYTES, MAX_RUN, and_run, lanes_of, load_wires};
 use super::word::{Lanes, Native};
 use super::hash::{FixedKeyAes, tweak};
-use super::{Bit, Circuit, Gate, LANES, Label};
+use super::{Bit, Circuit, Gate, LANES, Label, Layout};
 
 /// Evaluates `ids.len()` (1..=LANES) instances; same layouts as [`super::garble::garble_lanes`], with
-/// active labels instead of zero-labels and tables of instance `lane` at byte `lane * stride`.
+/// active labels instead of zero-labels and the table of AND `g` of instance `lane` at `layout.at(lane, g)`.
 /// `out` receives the output labels.
 pub fn evaluate_lanes(
     circuit: &Circuit,
@@ -16,24 +16,23 @@ pub fn evaluate_lanes(
     gin: &[Label],
     ein: &[Label],
     tables: &[u8],
-    stride: usize,
+    layout: Layout,
     out: &mut [Label],
 ) {
     let lanes = ids.len();
-    let rec = AND_TABLE_BYTES * circuit.n_and();
     assert!((1..=LANES).contains(&lanes), "1..=LANES instances per call");
     assert_eq!(gin.len(), lanes * circuit.n_garbler_inputs);
     assert_eq!(ein.len(), lanes * circuit.n_evaluator_inputs);
-    assert!(stride >= rec && tables.len() >= (lanes - 1) * stride + rec);
+    assert!(layout.lane >= AND_TABLE_BYTES && tables.len() >= layout.span(lanes, circuit.n_and(), AND_TABLE_BYTES));
     assert_eq!(out.len(), lanes * circuit.outputs.len());
     thread_local!(static SCRATCH: std::cell::RefCell<Vec<Native>> = const { std::cell::RefCell::new(Vec::new()) });
     #[cfg(target_arch = "x86_64")]
     if super::garble::avx512() {
         thread_local!(static SCRATCH4: std::cell::RefCell<Vec<super::word::X4>> = const { std::cell::RefCell::new(Vec::new()) });
         // SAFETY: the CPU supports the features the function is compiled for (checked).
-        return SCRATCH4.with_borrow_mut(|w| unsafe { evaluate_lanes_avx512(w, circuit, ids, gin, ein, tables, stride, out) });
+        return SCRATCH4.with_borrow_mut(|w| unsafe { evaluate_lanes_avx512(w, circuit, ids, gin, ein, tables, layout, out) });
     }
-    SCRATCH.with_borrow_mut(|w| evaluate_lanes_with::<Native, LANES>(w, circuit, ids, gin, ein, tables, stride, out))
+    SCRATCH.with_borrow_mut(|w| evaluate_lanes_with::<Native, LANES>(w, circuit, ids, gin, ein, tables, layout, out))
 }
 
 /// [`evaluate_lanes_with`] compiled with AVX-512 enabled (see `garble::garble_lanes_avx512`).
@@ -47,10 +46,10 @@ unsafe fn evaluate_lanes_avx512(
     gin: &[Label],
     ein: &[Label],
     tables: &[u8],
-    stride: usize,
+    layout: Layout,
     out: &mut [Label],
 ) {
-    evaluate_lanes_with::<super::word::X4, { LANES / 4 }>(w, circuit, ids, gin, ein, tables, stride, out)
+    evaluate_lanes_with::<super::word::X4, { LANES / 4 }>(w, circuit, ids, gin, ein, tables, layout, out)
 }
 
 /// [`evaluate_lanes`] computing with word type `W` (checked arguments).
@@ -63,13 +62,13 @@ pub(crate) fn evaluate_lanes_with<W: Lanes, const L: usize>(
     gin: &[Label],
     ein: &[Label],
     tables: &[u8],
-    stride: usize,
+    layout: Layout,
     out: &mut [Label],
 ) {
     let lanes = ids.len();
     assert_eq!(L * W::K, LANES, "L words of K labels make LANES instances");
     if lanes == LANES {
-        return evaluate_impl::<W, L>(w, circuit, ids, gin, ein, tables, stride, out);
+        return evaluate_impl::<W, L>(w, circuit, ids, gin, ein, tables, layout, out);
     }
     // Partial group: padded to LANES lanes with dummy labels and zero tables (results discarded).
     let (ng, ne, nout) = (circuit.n_garbler_inputs, circuit.n_evaluator_inputs, circuit.outputs.len());
@@ -80,11 +79,15 @@ pub(crate) fn evaluate_lanes_with<W: Lanes, const L: usize>(
     let mut pein = ein.to_vec();
     pein.resize(LANES * ne, Label::default());
     let mut ptables = vec![0u8; LANES * rec];
-    for j in 0..lanes {
-        ptables[j * rec..(j + 1) * rec].copy_from_slice(&tables[j * stride..j * stride + rec]);
+    let pl = Layout::interleaved(AND_TABLE_BYTES, LANES);
+    for g in 0..circuit.n_and() {
+        for j in 0..lanes {
+            let (s, d) = (layout.at(j, g), pl.at(j, g));
+            ptables[d..d + AND_TABLE_BYTES].copy_from_slice(&tables[s..s + AND_TABLE_BYTES]);
+        }
     }
     let mut pout = vec![Label::default(); LANES * nout];
-    evaluate_impl::<W, L>(w, circuit, &pad_ids, &pgin, &pein, &ptables, rec, &mut pout);
+    evaluate_impl::<W, L>(w, circuit, &pad_ids, &pgin, &pein, &ptables, pl, &mut pout);
     out.copy_from_slice(&pout[..lanes * nout]);
 }
 
@@ -97,7 +100,7 @@ fn evaluate_impl<W: Lanes, const L: usize>(
     gin: &[Label],
     ein: &[Label],
     tables: &[u8],
-    stride: usize,
+    layout: Layout,
     out: &mut [Label],
 ) {
     let (ng, ne, nin) = (circuit.n_garbler_inputs, circuit.n_evaluator_inputs, circuit.n_inputs());
@@ -147,12 +150,11 @@ fn evaluate_impl<W: Lanes, const L: usize>(
                     let t0 = W::splat(2 * (and_idx + r) as u128);
                     let t1 = W::splat(2 * (and_idx + r) as u128 + 1);
                     let dst = &mut dst[r * L..(r + 1) * L];
-                    let tb = AND_TABLE_BYTES * (and_idx + r);
                     for j in 0..L {
                         let (la, lb) = (sa[j], sb[j]);
-                        let off = j * k * stride + tb;
-                        let tg = W::read_strided(tables, off, stride);
-                        let te = W::read_strided(tables, off + 16, stride);
+                        let off = layout.at(j * k, and_idx + r);
+                        let tg = W::read_strided(tables, off, layout.lane);
+                        let te = W::read_strided(tables, off + 16, layout.lane);
                         // Hash inputs recomputed rather than copied before the in-place AES.
                         let ha = e[2 * j].xor(la.sigma().xor(base[j]).xor(t0));
                         let hb = e[2 * j + 1].xor(lb.sigma().xor(base[j]).xor(t1));
@@ -175,7 +177,7 @@ fn evaluate_impl<W: Lanes, const L: usize>(
 /// Evaluates one instance; returns its output labels.
 pub fn evaluate(circuit: &Circuit, id: u64, gin: &[Label], ein: &[Label], tables: &[u8]) -> Vec<Label> {
     let mut out = vec![Label::default(); circuit.outputs.len()];
-    evaluate_lanes(circuit, &[id], gin, ein, tables, tables.len(), &mut out);
+    evaluate_lanes(circuit, &[id], gin, ein, tables, Layout::per_instance(AND_TABLE_BYTES, circuit.n_and()), &mut out);
     out
 }
 

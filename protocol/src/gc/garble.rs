@@ -8,7 +8,7 @@
 
 use super::hash::{FixedKeyAes, tweak};
 use super::word::{Lanes, Native};
-use super::{Bit, Circuit, Delta, Gate, LANES, Label};
+use super::{Bit, Circuit, Delta, Gate, LANES, Label, Layout};
 
 /// Bytes of one AND gate's table.
 pub const AND_TABLE_BYTES: usize = 32;
@@ -17,9 +17,8 @@ pub const AND_TABLE_BYTES: usize = 32;
 ///
 /// Inputs are zero-labels, instance-major (`gin[lane * n_garbler_inputs + i]`, likewise `ein`); `tables`
 /// receives `32 * n_and` bytes per instance, instance-major; `out` receives the output zero-labels
-/// (`out[lane * n_outputs + o]`). Instance `lane`'s tables start at byte `lane * stride` of `tables`
-/// (`stride >= 32 * n_and`, so callers can interleave other per-instance data). Every output must be a
-/// wire (constant outputs are not garbled).
+/// (`out[lane * n_outputs + o]`). The table of AND gate `g` of instance `lane` goes to byte
+/// `layout.at(lane, g)` of `tables`. Every output must be a wire (constant outputs are not garbled).
 #[allow(clippy::too_many_arguments)]
 pub fn garble_lanes(
     circuit: &Circuit,
@@ -28,15 +27,14 @@ pub fn garble_lanes(
     gin: &[Label],
     ein: &[Label],
     tables: &mut [u8],
-    stride: usize,
+    layout: Layout,
     out: &mut [Label],
 ) {
     let lanes = ids.len();
-    let rec = AND_TABLE_BYTES * circuit.n_and();
     assert!((1..=LANES).contains(&lanes), "1..=LANES instances per call");
     assert_eq!(gin.len(), lanes * circuit.n_garbler_inputs);
     assert_eq!(ein.len(), lanes * circuit.n_evaluator_inputs);
-    assert!(stride >= rec && tables.len() >= (lanes - 1) * stride + rec);
+    assert!(layout.lane >= AND_TABLE_BYTES && tables.len() >= layout.span(lanes, circuit.n_and(), AND_TABLE_BYTES));
     assert_eq!(out.len(), lanes * circuit.outputs.len());
     // Per-thread scratch for the wire labels: allocating it per call made the allocator return and
     // re-fault pages on every group.
@@ -45,9 +43,9 @@ pub fn garble_lanes(
     if avx512() {
         thread_local!(static SCRATCH4: std::cell::RefCell<Vec<super::word::X4>> = const { std::cell::RefCell::new(Vec::new()) });
         // SAFETY: the CPU supports the features the function is compiled for (checked).
-        return SCRATCH4.with_borrow_mut(|w| unsafe { garble_lanes_avx512(w, circuit, delta, ids, gin, ein, tables, stride, out) });
+        return SCRATCH4.with_borrow_mut(|w| unsafe { garble_lanes_avx512(w, circuit, delta, ids, gin, ein, tables, layout, out) });
     }
-    SCRATCH.with_borrow_mut(|w| garble_lanes_with::<Native, LANES>(w, circuit, delta, ids, gin, ein, tables, stride, out))
+    SCRATCH.with_borrow_mut(|w| garble_lanes_with::<Native, LANES>(w, circuit, delta, ids, gin, ein, tables, layout, out))
 }
 
 /// Whether the AVX-512 build of the lane loops can run here (checked once; the AES calls inside keep
@@ -78,10 +76,10 @@ unsafe fn garble_lanes_avx512(
     gin: &[Label],
     ein: &[Label],
     tables: &mut [u8],
-    stride: usize,
+    layout: Layout,
     out: &mut [Label],
 ) {
-    garble_lanes_with::<super::word::X4, { LANES / 4 }>(w, circuit, delta, ids, gin, ein, tables, stride, out)
+    garble_lanes_with::<super::word::X4, { LANES / 4 }>(w, circuit, delta, ids, gin, ein, tables, layout, out)
 }
 
 /// [`garble_lanes`] computing with word type `W` (checked arguments).
@@ -95,13 +93,13 @@ pub(crate) fn garble_lanes_with<W: Lanes, const L: usize>(
     gin: &[Label],
     ein: &[Label],
     tables: &mut [u8],
-    stride: usize,
+    layout: Layout,
     out: &mut [Label],
 ) {
     let lanes = ids.len();
     assert_eq!(L * W::K, LANES, "L words of K labels make LANES instances");
     if lanes == LANES {
-        return garble_impl::<W, L>(w, circuit, delta, ids, gin, ein, tables, stride, out);
+        return garble_impl::<W, L>(w, circuit, delta, ids, gin, ein, tables, layout, out);
     }
     // A partial group (the tail of a batch) runs padded to LANES lanes (constant trip counts keep the
     // lane loops unrolled); the padding lanes' tables are discarded, never sent.
@@ -114,9 +112,13 @@ pub(crate) fn garble_lanes_with<W: Lanes, const L: usize>(
     pein.resize(LANES * ne, Label::default());
     let mut ptables = vec![0u8; LANES * rec];
     let mut pout = vec![Label::default(); LANES * nout];
-    garble_impl::<W, L>(w, circuit, delta, &pad_ids, &pgin, &pein, &mut ptables, rec, &mut pout);
-    for j in 0..lanes {
-        tables[j * stride..j * stride + rec].copy_from_slice(&ptables[j * rec..(j + 1) * rec]);
+    let pl = Layout::interleaved(AND_TABLE_BYTES, LANES);
+    garble_impl::<W, L>(w, circuit, delta, &pad_ids, &pgin, &pein, &mut ptables, pl, &mut pout);
+    for g in 0..circuit.n_and() {
+        for j in 0..lanes {
+            let (s, d) = (pl.at(j, g), layout.at(j, g));
+            tables[d..d + AND_TABLE_BYTES].copy_from_slice(&ptables[s..s + AND_TABLE_BYTES]);
+        }
     }
     out.copy_from_slice(&pout[..lanes * nout]);
 }
@@ -187,7 +189,7 @@ fn garble_impl<W: Lanes, const L: usize>(
     gin: &[Label],
     ein: &[Label],
     tables: &mut [u8],
-    stride: usize,
+    layout: Layout,
     out: &mut [Label],
 ) {
     let (ng, ne, nin) = (circuit.n_garbler_inputs, circuit.n_evaluator_inputs, circuit.n_inputs());
@@ -243,7 +245,6 @@ fn garble_impl<W: Lanes, const L: usize>(
                     let t0 = W::splat(2 * (and_idx + r) as u128);
                     let t1 = W::splat(2 * (and_idx + r) as u128 + 1);
                     let dst = &mut dst[r * L..(r + 1) * L];
-                    let tb = AND_TABLE_BYTES * (and_idx + r);
                     for j in 0..L {
                         let (a0, b0) = (sa[j], sb[j]);
                         // Recompute the hash inputs rather than keep a copy of the batch.
@@ -259,9 +260,9 @@ fn garble_impl<W: Lanes, const L: usize>(
                         let wg = h0.xor(ma.and(tg));
                         let we = h2.xor(mb.and(te.xor(a0)));
                         dst[j] = wg.xor(we);
-                        let off = j * k * stride + tb;
-                        tg.write_strided(tables, off, stride);
-                        te.write_strided(tables, off + 16, stride);
+                        let off = layout.at(j * k, and_idx + r);
+                        tg.write_strided(tables, off, layout.lane);
+                        te.write_strided(tables, off + 16, layout.lane);
                     }
                 }
                 and_idx += run;
@@ -281,8 +282,8 @@ fn garble_impl<W: Lanes, const L: usize>(
 pub fn garble(circuit: &Circuit, delta: &Delta, id: u64, gin: &[Label], ein: &[Label]) -> (Vec<u8>, Vec<Label>) {
     let mut tables = vec![0u8; AND_TABLE_BYTES * circuit.n_and()];
     let mut out = vec![Label::default(); circuit.outputs.len()];
-    let stride = tables.len();
-    garble_lanes(circuit, delta, &[id], gin, ein, &mut tables, stride, &mut out);
+    let layout = Layout::per_instance(AND_TABLE_BYTES, circuit.n_and());
+    garble_lanes(circuit, delta, &[id], gin, ein, &mut tables, layout, &mut out);
     (tables, out)
 }
 
@@ -374,9 +375,10 @@ mod tests {
                 let mut t = vec![0u8; lanes * rec];
                 let mut o = vec![Label::default(); lanes * c.outputs.len()];
                 if native {
-                    garble_lanes(&c, &delta, &ids, &gz, &ez, &mut t, rec, &mut o);
+                    garble_lanes(&c, &delta, &ids, &gz, &ez, &mut t, Layout::interleaved(AND_TABLE_BYTES, lanes), &mut o);
                 } else {
-                    garble_lanes_with::<u128, LANES>(&mut Vec::new(), &c, &delta, &ids, &gz, &ez, &mut t, rec, &mut o);
+                    let layout = Layout::interleaved(AND_TABLE_BYTES, lanes);
+                    garble_lanes_with::<u128, LANES>(&mut Vec::new(), &c, &delta, &ids, &gz, &ez, &mut t, layout, &mut o);
                 }
                 (t, o)
             };

@@ -119,6 +119,13 @@ impl FixedKeyAes {
     pub fn permute_in_place(&self, xs: &mut [u128]) {
         self.permute_words(xs);
     }
+
+    /// Raw `π` through the `aes` crate even where VAES is present (the benchmark reports both).
+    pub fn permute_with_crate(&self, xs: &mut [u128]) {
+        // SAFETY: `u128` is 16 bytes of plain data; `aes::Block` is `[u8; 16]` with alignment 1.
+        let blocks = unsafe { std::slice::from_raw_parts_mut(xs.as_mut_ptr() as *mut aes::Block, xs.len()) };
+        self.cipher.encrypt_blocks(blocks);
+    }
 }
 
 /// Tweak of hash number `index` inside circuit instance `id`: unique across a whole session, which is

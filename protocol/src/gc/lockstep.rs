@@ -80,10 +80,56 @@ fn low_qwords(x: X4) -> [u64; 4] {
     [q[0], q[2], q[4], q[6]]
 }
 
+/// Stores the tables `tg`, `te` of four instances as 128 contiguous bytes `tg0 te0 tg1 te1 ..` at
+/// `out[at..]` (the interleaved layout).
 #[inline(always)]
-fn from_low_qwords(q: [u64; 4]) -> X4 {
-    // SAFETY: as in `Keys::new`.
-    unsafe { X4(_mm512_set_epi64(0, q[3] as i64, 0, q[2] as i64, 0, q[1] as i64, 0, q[0] as i64)) }
+fn store_tables(tg: X4, te: X4, out: &mut [u8], at: usize) {
+    assert!(at + 128 <= out.len());
+    // SAFETY: as in `Keys::new`; bounds checked above.
+    unsafe {
+        let lo = _mm512_permutex2var_epi64(tg.0, _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0), te.0);
+        let hi = _mm512_permutex2var_epi64(tg.0, _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4), te.0);
+        let p = out.as_mut_ptr().add(at) as *mut __m512i;
+        _mm512_storeu_si512(p, lo);
+        _mm512_storeu_si512(p.add(1), hi);
+    }
+}
+
+/// The inverse of [`store_tables`].
+#[inline(always)]
+fn load_tables(b: &[u8], at: usize) -> (X4, X4) {
+    assert!(at + 128 <= b.len());
+    // SAFETY: as in `Keys::new`; bounds checked above.
+    unsafe {
+        let p = b.as_ptr().add(at) as *const __m512i;
+        let (l0, l1) = (_mm512_loadu_si512(p), _mm512_loadu_si512(p.add(1)));
+        let tg = _mm512_permutex2var_epi64(l0, _mm512_set_epi64(13, 12, 9, 8, 5, 4, 1, 0), l1);
+        let te = _mm512_permutex2var_epi64(l0, _mm512_set_epi64(15, 14, 11, 10, 7, 6, 3, 2), l1);
+        (X4(tg), X4(te))
+    }
+}
+
+/// Stores the low 64 bits of the four labels of `x` as 32 contiguous bytes at `out[at..]`.
+#[inline(always)]
+fn store_low_qwords(x: X4, out: &mut [u8], at: usize) {
+    assert!(at + 32 <= out.len());
+    // SAFETY: as in `Keys::new`; bounds checked above.
+    unsafe {
+        let packed = _mm512_permutexvar_epi64(_mm512_set_epi64(7, 5, 3, 1, 6, 4, 2, 0), x.0);
+        _mm256_storeu_si256(out.as_mut_ptr().add(at) as *mut __m256i, _mm512_castsi512_si256(packed));
+    }
+}
+
+/// The inverse of [`store_low_qwords`] (high halves zero).
+#[inline(always)]
+fn load_low_qwords(b: &[u8], at: usize) -> X4 {
+    assert!(at + 32 <= b.len());
+    // SAFETY: as in `Keys::new`; bounds checked above.
+    unsafe {
+        let q = _mm512_castsi256_si512(_mm256_loadu_si256(b.as_ptr().add(at) as *const __m256i));
+        let spread = _mm512_permutexvar_epi64(_mm512_set_epi64(3, 3, 2, 2, 1, 1, 0, 0), q);
+        X4(_mm512_and_si512(spread, _mm512_set_epi64(0, -1, 0, -1, 0, -1, 0, -1)))
+    }
 }
 
 #[inline(always)]
@@ -116,8 +162,7 @@ struct Common<'a> {
     gin: &'a [Label],
     ein: &'a [Label],
     k: usize,
-    /// Bytes per instance record; AND tables first, then the output ciphertexts at `ct_at`.
-    rec: usize,
+    /// Start of the output ciphertexts in the group's records (after all 16 instances' tables).
     ct_at: usize,
     and_idx: usize,
     arith_index: u64,
@@ -143,8 +188,7 @@ impl<'a> Common<'a> {
             gin,
             ein,
             k: p.k as usize,
-            rec: ac.record_bytes(),
-            ct_at: ac.and_bytes(),
+            ct_at: LANES * ac.and_bytes(),
             and_idx: 0,
             arith_index: 2 * ac.circuit.n_and() as u64,
             weights: &ac.weights,
@@ -219,7 +263,7 @@ impl Fancy for Garbler<'_> {
             h[4 * j + 3] = yb[j].xor(self.sd);
         }
         self.c.keys.mmo(&mut h);
-        let off = AND_TABLE_BYTES * g;
+        let off = AND_TABLE_BYTES * LANES * g;
         let mut out = a;
         for j in 0..4 {
             let (a0, b0) = (a[j], b[j]);
@@ -227,9 +271,7 @@ impl Fancy for Garbler<'_> {
             let (ma, mb) = (a0.lsb_mask(), b0.lsb_mask());
             let tg = h0.xor(h1).xor(mb.and(self.delta));
             let te = h2.xor(h3).xor(a0);
-            let at = 4 * j * self.c.rec + off;
-            tg.write_strided(self.records, at, self.c.rec);
-            te.write_strided(self.records, at + 16, self.c.rec);
+            store_tables(tg, te, self.records, off + 4 * AND_TABLE_BYTES * j);
             out[j] = h0.xor(ma.and(tg)).xor(h2).xor(mb.and(te.xor(a0)));
         }
         out
@@ -245,7 +287,7 @@ impl Fancy for Garbler<'_> {
         }
         self.c.keys.mmo(&mut h);
         let w = X4::splat(self.c.weights[o] as u128 | ((self.c.weights[o] as u128) << 64));
-        let at = self.c.ct_at + ARITH_CT_BYTES * o;
+        let at = self.c.ct_at + ARITH_CT_BYTES * LANES * o;
         for j in 0..4 {
             let (h0, h1) = (h[2 * j], h[2 * j + 1]);
             let m = z[j].lsb_mask();
@@ -255,10 +297,7 @@ impl Fancy for Garbler<'_> {
             // `w & !m` as `w ⊕ (w & m)`.
             let t = sub64(add64(r_o, w.xor(w.and(m))), odd).and(self.mask);
             self.r_sum[j] = add64(self.r_sum[j], r_o);
-            for (t_i, ct) in low_qwords(t).into_iter().enumerate() {
-                let p = (4 * j + t_i) * self.c.rec + at;
-                self.records[p..p + ARITH_CT_BYTES].copy_from_slice(&ct.to_le_bytes());
-            }
+            store_low_qwords(t, self.records, at + 4 * ARITH_CT_BYTES * j);
         }
     }
 }
@@ -300,12 +339,10 @@ impl Fancy for Evaluator<'_> {
             h[2 * j + 1] = yb[j];
         }
         self.c.keys.mmo(&mut h);
-        let off = AND_TABLE_BYTES * g;
+        let off = AND_TABLE_BYTES * LANES * g;
         let mut out = a;
         for j in 0..4 {
-            let at = 4 * j * self.c.rec + off;
-            let tg = X4::read_strided(self.records, at, self.c.rec);
-            let te = X4::read_strided(self.records, at + 16, self.c.rec);
+            let (tg, te) = load_tables(self.records, off + 4 * AND_TABLE_BYTES * j);
             let (la, lb) = (a[j], b[j]);
             out[j] = h[2 * j].xor(la.lsb_mask().and(tg)).xor(h[2 * j + 1]).xor(lb.lsb_mask().and(te.xor(la)));
         }
@@ -317,34 +354,30 @@ impl Fancy for Evaluator<'_> {
         let y = self.c.hash_in(&z, self.c.arith_index + o as u64);
         let mut h = y;
         self.c.keys.mmo(&mut h);
-        let at = self.c.ct_at + ARITH_CT_BYTES * o;
+        let at = self.c.ct_at + ARITH_CT_BYTES * LANES * o;
         for j in 0..4 {
-            let mut q = [0u64; 4];
-            for (t_i, qt) in q.iter_mut().enumerate() {
-                let p = (4 * j + t_i) * self.c.rec + at;
-                *qt = u64::from_le_bytes(self.records[p..p + ARITH_CT_BYTES].try_into().expect("8 bytes"));
-            }
-            let t = from_low_qwords(q);
+            let t = load_low_qwords(self.records, at + 4 * ARITH_CT_BYTES * j);
             self.v_sum[j] = add64(self.v_sum[j], add64(h[j], t.and(z[j].lsb_mask())));
         }
     }
 }
 
 /// Checks the shapes shared by both entry points.
-fn check(ac: &ArithCircuit, p: &ReluParams, gin: &[Label], ein: &[Label], records: usize, out: usize) {
+fn check(ac: &ArithCircuit, gin: &[Label], ein: &[Label], records: usize, out: usize) -> ReluParams {
     assert!(available(), "lock-step backends need AVX-512 and VAES");
-    assert_eq!(ac.gadget, Some(*p), "the circuit must be this ReLU gadget");
+    let p = ac.gadget.expect("the circuit must be the ReLU gadget");
     let k = p.k as usize;
     assert_eq!((gin.len(), ein.len(), out), (LANES * k, LANES * k, LANES));
     assert_eq!(records, LANES * ac.record_bytes());
+    p
 }
 
 /// Garbles instances `first_id .. first_id + 16` of the ReLU gadget `ac` (records as in
 /// [`super::batch::garble_batch`]); `r` receives the garbler's output offsets.
-pub fn garble_relus(ac: &ArithCircuit, p: &ReluParams, delta: &Delta, first_id: u64, gin: &[Label], ein: &[Label], records: &mut [u8], r: &mut [u64]) {
-    check(ac, p, gin, ein, records.len(), r.len());
+pub fn garble_relus(ac: &ArithCircuit, delta: &Delta, first_id: u64, gin: &[Label], ein: &[Label], records: &mut [u8], r: &mut [u64]) {
+    let p = check(ac, gin, ein, records.len(), r.len());
     // SAFETY: `check` confirmed the CPU features.
-    unsafe { garble_relus_vaes(ac, p, delta, first_id, gin, ein, records, r) }
+    unsafe { garble_relus_vaes(ac, &p, delta, first_id, gin, ein, records, r) }
 }
 
 #[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw,vaes,aes")]
@@ -369,10 +402,10 @@ unsafe fn garble_relus_vaes(ac: &ArithCircuit, p: &ReluParams, delta: &Delta, fi
 
 /// Evaluates instances `first_id .. first_id + 16` from their active input labels and records; `v`
 /// receives `R_sum + Σ z_o w_o` per instance.
-pub fn evaluate_relus(ac: &ArithCircuit, p: &ReluParams, first_id: u64, gin: &[Label], ein: &[Label], records: &[u8], v: &mut [u64]) {
-    check(ac, p, gin, ein, records.len(), v.len());
+pub fn evaluate_relus(ac: &ArithCircuit, first_id: u64, gin: &[Label], ein: &[Label], records: &[u8], v: &mut [u64]) {
+    let p = check(ac, gin, ein, records.len(), v.len());
     // SAFETY: `check` confirmed the CPU features.
-    unsafe { evaluate_relus_vaes(ac, p, first_id, gin, ein, records, v) }
+    unsafe { evaluate_relus_vaes(ac, &p, first_id, gin, ein, records, v) }
 }
 
 #[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw,vaes,aes")]
@@ -392,18 +425,20 @@ mod tests {
     use crate::gc::arith::{evaluate_arith, garble_arith};
     use crate::gc::evaluate::evaluate_lanes;
     use crate::gc::garble::{encode, garble_lanes};
+    use crate::gc::Layout;
     use crate::gc::relu::relu_arith_circuit;
     use proptest::prelude::*;
     use rand::{Rng, SeedableRng};
 
     /// The circuit interpreters on the same 16 instances: records and `R`.
     fn interpreter_garble(ac: &ArithCircuit, delta: &Delta, ids: &[u64], gin: &[Label], ein: &[Label]) -> (Vec<u8>, Vec<u64>) {
-        let rec = ac.record_bytes();
-        let mut recs = vec![0u8; LANES * rec];
+        let mut recs = vec![0u8; LANES * ac.record_bytes()];
         let mut out = vec![Label::default(); LANES * ac.weights.len()];
         let mut r = vec![0u64; LANES];
-        garble_lanes(&ac.circuit, delta, ids, gin, ein, &mut recs, rec, &mut out);
-        garble_arith(&out, &ac.weights, ac.mask, delta, ids, 2 * ac.circuit.n_and() as u64, &mut recs[ac.and_bytes()..], rec, &mut r);
+        let (tables, cts) = recs.split_at_mut(LANES * ac.and_bytes());
+        garble_lanes(&ac.circuit, delta, ids, gin, ein, tables, Layout::interleaved(AND_TABLE_BYTES, LANES), &mut out);
+        let cl = Layout::interleaved(ARITH_CT_BYTES, LANES);
+        garble_arith(&out, &ac.weights, ac.mask, delta, ids, 2 * ac.circuit.n_and() as u64, cts, cl, &mut r);
         (recs, r)
     }
 
@@ -428,7 +463,7 @@ mod tests {
             let ids: Vec<u64> = (0..LANES as u64).map(|j| first + j).collect();
             let mut recs = vec![0u8; LANES * ac.record_bytes()];
             let mut r = vec![0u64; LANES];
-            garble_relus(&ac, &p, &delta, first, &gz, &ez, &mut recs, &mut r);
+            garble_relus(&ac, &delta, first, &gz, &ez, &mut recs, &mut r);
             let (want_recs, want_r) = interpreter_garble(&ac, &delta, &ids, &gz, &ez);
             prop_assert!(recs == want_recs, "tables or ciphertexts differ from the interpreter");
             prop_assert_eq!(&r, &want_r);
@@ -440,13 +475,14 @@ mod tests {
             let ga: Vec<Label> = a.iter().flat_map(|&x| bits(x)).zip(&gz).map(|(bit, &z)| encode(z, bit, &delta)).collect();
             let ea: Vec<Label> = b.iter().flat_map(|&x| bits(x)).zip(&ez).map(|(bit, &z)| encode(z, bit, &delta)).collect();
             let mut v = vec![0u64; LANES];
-            evaluate_relus(&ac, &p, first, &ga, &ea, &recs, &mut v);
-            let rec = ac.record_bytes();
+            evaluate_relus(&ac, first, &ga, &ea, &recs, &mut v);
             let nout = ac.weights.len();
             let mut out = vec![Label::default(); LANES * nout];
-            evaluate_lanes(&ac.circuit, &ids, &ga, &ea, &recs, rec, &mut out);
+            let (tables, cts) = recs.split_at(LANES * ac.and_bytes());
+            evaluate_lanes(&ac.circuit, &ids, &ga, &ea, tables, Layout::interleaved(AND_TABLE_BYTES, LANES), &mut out);
             let mut want_v = vec![0u64; LANES];
-            evaluate_arith(&out, nout, ac.mask, &ids, 2 * ac.circuit.n_and() as u64, &recs[ac.and_bytes()..], rec, &mut want_v);
+            let cl = Layout::interleaved(ARITH_CT_BYTES, LANES);
+            evaluate_arith(&out, nout, ac.mask, &ids, 2 * ac.circuit.n_and() as u64, cts, cl, &mut want_v);
             prop_assert_eq!(&v, &want_v);
             for i in 0..LANES {
                 let y = ((a[i].wrapping_add(b[i]) << (64 - k)) as i64) >> (64 - k);

@@ -29,6 +29,37 @@ use zeroize::Zeroize;
 /// pipeline (an AND's hashes depend on the previous gate of the same instance, not on other instances).
 pub const LANES: usize = 16;
 
+/// Where per-instance items (AND tables, output ciphertexts) sit in a buffer: item `i` of instance
+/// `lane` starts at byte `lane * lane + i * item`. Batches interleave a group's instances item by
+/// item ([`Layout::interleaved`]), so that one gate's tables of a whole group are contiguous bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub lane: usize,
+    pub item: usize,
+}
+
+impl Layout {
+    /// Each instance's items back to back.
+    pub fn per_instance(item_bytes: usize, n_items: usize) -> Self {
+        Layout { lane: item_bytes * n_items, item: item_bytes }
+    }
+
+    /// Item after item, the `lanes` instances' copies side by side.
+    pub fn interleaved(item_bytes: usize, lanes: usize) -> Self {
+        Layout { lane: item_bytes, item: item_bytes * lanes }
+    }
+
+    #[inline(always)]
+    pub fn at(&self, lane: usize, item: usize) -> usize {
+        lane * self.lane + item * self.item
+    }
+
+    /// Bytes a buffer needs for `lanes` instances of `n_items` items of `item_bytes` each.
+    pub fn span(&self, lanes: usize, n_items: usize, item_bytes: usize) -> usize {
+        if lanes == 0 || n_items == 0 { 0 } else { self.at(lanes - 1, n_items - 1) + item_bytes }
+    }
+}
+
 /// A wire label. Its least significant bit is the point-and-permute bit.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
 #[repr(transparent)]

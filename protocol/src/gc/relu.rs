@@ -71,6 +71,7 @@ impl ReluParams {
 /// the top bit: `k - 1` ANDs), then one AND with the inverted sign per kept bit. Sum bits below
 /// `shift` are XORs only; the garbled backends skip nothing else.
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // `i` is the bit position of inputs and kept sums alike
 pub fn relu_gadget<F: Fancy>(f: &mut F, p: &ReluParams) {
     let (k, shift) = (p.k as usize, p.shift as usize);
     debug_assert!(shift + 1 < k && k <= 64);
