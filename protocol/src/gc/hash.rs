@@ -115,11 +115,6 @@ impl FixedKeyAes {
         y[0]
     }
 
-    /// Raw `π` on many blocks in place.
-    pub fn permute_in_place(&self, xs: &mut [u128]) {
-        self.permute_words(xs);
-    }
-
     /// Raw `π` through the `aes` crate even where VAES is present (the benchmark reports both).
     pub fn permute_with_crate(&self, xs: &mut [u128]) {
         // SAFETY: `u128` is 16 bytes of plain data; `aes::Block` is `[u8; 16]` with alignment 1.

@@ -22,16 +22,10 @@ use std::arch::x86_64::*;
 /// A wire of 16 instances: instance `4j + t` is label `t` of word `j`.
 type Wire = [X4; 4];
 
-/// Whether this CPU runs the lock-step backends (checked once).
+/// Whether this CPU runs the lock-step backends: AVX-512 for the lane code, and VAES round keys,
+/// which exist only where the CPU has VAES (both checked once elsewhere).
 pub fn available() -> bool {
-    use std::sync::OnceLock;
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| {
-        super::garble::avx512()
-            && std::arch::is_x86_feature_detected!("vaes")
-            && std::arch::is_x86_feature_detected!("aes")
-            && super::hash::FixedKeyAes::get().round_keys().is_some()
-    })
+    super::garble::avx512() && super::hash::FixedKeyAes::get().round_keys().is_some()
 }
 
 /// The round keys broadcast to all four 128-bit lanes.
@@ -208,6 +202,14 @@ impl<'a> Common<'a> {
         w
     }
 
+    /// Numbers the next AND gate `g` and returns the hash inputs of its two wires (tweaks `2g`, `2g+1`).
+    #[inline(always)]
+    fn next_and(&mut self, a: &Wire, b: &Wire) -> (usize, Wire, Wire) {
+        let g = self.and_idx;
+        self.and_idx += 1;
+        (g, self.hash_in(a, 2 * g as u64), self.hash_in(b, 2 * g as u64 + 1))
+    }
+
     /// Hash inputs `σ(x) ⊕ tweak(id, index)` of a wire.
     #[inline(always)]
     fn hash_in(&self, x: &Wire, index: u64) -> Wire {
@@ -251,10 +253,7 @@ impl Fancy for Garbler<'_> {
     }
     #[inline(always)]
     fn and(&mut self, a: Wire, b: Wire) -> Wire {
-        let g = self.c.and_idx;
-        self.c.and_idx += 1;
-        let ya = self.c.hash_in(&a, 2 * g as u64);
-        let yb = self.c.hash_in(&b, 2 * g as u64 + 1);
+        let (g, ya, yb) = self.c.next_and(&a, &b);
         let mut h = [X4::zero(); 16];
         for j in 0..4 {
             h[4 * j] = ya[j];
@@ -329,10 +328,7 @@ impl Fancy for Evaluator<'_> {
     }
     #[inline(always)]
     fn and(&mut self, a: Wire, b: Wire) -> Wire {
-        let g = self.c.and_idx;
-        self.c.and_idx += 1;
-        let ya = self.c.hash_in(&a, 2 * g as u64);
-        let yb = self.c.hash_in(&b, 2 * g as u64 + 1);
+        let (g, ya, yb) = self.c.next_and(&a, &b);
         let mut h = [X4::zero(); 8];
         for j in 0..4 {
             h[2 * j] = ya[j];
