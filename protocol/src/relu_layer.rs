@@ -13,7 +13,7 @@
 //! material ([`GarblerOffline`]/[`EvaluatorOffline`]) is consumed by value online, so it cannot be reused.
 
 use crate::channel::{Channel, MsgKind};
-use crate::gc::batch::{ArithCircuit, evaluate_batch, garble_batch};
+use crate::gc::batch::{ArithCircuit, evaluate_batch, garble_batch, input_bits};
 use crate::gc::prg::AesPrg;
 use crate::gc::relu::relu_arith_circuit;
 use crate::gc::{Delta, GcError, LANES, Label, ReluParams, malformed};
@@ -169,12 +169,10 @@ impl GarblerOffline {
         let mut frame = Vec::with_capacity(chunk * k * 16);
         for &(lo, hi) in &chunk_ranges(n, chunk) {
             frame.clear();
-            for (&ai, zeros) in a[lo..hi].iter().zip(self.a_zero[lo * k..hi * k].chunks_exact(k)) {
-                for (j, zero) in zeros.iter().enumerate() {
-                    let bit = ((ai >> j) & 1) as u128;
-                    let label = zero.0 ^ (0u128.wrapping_sub(bit) & d);
-                    frame.extend_from_slice(&label.to_le_bytes());
-                }
+            // Chunks hold whole groups, so the layer's batch order restricted to a chunk is the chunk's.
+            for (zero, bit) in self.a_zero[lo * k..hi * k].iter().zip(input_bits(&a[lo..hi], k)) {
+                let label = zero.0 ^ (0u128.wrapping_sub(bit as u128) & d);
+                frame.extend_from_slice(&label.to_le_bytes());
             }
             ch.send(MsgKind::GarblerLabels, &frame).await?;
         }
@@ -223,7 +221,7 @@ impl EvaluatorSession {
         }
         self.next_id += n as u64;
         let k = params.k as usize;
-        let choices: Vec<bool> = b.iter().flat_map(|&x| (0..k).map(move |j| (x >> j) & 1 == 1)).collect();
+        let choices: Vec<bool> = input_bits(b, k).collect();
         let b_labels = self.cot.extend(ch, &choices).await?;
 
         let ac = relu_arith_circuit(&params);

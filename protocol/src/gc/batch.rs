@@ -16,7 +16,9 @@ use rayon::prelude::*;
 /// A circuit whose output bits `z_o` are read as the ring element `Σ z_o·weights[o] mod 2^l`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ArithCircuit {
-    pub circuit: Circuit,
+    circuit: Circuit,
+    /// `circuit.n_and()`, counted once (the batch entry points need it per group).
+    n_and: usize,
     pub weights: Vec<u64>,
     /// `2^l - 1`.
     pub mask: u64,
@@ -30,12 +32,22 @@ impl ArithCircuit {
     pub fn new(circuit: Circuit, weights: Vec<u64>, mask: u64) -> Self {
         assert_eq!(circuit.outputs.len(), weights.len(), "one weight per output");
         assert!(circuit.outputs.iter().all(|o| matches!(o, super::Bit::Wire(_))), "outputs must be wires");
-        Self { circuit, weights, mask, gadget: None }
+        Self { n_and: circuit.n_and(), circuit, weights, mask, gadget: None }
+    }
+
+    /// The Boolean circuit (read-only: the AND count is cached).
+    pub fn circuit(&self) -> &Circuit {
+        &self.circuit
+    }
+
+    /// AND gates per instance.
+    pub fn n_and(&self) -> usize {
+        self.n_and
     }
 
     /// AND-table bytes per instance.
     pub fn and_bytes(&self) -> usize {
-        AND_TABLE_BYTES * self.circuit.n_and()
+        AND_TABLE_BYTES * self.n_and
     }
 
     /// Bytes per instance on the wire (tables + output ciphertexts).
@@ -44,8 +56,8 @@ impl ArithCircuit {
     }
 
     /// First hash index of the output ciphertexts (AND gates use `0..2·n_and`).
-    fn arith_index(&self) -> u64 {
-        2 * self.circuit.n_and() as u64
+    pub(crate) fn arith_index(&self) -> u64 {
+        2 * self.n_and as u64
     }
 
     /// Plaintext interpreter: `Σ z_o·w_o mod 2^l`.
@@ -55,8 +67,28 @@ impl ArithCircuit {
     }
 }
 
-/// Garbles `r.len()` instances. `gin`/`ein`: input zero-labels, instance-major; `records`: output,
-/// `record_bytes()` per instance; `r`: the garbler's output offsets `R_sum` per instance.
+/// Where input bit `bit` of instance `j` sits among the input labels of a batch of `n` instances
+/// with `bits` inputs each (of one party): the groups of [`LANES`] instances one after the other, and
+/// inside a group of `m` instances bit by bit, the `m` instances side by side. The lock-step backends
+/// then load a wire of a whole group with four 64-byte reads.
+pub fn input_index(n: usize, bits: usize, j: usize, bit: usize) -> usize {
+    let g0 = j / LANES * LANES;
+    g0 * bits + bit * (n - g0).min(LANES) + (j - g0)
+}
+
+/// The low `bits` bits of each of `values`, in batch input order ([`input_index`]).
+pub fn input_bits(values: &[u64], bits: usize) -> impl Iterator<Item = bool> + '_ {
+    values.chunks(LANES).flat_map(move |g| (0..bits).flat_map(move |i| g.iter().map(move |&v| (v >> i) & 1 == 1)))
+}
+
+/// One group's input labels from batch order to instance-major order (what the interpreters read).
+pub(crate) fn instance_major(labels: &[Label], lanes: usize, bits: usize) -> Vec<Label> {
+    (0..lanes).flat_map(|t| (0..bits).map(move |i| labels[i * lanes + t])).collect()
+}
+
+/// Garbles `r.len()` instances. `gin`/`ein`: input zero-labels in batch order ([`input_index`]);
+/// `records`: output, `record_bytes()` per instance; `r`: the garbler's output offsets `R_sum` per
+/// instance.
 pub fn garble_batch(
     ac: &ArithCircuit,
     delta: &Delta,
@@ -72,29 +104,33 @@ pub fn garble_batch(
     assert_eq!(gin.len(), n * ng);
     assert_eq!(ein.len(), n * ne);
     assert_eq!(records.len(), n * rec);
-    records
-        .par_chunks_mut(LANES * rec)
-        .zip(r.par_chunks_mut(LANES))
-        .enumerate()
-        .for_each(|(g, (recs, rs))| {
-            let lanes = rs.len();
-            let i0 = g * LANES;
-            let gl = &gin[i0 * ng..(i0 + lanes) * ng];
-            let el = &ein[i0 * ne..(i0 + lanes) * ne];
-            #[cfg(target_arch = "x86_64")]
-            if ac.gadget.is_some() && lanes == LANES && super::lockstep::available() {
-                return super::lockstep::garble_relus(ac, delta, first_id + i0 as u64, gl, el, recs, rs);
-            }
-            let ids: Vec<u64> = (0..lanes as u64).map(|j| first_id + (i0 as u64) + j).collect();
+    records.par_chunks_mut(PASS * rec).zip(r.par_chunks_mut(PASS)).enumerate().for_each(|(c, (recs, rs))| {
+        let i0 = c * PASS;
+        let fast = lockstep_instances(ac, rs.len());
+        #[cfg(target_arch = "x86_64")]
+        for g in 0..fast / LANES {
+            let i = i0 + g * LANES;
+            let (cur, next) = recs[g * LANES * rec..fast * rec].split_at_mut(LANES * rec);
+            let ahead = ahead(&gin[..(i0 + fast) * ng], &ein[..(i0 + fast) * ne], &next[..next.len().min(LANES * rec)], i + LANES, ng, ne);
+            let (gl, el) = (&gin[i * ng..(i + LANES) * ng], &ein[i * ne..(i + LANES) * ne]);
+            let rs = &mut rs[g * LANES..(g + 1) * LANES];
+            super::lockstep::garble_relus(ac, delta, first_id + i as u64, gl, el, cur, rs, ahead);
+        }
+        for (g, (recs, rs)) in recs[fast * rec..].chunks_mut(LANES * rec).zip(rs[fast..].chunks_mut(LANES)).enumerate() {
+            let (i, lanes) = (i0 + fast + g * LANES, rs.len());
+            let ids: Vec<u64> = (0..lanes as u64).map(|j| first_id + i as u64 + j).collect();
+            let gl = instance_major(&gin[i * ng..(i + lanes) * ng], lanes, ng);
+            let el = instance_major(&ein[i * ne..(i + lanes) * ne], lanes, ne);
             let mut out = vec![Label::default(); lanes * nout];
             let (tables, cts) = recs.split_at_mut(lanes * ac.and_bytes());
-            garble_lanes(&ac.circuit, delta, &ids, gl, el, tables, Layout::interleaved(AND_TABLE_BYTES, lanes), &mut out);
+            garble_lanes(&ac.circuit, delta, &ids, &gl, &el, tables, Layout::interleaved(AND_TABLE_BYTES, lanes), &mut out);
             let cl = Layout::interleaved(ARITH_CT_BYTES, lanes);
             garble_arith(&out, &ac.weights, ac.mask, delta, &ids, ac.arith_index(), cts, cl, rs);
-        });
+        }
+    });
 }
 
-/// Evaluates `v.len()` instances from their active input labels and records; `v` receives
+/// Evaluates `v.len()` instances from their active input labels (batch order) and records; `v` receives
 /// `V = R_sum + Σ z_o w_o mod 2^l` per instance.
 pub fn evaluate_batch(ac: &ArithCircuit, first_id: u64, gin: &[Label], ein: &[Label], records: &[u8], v: &mut [u64]) {
     let n = v.len();
@@ -103,28 +139,58 @@ pub fn evaluate_batch(ac: &ArithCircuit, first_id: u64, gin: &[Label], ein: &[La
     assert_eq!(gin.len(), n * ng);
     assert_eq!(ein.len(), n * ne);
     assert_eq!(records.len(), n * rec);
-    records.par_chunks(LANES * rec).zip(v.par_chunks_mut(LANES)).enumerate().for_each(|(g, (recs, vs))| {
-        let lanes = vs.len();
-        let i0 = g * LANES;
-        let gl = &gin[i0 * ng..(i0 + lanes) * ng];
-        let el = &ein[i0 * ne..(i0 + lanes) * ne];
+    records.par_chunks(PASS * rec).zip(v.par_chunks_mut(PASS)).enumerate().for_each(|(c, (recs, vs))| {
+        let i0 = c * PASS;
+        let fast = lockstep_instances(ac, vs.len());
         #[cfg(target_arch = "x86_64")]
-        if ac.gadget.is_some() && lanes == LANES && super::lockstep::available() {
-            return super::lockstep::evaluate_relus(ac, first_id + i0 as u64, gl, el, recs, vs);
+        for g in 0..fast / LANES {
+            let i = i0 + g * LANES;
+            let (cur, next) = recs[g * LANES * rec..fast * rec].split_at(LANES * rec);
+            let ahead = ahead(&gin[..(i0 + fast) * ng], &ein[..(i0 + fast) * ne], &next[..next.len().min(LANES * rec)], i + LANES, ng, ne);
+            let (gl, el) = (&gin[i * ng..(i + LANES) * ng], &ein[i * ne..(i + LANES) * ne]);
+            let vs = &mut vs[g * LANES..(g + 1) * LANES];
+            super::lockstep::evaluate_relus(ac, first_id + i as u64, gl, el, cur, vs, ahead);
         }
-        let ids: Vec<u64> = (0..lanes as u64).map(|j| first_id + (i0 as u64) + j).collect();
-        let mut out = vec![Label::default(); lanes * nout];
-        let (tables, cts) = recs.split_at(lanes * ac.and_bytes());
-        evaluate_lanes(&ac.circuit, &ids, gl, el, tables, Layout::interleaved(AND_TABLE_BYTES, lanes), &mut out);
-        evaluate_arith(&out, nout, ac.mask, &ids, ac.arith_index(), cts, Layout::interleaved(ARITH_CT_BYTES, lanes), vs);
+        for (g, (recs, vs)) in recs[fast * rec..].chunks(LANES * rec).zip(vs[fast..].chunks_mut(LANES)).enumerate() {
+            let (i, lanes) = (i0 + fast + g * LANES, vs.len());
+            let ids: Vec<u64> = (0..lanes as u64).map(|j| first_id + i as u64 + j).collect();
+            let gl = instance_major(&gin[i * ng..(i + lanes) * ng], lanes, ng);
+            let el = instance_major(&ein[i * ne..(i + lanes) * ne], lanes, ne);
+            let mut out = vec![Label::default(); lanes * nout];
+            let (tables, cts) = recs.split_at(lanes * ac.and_bytes());
+            evaluate_lanes(&ac.circuit, &ids, &gl, &el, tables, Layout::interleaved(AND_TABLE_BYTES, lanes), &mut out);
+            evaluate_arith(&out, nout, ac.mask, &ids, ac.arith_index(), cts, Layout::interleaved(ARITH_CT_BYTES, lanes), vs);
+        }
     });
+}
+
+/// What the lock-step backends prefetch while they run one group: the next group of the task, whose
+/// records are `next` and whose labels start at instance `i` (all empty after the last group).
+#[cfg(target_arch = "x86_64")]
+fn ahead<'a>(gin: &'a [Label], ein: &'a [Label], next: &'a [u8], i: usize, ng: usize, ne: usize) -> super::lockstep::Ahead<'a> {
+    let take = |l: &'a [Label], per: usize| l.get(i * per..(i + LANES) * per).unwrap_or(&[]);
+    super::lockstep::Ahead { records: next, gin: take(gin, ng), ein: take(ein, ne) }
+}
+
+/// Instances per parallel task: eight groups, run one after the other so that each prefetches the next.
+const PASS: usize = 8 * LANES;
+
+/// How many of a task's `n` instances (from its start) the lock-step backends take: its whole
+/// groups, if the circuit is the ReLU gadget and the CPU has AVX-512 and VAES; else none.
+fn lockstep_instances(ac: &ArithCircuit, n: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if ac.gadget.is_some() && super::lockstep::available() {
+        return n / LANES * LANES;
+    }
+    let _ = (ac, n);
+    0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::gc::garble::encode;
-    use crate::gc::relu::{ReluParams, evaluator_input_bits, garbler_input_bits, relu_arith_circuit};
+    use crate::gc::relu::{ReluParams, relu_arith_circuit};
     use pi_model::fixed::FixedPoint;
     use proptest::prelude::*;
     use rand::{Rng, SeedableRng};
@@ -140,8 +206,8 @@ mod tests {
         let mut records = vec![0u8; n * ac.record_bytes()];
         let mut r = vec![0u64; n];
         garble_batch(&ac, delta, first_id, &gz, &ez, &mut records, &mut r);
-        let gbits: Vec<bool> = a.iter().flat_map(|&x| garbler_input_bits(p, x)).collect();
-        let ebits: Vec<bool> = b.iter().flat_map(|&x| evaluator_input_bits(p, x)).collect();
+        let gbits: Vec<bool> = input_bits(a, k).collect();
+        let ebits: Vec<bool> = input_bits(b, k).collect();
         let ga: Vec<Label> = gz.iter().zip(&gbits).map(|(&z, &x)| encode(z, x, eval_delta)).collect();
         let ea: Vec<Label> = ez.iter().zip(&ebits).map(|(&z, &x)| encode(z, x, eval_delta)).collect();
         let mut v = vec![0u64; n];
@@ -159,7 +225,7 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(24))]
         #[test]
         fn batch_matches_plaintext(l in 16u32..=64, shift_frac in 0.0f64..1.0, k_frac in 0.0f64..1.0,
-                                   n in 1usize..40, seed in any::<u64>(), first_id in any::<u32>()) {
+                                   n in 1usize..300, seed in any::<u64>(), first_id in any::<u32>()) {
             let shift = ((l / 2 - 1) as f64 * shift_frac) as u32;
             let k = shift + 2 + ((l - shift - 2) as f64 * k_frac) as u32;
             let p = ReluParams { l, k, shift };
@@ -170,6 +236,30 @@ mod tests {
             let got = run(&p, &a, &b, &delta, &delta, first_id as u64, seed);
             for i in 0..n {
                 prop_assert_eq!(got[i], reference(&p, a[i], b[i]), "i={}", i);
+            }
+        }
+    }
+
+    #[test]
+    fn input_order_is_a_permutation_that_input_bits_follows() {
+        for n in [1, 15, 16, 17, 40, 300] {
+            let bits = 5;
+            let values: Vec<u64> = (0..n as u64).map(|j| j * 0x9e37_79b9 % 32).collect();
+            let order: Vec<bool> = input_bits(&values, bits).collect();
+            let mut seen = vec![false; n * bits];
+            for (j, &v) in values.iter().enumerate() {
+                for bit in 0..bits {
+                    let at = input_index(n, bits, j, bit);
+                    assert!(!seen[at], "position {at} used twice");
+                    seen[at] = true;
+                    assert_eq!(order[at], (v >> bit) & 1 == 1, "n={n} j={j} bit={bit}");
+                }
+            }
+            let group = instance_major(&(0..(n.min(LANES) * bits) as u128).map(Label).collect::<Vec<_>>(), n.min(LANES), bits);
+            for j in 0..n.min(LANES) {
+                for bit in 0..bits {
+                    assert_eq!(group[j * bits + bit].0, input_index(n, bits, j, bit) as u128);
+                }
             }
         }
     }

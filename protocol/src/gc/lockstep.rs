@@ -45,14 +45,15 @@ impl Keys {
         }
     }
 
-    /// `x ← π(x) ⊕ x` on every block of `N` registers (the hash after its input `σ(A) ⊕ t` is set).
+    /// `π(y) ⊕ y` on every block of `N` registers, each given as `y ⊕ k0` (AES's first round-key
+    /// addition is folded into the hash input, see [`Common::hash_in`]).
     #[inline(always)]
     fn mmo<const N: usize>(&self, s: &mut [X4; N]) {
         // SAFETY: as in `new`.
         unsafe {
             let mut x = [_mm512_setzero_si512(); N];
             for i in 0..N {
-                x[i] = _mm512_xor_si512(s[i].0, self.0[0]);
+                x[i] = s[i].0;
             }
             for key in &self.0[1..10] {
                 for v in x.iter_mut() {
@@ -60,10 +61,41 @@ impl Keys {
                 }
             }
             for i in 0..N {
-                s[i] = X4(_mm512_xor_si512(_mm512_aesenclast_epi128(x[i], self.0[10]), s[i].0));
+                // π(y) ⊕ (y ⊕ k0) ⊕ k0 in one three-way XOR.
+                let last = _mm512_aesenclast_epi128(x[i], self.0[10]);
+                s[i] = X4(_mm512_ternarylogic_epi64::<0x96>(last, s[i].0, self.0[0]));
             }
         }
     }
+}
+
+/// Per label of `x`: whether its least significant bit (the point-and-permute bit) is set, as a
+/// mask over both of the label's 64-bit halves.
+#[inline(always)]
+fn lsb_k(x: X4) -> __mmask8 {
+    // SAFETY: as in `Keys::new`. Copy each label's low half over its high half, then test bit 0.
+    unsafe { _mm512_test_epi64_mask(_mm512_shuffle_epi32::<0b01_00_01_00>(x.0), _mm512_set1_epi64(1)) }
+}
+
+/// `x ⊕ y` in the labels that `k` selects, `x` elsewhere.
+#[inline(always)]
+fn xor_if(x: X4, k: __mmask8, y: X4) -> X4 {
+    // SAFETY: as in `Keys::new`.
+    unsafe { X4(_mm512_mask_xor_epi64(x.0, k, x.0, y.0)) }
+}
+
+/// `b` in the labels that `k` selects, `a` elsewhere.
+#[inline(always)]
+fn select(k: __mmask8, a: X4, b: X4) -> X4 {
+    // SAFETY: as in `Keys::new`.
+    unsafe { X4(_mm512_mask_blend_epi64(k, a.0, b.0)) }
+}
+
+/// `x` in the labels that `k` selects, zero elsewhere.
+#[inline(always)]
+fn keep_if(k: __mmask8, x: X4) -> X4 {
+    // SAFETY: as in `Keys::new`.
+    unsafe { X4(_mm512_maskz_mov_epi64(k, x.0)) }
 }
 
 /// The low 64 bits of each of the four labels of `x`.
@@ -147,57 +179,102 @@ fn xor(a: Wire, b: Wire) -> Wire {
     o
 }
 
+/// The next group's records and input labels. While a backend works on one group it prefetches
+/// into L2 the same bytes of the next group that it is reading or writing (past the caches, memory
+/// and not AES limits a batch). Empty slices: no next group.
+#[derive(Clone, Copy, Default)]
+pub struct Ahead<'a> {
+    pub records: &'a [u8],
+    pub gin: &'a [Label],
+    pub ein: &'a [Label],
+}
+
+/// Where [`Ahead`]'s regions start: the next group's, or without one this group's own (then the
+/// prefetches touch lines already in use), so that every prefetched address is in bounds.
+#[derive(Clone, Copy)]
+struct Next {
+    records: *const u8,
+    gin: *const u8,
+    ein: *const u8,
+}
+
+impl Next {
+    fn new(ahead: Ahead, records: &[u8], gin: &[Label], ein: &[Label]) -> Self {
+        let pick = |next: *const u8, n: usize, own: *const u8, m: usize| if n == m { next } else { own };
+        Next {
+            records: pick(ahead.records.as_ptr(), ahead.records.len(), records.as_ptr(), records.len()),
+            gin: pick(ahead.gin.as_ptr() as _, ahead.gin.len(), gin.as_ptr() as _, gin.len()),
+            ein: pick(ahead.ein.as_ptr() as _, ahead.ein.len(), ein.as_ptr() as _, ein.len()),
+        }
+    }
+}
+
+/// Prefetches into L2 the `lines` cache lines at `base + at` (a hint: it changes no memory and
+/// cannot fault). Callers pass an `at` inside the region of `base`.
+#[inline(always)]
+fn prefetch(base: *const u8, at: usize, lines: usize) {
+    for l in 0..lines {
+        // SAFETY: `at + 64 l` lies in the region (the callers' offsets are those of their own reads).
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(base.add(at + 64 * l) as *const i8) };
+    }
+}
+
 /// What both parties share: the hash tweak bases and where each instance's record lives.
 struct Common<'a> {
     keys: Keys,
-    /// `tweak(id, 0)` of each instance.
+    /// `tweak(id, 0) ⊕ k0` of each instance (`k0`: AES's first round key).
     base: Wire,
-    /// Input labels, instance-major (`[lane * n + i]`).
+    /// Input labels in batch order: bit by bit, the 16 instances side by side.
     gin: &'a [Label],
     ein: &'a [Label],
-    k: usize,
     /// Start of the output ciphertexts in the group's records (after all 16 instances' tables).
     ct_at: usize,
     and_idx: usize,
     arith_index: u64,
     weights: &'a [u64],
+    /// The next group's records and labels.
+    next: Next,
 }
 
 impl<'a> Common<'a> {
-    fn new(ac: &'a ArithCircuit, p: &ReluParams, first_id: u64, gin: &'a [Label], ein: &'a [Label]) -> Self {
+    fn new(ac: &'a ArithCircuit, first_id: u64, gin: &'a [Label], ein: &'a [Label], records: &[u8], ahead: Ahead) -> Self {
         let rk = super::hash::FixedKeyAes::get().round_keys().expect("checked by available()");
         Common {
             keys: Keys::new(rk),
             base: {
+                let k0 = Keys::new(rk).0[0];
                 let mut base = [X4::zero(); 4];
                 for (j, b) in base.iter_mut().enumerate() {
                     let id = |t: usize| (first_id + (4 * j + t) as u64) as i64;
                     // SAFETY: as in `Keys::new`. `tweak(id, 0)` puts the id in the high 64 bits.
-                    *b = X4(unsafe { _mm512_set_epi64(id(3), 0, id(2), 0, id(1), 0, id(0), 0) });
-                    debug_assert_eq!(low_qwords(*b), [0; 4]);
+                    let t = X4(unsafe { _mm512_set_epi64(id(3), 0, id(2), 0, id(1), 0, id(0), 0) });
+                    debug_assert_eq!(low_qwords(t), [0; 4]);
+                    *b = t.xor(X4(k0));
                     debug_assert_eq!(tweak(id(0) as u64, 0) >> 64, id(0) as u128);
                 }
                 base
             },
             gin,
             ein,
-            k: p.k as usize,
             ct_at: LANES * ac.and_bytes(),
             and_idx: 0,
-            arith_index: 2 * ac.circuit.n_and() as u64,
+            arith_index: ac.arith_index(),
             weights: &ac.weights,
+            next: Next::new(ahead, records, gin, ein),
         }
     }
 
-    /// Input `i` of all 16 instances from an instance-major label array.
+    /// Input `i` of all 16 instances: 256 contiguous bytes (batch order); `next` is where the same
+    /// array of the next group starts.
     #[inline(always)]
-    fn input(&self, labels: &[Label], i: usize) -> Wire {
-        // SAFETY: `Label` is a plain 16-byte `u128`.
-        let bytes = unsafe { std::slice::from_raw_parts(labels.as_ptr() as *const u8, labels.len() * 16) };
-        let stride = 16 * self.k;
+    fn input(&self, labels: &[Label], next: *const u8, i: usize) -> Wire {
+        let at = LANES * i;
+        assert!(at + LANES <= labels.len());
+        prefetch(next, 16 * at, 4);
         let mut w = [X4::zero(); 4];
         for (j, x) in w.iter_mut().enumerate() {
-            *x = X4::read_strided(bytes, (4 * j * self.k + i) * 16, stride);
+            // SAFETY: as in `Keys::new`; labels `at + 4j .. at + 4j + 4` are in bounds (checked above).
+            *x = X4(unsafe { _mm512_loadu_si512(labels.as_ptr().add(at + 4 * j) as *const __m512i) });
         }
         w
     }
@@ -210,7 +287,7 @@ impl<'a> Common<'a> {
         (g, self.hash_in(a, 2 * g as u64), self.hash_in(b, 2 * g as u64 + 1))
     }
 
-    /// Hash inputs `σ(x) ⊕ tweak(id, index)` of a wire.
+    /// Hash inputs `y = σ(x) ⊕ tweak(id, index)` of a wire, as `y ⊕ k0` (what [`Keys::mmo`] takes).
     #[inline(always)]
     fn hash_in(&self, x: &Wire, index: u64) -> Wire {
         let t = X4::splat(index as u128);
@@ -237,11 +314,11 @@ impl Fancy for Garbler<'_> {
     type Wire = Wire;
     #[inline(always)]
     fn garbler_input(&mut self, i: usize) -> Wire {
-        self.c.input(self.c.gin, i)
+        self.c.input(self.c.gin, self.c.next.gin, i)
     }
     #[inline(always)]
     fn evaluator_input(&mut self, i: usize) -> Wire {
-        self.c.input(self.c.ein, i)
+        self.c.input(self.c.ein, self.c.next.ein, i)
     }
     #[inline(always)]
     fn xor(&mut self, a: Wire, b: Wire) -> Wire {
@@ -263,15 +340,16 @@ impl Fancy for Garbler<'_> {
         }
         self.c.keys.mmo(&mut h);
         let off = AND_TABLE_BYTES * LANES * g;
+        prefetch(self.c.next.records, off, AND_TABLE_BYTES * LANES / 64);
         let mut out = a;
         for j in 0..4 {
             let (a0, b0) = (a[j], b[j]);
             let (h0, h1, h2, h3) = (h[4 * j], h[4 * j + 1], h[4 * j + 2], h[4 * j + 3]);
-            let (ma, mb) = (a0.lsb_mask(), b0.lsb_mask());
-            let tg = h0.xor(h1).xor(mb.and(self.delta));
+            let (ka, kb) = (lsb_k(a0), lsb_k(b0));
+            let tg = xor_if(h0.xor(h1), kb, self.delta);
             let te = h2.xor(h3).xor(a0);
             store_tables(tg, te, self.records, off + 4 * AND_TABLE_BYTES * j);
-            out[j] = h0.xor(ma.and(tg)).xor(h2).xor(mb.and(te.xor(a0)));
+            out[j] = xor_if(xor_if(h0.xor(h2), ka, tg), kb, h2.xor(h3));
         }
         out
     }
@@ -287,14 +365,13 @@ impl Fancy for Garbler<'_> {
         self.c.keys.mmo(&mut h);
         let w = X4::splat(self.c.weights[o] as u128 | ((self.c.weights[o] as u128) << 64));
         let at = self.c.ct_at + ARITH_CT_BYTES * LANES * o;
+        prefetch(self.c.next.records, at, ARITH_CT_BYTES * LANES / 64);
         for j in 0..4 {
             let (h0, h1) = (h[2 * j], h[2 * j + 1]);
-            let m = z[j].lsb_mask();
-            let swap = h0.xor(h1).and(m);
-            let (even, odd) = (h0.xor(swap), h1.xor(swap));
-            let r_o = sub64(even, w.and(m));
-            // `w & !m` as `w ⊕ (w & m)`.
-            let t = sub64(add64(r_o, w.xor(w.and(m))), odd).and(self.mask);
+            let k = lsb_k(z[j]);
+            let (even, odd) = (select(k, h0, h1), select(k, h1, h0));
+            let r_o = sub64(even, keep_if(k, w));
+            let t = sub64(add64(r_o, keep_if(!k, w)), odd).and(self.mask);
             self.r_sum[j] = add64(self.r_sum[j], r_o);
             store_low_qwords(t, self.records, at + 4 * ARITH_CT_BYTES * j);
         }
@@ -312,11 +389,11 @@ impl Fancy for Evaluator<'_> {
     type Wire = Wire;
     #[inline(always)]
     fn garbler_input(&mut self, i: usize) -> Wire {
-        self.c.input(self.c.gin, i)
+        self.c.input(self.c.gin, self.c.next.gin, i)
     }
     #[inline(always)]
     fn evaluator_input(&mut self, i: usize) -> Wire {
-        self.c.input(self.c.ein, i)
+        self.c.input(self.c.ein, self.c.next.ein, i)
     }
     #[inline(always)]
     fn xor(&mut self, a: Wire, b: Wire) -> Wire {
@@ -336,11 +413,12 @@ impl Fancy for Evaluator<'_> {
         }
         self.c.keys.mmo(&mut h);
         let off = AND_TABLE_BYTES * LANES * g;
+        prefetch(self.c.next.records, off, AND_TABLE_BYTES * LANES / 64);
         let mut out = a;
         for j in 0..4 {
             let (tg, te) = load_tables(self.records, off + 4 * AND_TABLE_BYTES * j);
             let (la, lb) = (a[j], b[j]);
-            out[j] = h[2 * j].xor(la.lsb_mask().and(tg)).xor(h[2 * j + 1]).xor(lb.lsb_mask().and(te.xor(la)));
+            out[j] = xor_if(xor_if(h[2 * j].xor(h[2 * j + 1]), lsb_k(la), tg), lsb_k(lb), te.xor(la));
         }
         out
     }
@@ -351,9 +429,10 @@ impl Fancy for Evaluator<'_> {
         let mut h = y;
         self.c.keys.mmo(&mut h);
         let at = self.c.ct_at + ARITH_CT_BYTES * LANES * o;
+        prefetch(self.c.next.records, at, ARITH_CT_BYTES * LANES / 64);
         for j in 0..4 {
             let t = load_low_qwords(self.records, at + 4 * ARITH_CT_BYTES * j);
-            self.v_sum[j] = add64(self.v_sum[j], add64(h[j], t.and(z[j].lsb_mask())));
+            self.v_sum[j] = add64(self.v_sum[j], add64(h[j], keep_if(lsb_k(z[j]), t)));
         }
     }
 }
@@ -370,18 +449,29 @@ fn check(ac: &ArithCircuit, gin: &[Label], ein: &[Label], records: usize, out: u
 
 /// Garbles instances `first_id .. first_id + 16` of the ReLU gadget `ac` (records as in
 /// [`super::batch::garble_batch`]); `r` receives the garbler's output offsets.
-pub fn garble_relus(ac: &ArithCircuit, delta: &Delta, first_id: u64, gin: &[Label], ein: &[Label], records: &mut [u8], r: &mut [u64]) {
+#[allow(clippy::too_many_arguments)]
+pub fn garble_relus(ac: &ArithCircuit, delta: &Delta, first_id: u64, gin: &[Label], ein: &[Label], records: &mut [u8], r: &mut [u64], ahead: Ahead) {
     let p = check(ac, gin, ein, records.len(), r.len());
     // SAFETY: `check` confirmed the CPU features.
-    unsafe { garble_relus_vaes(ac, &p, delta, first_id, gin, ein, records, r) }
+    unsafe { garble_relus_vaes(ac, &p, delta, first_id, gin, ein, records, r, ahead) }
 }
 
 #[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw,vaes,aes")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn garble_relus_vaes(ac: &ArithCircuit, p: &ReluParams, delta: &Delta, first_id: u64, gin: &[Label], ein: &[Label], records: &mut [u8], r: &mut [u64]) {
+unsafe fn garble_relus_vaes(
+    ac: &ArithCircuit,
+    p: &ReluParams,
+    delta: &Delta,
+    first_id: u64,
+    gin: &[Label],
+    ein: &[Label],
+    records: &mut [u8],
+    r: &mut [u64],
+    ahead: Ahead,
+) {
     let d = X4::splat(delta.as_u128());
     let mut g = Garbler {
-        c: Common::new(ac, p, first_id, gin, ein),
+        c: Common::new(ac, first_id, gin, ein, records, ahead),
         delta: d,
         sd: d.sigma(),
         records,
@@ -398,15 +488,16 @@ unsafe fn garble_relus_vaes(ac: &ArithCircuit, p: &ReluParams, delta: &Delta, fi
 
 /// Evaluates instances `first_id .. first_id + 16` from their active input labels and records; `v`
 /// receives `R_sum + Σ z_o w_o` per instance.
-pub fn evaluate_relus(ac: &ArithCircuit, first_id: u64, gin: &[Label], ein: &[Label], records: &[u8], v: &mut [u64]) {
+pub fn evaluate_relus(ac: &ArithCircuit, first_id: u64, gin: &[Label], ein: &[Label], records: &[u8], v: &mut [u64], ahead: Ahead) {
     let p = check(ac, gin, ein, records.len(), v.len());
     // SAFETY: `check` confirmed the CPU features.
-    unsafe { evaluate_relus_vaes(ac, &p, first_id, gin, ein, records, v) }
+    unsafe { evaluate_relus_vaes(ac, &p, first_id, gin, ein, records, v, ahead) }
 }
 
 #[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw,vaes,aes")]
-unsafe fn evaluate_relus_vaes(ac: &ArithCircuit, p: &ReluParams, first_id: u64, gin: &[Label], ein: &[Label], records: &[u8], v: &mut [u64]) {
-    let mut e = Evaluator { c: Common::new(ac, p, first_id, gin, ein), records, v_sum: [X4::zero(); 4] };
+#[allow(clippy::too_many_arguments)]
+unsafe fn evaluate_relus_vaes(ac: &ArithCircuit, p: &ReluParams, first_id: u64, gin: &[Label], ein: &[Label], records: &[u8], v: &mut [u64], ahead: Ahead) {
+    let mut e = Evaluator { c: Common::new(ac, first_id, gin, ein, records, ahead), records, v_sum: [X4::zero(); 4] };
     relu_gadget(&mut e, p);
     for j in 0..4 {
         for (t, s) in low_qwords(e.v_sum[j]).into_iter().enumerate() {
@@ -419,6 +510,7 @@ unsafe fn evaluate_relus_vaes(ac: &ArithCircuit, p: &ReluParams, first_id: u64, 
 mod tests {
     use super::*;
     use crate::gc::arith::{evaluate_arith, garble_arith};
+    use crate::gc::batch::{input_bits, instance_major};
     use crate::gc::evaluate::evaluate_lanes;
     use crate::gc::garble::{encode, garble_lanes};
     use crate::gc::Layout;
@@ -426,15 +518,18 @@ mod tests {
     use proptest::prelude::*;
     use rand::{Rng, SeedableRng};
 
-    /// The circuit interpreters on the same 16 instances: records and `R`.
+    /// The circuit interpreters on the same 16 instances (labels in batch order): records and `R`.
     fn interpreter_garble(ac: &ArithCircuit, delta: &Delta, ids: &[u64], gin: &[Label], ein: &[Label]) -> (Vec<u8>, Vec<u64>) {
+        let c = ac.circuit();
+        let gin = instance_major(gin, LANES, c.n_garbler_inputs);
+        let ein = instance_major(ein, LANES, c.n_evaluator_inputs);
         let mut recs = vec![0u8; LANES * ac.record_bytes()];
         let mut out = vec![Label::default(); LANES * ac.weights.len()];
         let mut r = vec![0u64; LANES];
         let (tables, cts) = recs.split_at_mut(LANES * ac.and_bytes());
-        garble_lanes(&ac.circuit, delta, ids, gin, ein, tables, Layout::interleaved(AND_TABLE_BYTES, LANES), &mut out);
+        garble_lanes(c, delta, ids, &gin, &ein, tables, Layout::interleaved(AND_TABLE_BYTES, LANES), &mut out);
         let cl = Layout::interleaved(ARITH_CT_BYTES, LANES);
-        garble_arith(&out, &ac.weights, ac.mask, delta, ids, 2 * ac.circuit.n_and() as u64, cts, cl, &mut r);
+        garble_arith(&out, &ac.weights, ac.mask, delta, ids, ac.arith_index(), cts, cl, &mut r);
         (recs, r)
     }
 
@@ -459,7 +554,7 @@ mod tests {
             let ids: Vec<u64> = (0..LANES as u64).map(|j| first + j).collect();
             let mut recs = vec![0u8; LANES * ac.record_bytes()];
             let mut r = vec![0u64; LANES];
-            garble_relus(&ac, &delta, first, &gz, &ez, &mut recs, &mut r);
+            garble_relus(&ac, &delta, first, &gz, &ez, &mut recs, &mut r, Ahead::default());
             let (want_recs, want_r) = interpreter_garble(&ac, &delta, &ids, &gz, &ez);
             prop_assert!(recs == want_recs, "tables or ciphertexts differ from the interpreter");
             prop_assert_eq!(&r, &want_r);
@@ -467,18 +562,18 @@ mod tests {
             // Evaluate on random shares; compare with the interpreter and with plaintext ReLU.
             let a: Vec<u64> = (0..LANES).map(|_| rng.random::<u64>() & p.mask()).collect();
             let b: Vec<u64> = (0..LANES).map(|_| rng.random::<u64>() & p.mask()).collect();
-            let bits = |x: u64| (0..ku).map(move |i| (x >> i) & 1 == 1);
-            let ga: Vec<Label> = a.iter().flat_map(|&x| bits(x)).zip(&gz).map(|(bit, &z)| encode(z, bit, &delta)).collect();
-            let ea: Vec<Label> = b.iter().flat_map(|&x| bits(x)).zip(&ez).map(|(bit, &z)| encode(z, bit, &delta)).collect();
+            let ga: Vec<Label> = input_bits(&a, ku).zip(&gz).map(|(bit, &z)| encode(z, bit, &delta)).collect();
+            let ea: Vec<Label> = input_bits(&b, ku).zip(&ez).map(|(bit, &z)| encode(z, bit, &delta)).collect();
             let mut v = vec![0u64; LANES];
-            evaluate_relus(&ac, first, &ga, &ea, &recs, &mut v);
+            evaluate_relus(&ac, first, &ga, &ea, &recs, &mut v, Ahead::default());
             let nout = ac.weights.len();
             let mut out = vec![Label::default(); LANES * nout];
             let (tables, cts) = recs.split_at(LANES * ac.and_bytes());
-            evaluate_lanes(&ac.circuit, &ids, &ga, &ea, tables, Layout::interleaved(AND_TABLE_BYTES, LANES), &mut out);
+            let (gi, ei) = (instance_major(&ga, LANES, ku), instance_major(&ea, LANES, ku));
+            evaluate_lanes(ac.circuit(), &ids, &gi, &ei, tables, Layout::interleaved(AND_TABLE_BYTES, LANES), &mut out);
             let mut want_v = vec![0u64; LANES];
             let cl = Layout::interleaved(ARITH_CT_BYTES, LANES);
-            evaluate_arith(&out, nout, ac.mask, &ids, 2 * ac.circuit.n_and() as u64, cts, cl, &mut want_v);
+            evaluate_arith(&out, nout, ac.mask, &ids, ac.arith_index(), cts, cl, &mut want_v);
             prop_assert_eq!(&v, &want_v);
             for i in 0..LANES {
                 let y = ((a[i].wrapping_add(b[i]) << (64 - k)) as i64) >> (64 - k);
