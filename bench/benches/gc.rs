@@ -28,7 +28,7 @@ fn bench(c: &mut Criterion) {
     let mut r = vec![0u64; n];
     let mut v = vec![0u64; n];
     let mut g = c.benchmark_group("relu_batch_4096");
-    g.throughput(Throughput::Elements((n * ac.n_and()) as u64));
+    g.throughput(Throughput::Elements((n * ac.and_count()) as u64));
     g.bench_function("garble", |b| b.iter(|| garble_batch(&ac, &delta, 0, &gz, &ez, &mut records, &mut r)));
     g.bench_function("evaluate", |b| b.iter(|| evaluate_batch(&ac, 0, &gz, &ez, &records, &mut v)));
     g.finish();

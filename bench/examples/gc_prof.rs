@@ -30,5 +30,5 @@ fn main() {
         reps += 1;
     }
     let s = t.elapsed().as_secs_f64();
-    println!("{mode}: {:.1} M AND/s (threads {})", (reps * n * ac.n_and()) as f64 / s / 1e6, rayon::current_num_threads());
+    println!("{mode}: {:.1} M AND/s (threads {})", (reps * n * ac.and_count()) as f64 / s / 1e6, rayon::current_num_threads());
 }

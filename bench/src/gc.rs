@@ -50,6 +50,7 @@ impl GcBenchOptions {
 /// bound loop, garbling and evaluation all run on that same pool, in alternating rounds).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct GcReport {
+    /// AND gates of the ReLU function: garbled ones plus scaled outputs (each computes one AND).
     pub and_per_relu: usize,
     /// Garbled tables and output ciphertexts, measured on the wire (frame headers included).
     pub table_bytes_per_relu: f64,
@@ -57,6 +58,7 @@ pub struct GcReport {
     pub ot_bytes_per_relu: f64,
     /// Both directions of the online phase, measured on the wire.
     pub online_bytes_per_relu: f64,
+    /// `and_per_relu` × ReLUs garbled per second (likewise evaluated).
     pub garble_and_per_s: f64,
     pub eval_and_per_s: f64,
     /// Raw fixed-key-AES blocks per second divided by 4 (hashes per garbled AND).
@@ -73,6 +75,17 @@ pub struct GcReport {
     pub k: u32,
     pub shift: u32,
     pub threads: usize,
+    /// Half-gates tables per ReLU (the adder's ANDs).
+    pub garbled_and_per_relu: usize,
+    /// ANDs with the sign computed as scaled arithmetic outputs (no table: 24 bytes of ciphertexts).
+    pub scaled_outputs_per_relu: usize,
+    /// Fixed-key AES blocks hashed per ReLU by the garbler and by the evaluator.
+    pub garble_hashes_per_relu: usize,
+    pub eval_hashes_per_relu: usize,
+    /// Share of the AES bound that garbling (evaluation) actually spends on hashing: ReLUs per second
+    /// × hashes per ReLU / bound. Unlike the AND-rate ratios, fewer hashes per AND do not raise it.
+    pub garble_aes_utilisation: f64,
+    pub eval_aes_utilisation: f64,
     /// AND gates of the all-Boolean circuit that subtracts the mask inside the circuit (for comparison).
     pub and_per_relu_boolean_mask: usize,
     /// Tables + OT.
@@ -132,7 +145,7 @@ pub async fn run(opts: &GcBenchOptions) -> anyhow::Result<GcReport> {
     let n = opts.relus;
     let k = p.k as usize;
     let ac = relu_arith_circuit(&p);
-    let n_and = ac.n_and();
+    let n_and = ac.and_count();
 
     // Raw AES bound and garbling/evaluation throughput (CPU-bound: off the async runtime).
     let aes_seconds = opts.aes_seconds;
@@ -223,6 +236,12 @@ pub async fn run(opts: &GcBenchOptions) -> anyhow::Result<GcReport> {
         k: p.k,
         shift: p.shift,
         threads: rayon::current_num_threads(),
+        garbled_and_per_relu: ac.n_and(),
+        scaled_outputs_per_relu: ac.weights.len(),
+        garble_hashes_per_relu: ac.hashes_per_instance().0,
+        eval_hashes_per_relu: ac.hashes_per_instance().1,
+        garble_aes_utilisation: nf / garble_s * ac.hashes_per_instance().0 as f64 / aes_rate,
+        eval_aes_utilisation: nf / eval_s * ac.hashes_per_instance().1 as f64 / aes_rate,
         and_per_relu_boolean_mask: relu_circuit_with_mask(&p).n_and(),
         offline_bytes_per_relu: table_bytes + ot_bytes,
         aes_blocks_per_s: aes_rate,

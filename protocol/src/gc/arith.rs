@@ -114,3 +114,176 @@ pub fn evaluate_arith(
         v[j] = sum & mask;
     }
 }
+
+/// Bytes per scaled output in its first ciphertext section: `T_A ‖ T_B`.
+pub const SCALED_AB_BYTES: usize = 16;
+/// Bytes per scaled output in its second ciphertext section: `T_P`.
+pub const SCALED_P_BYTES: usize = 8;
+
+/// The 64-bit half of a hash that output `o` takes from the scale bit's hash of its pair `o / 2`.
+#[inline(always)]
+fn pair_half(h: u128, o: usize) -> u64 {
+    (h >> (64 * (o % 2))) as u64
+}
+
+/// Garbler side of scaled outputs: the value is `p · Σ y_o w_o` for output bits `y_o` and one scale
+/// bit `p` (see `docs/gc.md`, "Scaled arithmetic output"). `out_zero[lane * (nout + 1) + o]` are the
+/// zero-labels of `y_o` and, at `o = nout`, of `p`. Hash tweaks: `(id, first_index + o)` for `y_o`,
+/// `(id, first_index + nout + o / 2)` for `p`. Writes `T_A ‖ T_B` of output `o` of instance `lane`
+/// at `ab_layout.at(lane, o)` of `ab`, `T_P` at `p_layout.at(lane, o)` of `p_cts`, and `R_sum` to `r`.
+#[allow(clippy::too_many_arguments)]
+pub fn garble_scaled(
+    out_zero: &[Label],
+    weights: &[u64],
+    mask: u64,
+    delta: &Delta,
+    ids: &[u64],
+    first_index: u64,
+    (ab, ab_layout): (&mut [u8], Layout),
+    (p_cts, p_layout): (&mut [u8], Layout),
+    r: &mut [u64],
+) {
+    let (nout, lanes) = (weights.len(), ids.len());
+    let npairs = nout.div_ceil(2);
+    assert_eq!(out_zero.len(), lanes * (nout + 1));
+    assert!(ab_layout.lane >= SCALED_AB_BYTES && ab.len() >= ab_layout.span(lanes, nout, SCALED_AB_BYTES));
+    assert!(p_layout.lane >= SCALED_P_BYTES && p_cts.len() >= p_layout.span(lanes, nout, SCALED_P_BYTES));
+    assert_eq!(r.len(), lanes);
+    let d = delta.as_u128();
+    // Per instance: H(Y0), H(Y1) of every output, then H(P0), H(P1) of every pair.
+    let per = 2 * (nout + npairs);
+    let mut ys = vec![0u128; lanes * per];
+    for (j, &id) in ids.iter().enumerate() {
+        let labels = &out_zero[j * (nout + 1)..(j + 1) * (nout + 1)];
+        let hs = &mut ys[j * per..(j + 1) * per];
+        for (o, l) in labels[..nout].iter().enumerate() {
+            let t = tweak(id, first_index + o as u64);
+            hs[2 * o] = FixedKeyAes::sigma(l.0) ^ t;
+            hs[2 * o + 1] = FixedKeyAes::sigma(l.0 ^ d) ^ t;
+        }
+        for q in 0..npairs {
+            let t = tweak(id, first_index + (nout + q) as u64);
+            hs[2 * (nout + q)] = FixedKeyAes::sigma(labels[nout].0) ^ t;
+            hs[2 * (nout + q) + 1] = FixedKeyAes::sigma(labels[nout].0 ^ d) ^ t;
+        }
+    }
+    FixedKeyAes::get().mmo_in_place(&mut ys);
+    for (j, rj) in r.iter_mut().enumerate() {
+        let hs = &ys[j * per..(j + 1) * per];
+        // `r = lsb(P0)`; the label with lsb 0 carries the value `p = r`.
+        let rbit = out_zero[j * (nout + 1) + nout].lsb();
+        let mut sum = 0u64;
+        for (o, &w) in weights.iter().enumerate() {
+            let pi = out_zero[j * (nout + 1) + o].lsb();
+            let (he, ho) = if pi { (hs[2 * o + 1], hs[2 * o]) } else { (hs[2 * o], hs[2 * o + 1]) };
+            let (hp0, hp1) = (hs[2 * (nout + o / 2)], hs[2 * (nout + o / 2) + 1]);
+            let (pe, po) = if rbit { (hp1, hp0) } else { (hp0, hp1) };
+            // Weights of the two conversions: `α = r·w` (low halves), `β = (1 - 2r)·w` (high halves).
+            let (alpha, beta) = if rbit { (w, w.wrapping_neg()) } else { (0, w) };
+            let convert = |h_even: u64, h_odd: u64, wt: u64| {
+                let r_c = h_even.wrapping_sub(if pi { wt } else { 0 });
+                (r_c, r_c.wrapping_add(if pi { 0 } else { wt }).wrapping_sub(h_odd))
+            };
+            let (ra, ta) = convert(he as u64, ho as u64, alpha);
+            let (rb, tb) = convert((he >> 64) as u64, (ho >> 64) as u64, beta);
+            let g = pair_half(pe, o);
+            let tp = g.wrapping_sub(rb).wrapping_sub(pair_half(po, o));
+            sum = sum.wrapping_add(ra).wrapping_add(g);
+            let at = ab_layout.at(j, o);
+            ab[at..at + 8].copy_from_slice(&(ta & mask).to_le_bytes());
+            ab[at + 8..at + 16].copy_from_slice(&(tb & mask).to_le_bytes());
+            let at = p_layout.at(j, o);
+            p_cts[at..at + SCALED_P_BYTES].copy_from_slice(&(tp & mask).to_le_bytes());
+        }
+        *rj = sum & mask;
+    }
+}
+
+/// Evaluator side of scaled outputs (labels and ciphertexts as in [`garble_scaled`]):
+/// `V = R_sum + p · Σ y_o w_o` per instance.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_scaled(
+    out: &[Label],
+    nout: usize,
+    mask: u64,
+    ids: &[u64],
+    first_index: u64,
+    (ab, ab_layout): (&[u8], Layout),
+    (p_cts, p_layout): (&[u8], Layout),
+    v: &mut [u64],
+) {
+    let lanes = ids.len();
+    let npairs = nout.div_ceil(2);
+    assert_eq!(out.len(), lanes * (nout + 1));
+    assert!(ab_layout.lane >= SCALED_AB_BYTES && ab.len() >= ab_layout.span(lanes, nout, SCALED_AB_BYTES));
+    assert!(p_layout.lane >= SCALED_P_BYTES && p_cts.len() >= p_layout.span(lanes, nout, SCALED_P_BYTES));
+    assert_eq!(v.len(), lanes);
+    let per = nout + npairs;
+    let mut ys = vec![0u128; lanes * per];
+    for (j, &id) in ids.iter().enumerate() {
+        let labels = &out[j * (nout + 1)..(j + 1) * (nout + 1)];
+        for (o, l) in labels[..nout].iter().enumerate() {
+            ys[j * per + o] = FixedKeyAes::sigma(l.0) ^ tweak(id, first_index + o as u64);
+        }
+        for q in 0..npairs {
+            ys[j * per + nout + q] = FixedKeyAes::sigma(labels[nout].0) ^ tweak(id, first_index + (nout + q) as u64);
+        }
+    }
+    FixedKeyAes::get().mmo_in_place(&mut ys);
+    let read = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+    for (j, vj) in v.iter_mut().enumerate() {
+        let hs = &ys[j * per..(j + 1) * per];
+        let s = out[j * (nout + 1) + nout].lsb();
+        let mut sum = 0u64;
+        for (o, &h) in hs[..nout].iter().enumerate() {
+            let ly = out[j * (nout + 1) + o].lsb();
+            let at = ab_layout.at(j, o);
+            let (ta, tb) = (read(ab, at), read(ab, at + 8));
+            let u = (h as u64).wrapping_add(if ly { ta } else { 0 });
+            let w = ((h >> 64) as u64).wrapping_add(if ly { tb } else { 0 });
+            let g = pair_half(hs[nout + o / 2], o).wrapping_add(if s { read(p_cts, p_layout.at(j, o)) } else { 0 });
+            sum = sum.wrapping_add(u).wrapping_add(if s { w } else { 0 }).wrapping_add(g);
+        }
+        *vj = sum & mask;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gc::garble::encode;
+    use proptest::prelude::*;
+    use rand::{Rng, SeedableRng};
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Scaled outputs against plaintext `p · Σ y_o w_o`, for every choice of bits and labels.
+        #[test]
+        fn scaled_output_shares_the_product(nout in 1usize..8, lanes in 1usize..5, l in 1u32..=64, seed in any::<u64>()) {
+            let mut rng = rand_chacha::ChaCha12Rng::seed_from_u64(seed);
+            let mask = if l == 64 { u64::MAX } else { (1u64 << l) - 1 };
+            let delta = Delta::random(&mut rng);
+            let weights: Vec<u64> = (0..nout).map(|_| rng.random::<u64>() & mask).collect();
+            let ids: Vec<u64> = (0..lanes as u64).map(|j| 7 + j).collect();
+            let zero: Vec<Label> = (0..lanes * (nout + 1)).map(|_| Label(rng.random())).collect();
+            let bits: Vec<bool> = (0..zero.len()).map(|_| rng.random()).collect();
+            let (abl, pl) = (Layout::per_instance(SCALED_AB_BYTES, nout), Layout::per_instance(SCALED_P_BYTES, nout));
+            let mut ab = vec![0u8; lanes * nout * SCALED_AB_BYTES];
+            let mut pc = vec![0u8; lanes * nout * SCALED_P_BYTES];
+            let mut r = vec![0u64; lanes];
+            garble_scaled(&zero, &weights, mask, &delta, &ids, 40, (&mut ab, abl), (&mut pc, pl), &mut r);
+            let active: Vec<Label> = zero.iter().zip(&bits).map(|(&z, &b)| encode(z, b, &delta)).collect();
+            let mut v = vec![0u64; lanes];
+            evaluate_scaled(&active, nout, mask, &ids, 40, (&ab, abl), (&pc, pl), &mut v);
+            for j in 0..lanes {
+                let b = &bits[j * (nout + 1)..(j + 1) * (nout + 1)];
+                let want = if b[nout] {
+                    (0..nout).filter(|&o| b[o]).fold(0u64, |acc, o| acc.wrapping_add(weights[o])) & mask
+                } else {
+                    0
+                };
+                prop_assert_eq!(v[j].wrapping_sub(r[j]) & mask, want, "lane {}", j);
+            }
+        }
+    }
+}

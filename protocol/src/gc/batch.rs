@@ -6,14 +6,16 @@
 //! output by output, the `m` ciphertexts side by side ([`Layout::interleaved`]). The lock-step
 //! backends then read and write whole cache lines.
 
-use super::arith::{ARITH_CT_BYTES, evaluate_arith, garble_arith};
+use super::arith::{ARITH_CT_BYTES, SCALED_AB_BYTES, SCALED_P_BYTES, evaluate_arith, evaluate_scaled, garble_arith, garble_scaled};
 use super::circuit::Circuit;
 use super::evaluate::evaluate_lanes;
 use super::garble::{AND_TABLE_BYTES, garble_lanes};
 use super::{Delta, LANES, Label, Layout, ReluParams};
 use rayon::prelude::*;
 
-/// A circuit whose output bits `z_o` are read as the ring element `Σ z_o·weights[o] mod 2^l`.
+/// A circuit whose output bits `z_o` are read as the ring element `Σ z_o·weights[o] mod 2^l`, or, if
+/// it is *scaled*, whose last output is a scale bit `p` and whose value is `p · Σ z_o·weights[o]`
+/// (the product garbled by [`super::arith::garble_scaled`], cheaper than an AND gate per output).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ArithCircuit {
     circuit: Circuit,
@@ -25,6 +27,8 @@ pub struct ArithCircuit {
     /// The ReLU gadget this circuit records, if it is one: such batches run on the lock-step
     /// backends ([`super::lockstep`]) where the CPU allows, with identical output.
     pub gadget: Option<ReluParams>,
+    /// Whether the last output is a scale bit (see the type's documentation).
+    scaled: bool,
 }
 
 impl ArithCircuit {
@@ -32,7 +36,20 @@ impl ArithCircuit {
     pub fn new(circuit: Circuit, weights: Vec<u64>, mask: u64) -> Self {
         assert_eq!(circuit.outputs.len(), weights.len(), "one weight per output");
         assert!(circuit.outputs.iter().all(|o| matches!(o, super::Bit::Wire(_))), "outputs must be wires");
-        Self { n_and: circuit.n_and(), circuit, weights, mask, gadget: None }
+        Self { n_and: circuit.n_and(), circuit, weights, mask, gadget: None, scaled: false }
+    }
+
+    /// Wraps `circuit` whose last output is the scale bit; panics unless there is one weight per
+    /// other output and all outputs are wires.
+    pub fn scaled(circuit: Circuit, weights: Vec<u64>, mask: u64) -> Self {
+        assert_eq!(circuit.outputs.len(), weights.len() + 1, "one weight per output, then the scale bit");
+        assert!(circuit.outputs.iter().all(|o| matches!(o, super::Bit::Wire(_))), "outputs must be wires");
+        Self { n_and: circuit.n_and(), circuit, weights, mask, gadget: None, scaled: true }
+    }
+
+    /// Whether the last output is a scale bit.
+    pub fn is_scaled(&self) -> bool {
+        self.scaled
     }
 
     /// The Boolean circuit (read-only: the AND count is cached).
@@ -40,9 +57,15 @@ impl ArithCircuit {
         &self.circuit
     }
 
-    /// AND gates per instance.
+    /// Garbled AND gates (half-gates tables) per instance.
     pub fn n_and(&self) -> usize {
         self.n_and
+    }
+
+    /// AND gates of the function per instance: the garbled ones, plus one per scaled output (each
+    /// computes `y_o ∧ p`).
+    pub fn and_count(&self) -> usize {
+        self.n_and + if self.scaled { self.weights.len() } else { 0 }
     }
 
     /// AND-table bytes per instance.
@@ -50,9 +73,21 @@ impl ArithCircuit {
         AND_TABLE_BYTES * self.n_and
     }
 
+    /// Fixed-key AES blocks hashed per instance by (garbler, evaluator): 4 and 2 per garbled AND; per
+    /// output 2 and 1, plus for scaled outputs the scale bit's 2 and 1 per pair of outputs.
+    pub fn hashes_per_instance(&self) -> (usize, usize) {
+        let (n, pairs) = (self.weights.len(), if self.scaled { self.weights.len().div_ceil(2) } else { 0 });
+        (4 * self.n_and + 2 * n + 2 * pairs, 2 * self.n_and + n + pairs)
+    }
+
+    /// Output-ciphertext bytes per instance.
+    pub fn ct_bytes(&self) -> usize {
+        self.weights.len() * if self.scaled { SCALED_AB_BYTES + SCALED_P_BYTES } else { ARITH_CT_BYTES }
+    }
+
     /// Bytes per instance on the wire (tables + output ciphertexts).
     pub fn record_bytes(&self) -> usize {
-        self.and_bytes() + ARITH_CT_BYTES * self.weights.len()
+        self.and_bytes() + self.ct_bytes()
     }
 
     /// First hash index of the output ciphertexts (AND gates use `0..2·n_and`).
@@ -60,10 +95,38 @@ impl ArithCircuit {
         2 * self.n_and as u64
     }
 
-    /// Plaintext interpreter: `Σ z_o·w_o mod 2^l`.
+    /// Plaintext interpreter: `Σ z_o·w_o mod 2^l` (times the scale bit if scaled).
     pub fn eval_plain(&self, garbler: &[bool], evaluator: &[bool]) -> u64 {
         let bits = self.circuit.eval_plain(garbler, evaluator);
-        bits.iter().zip(&self.weights).fold(0u64, |acc, (&z, &w)| if z { acc.wrapping_add(w) } else { acc }) & self.mask
+        let sum = bits.iter().zip(&self.weights).fold(0u64, |acc, (&z, &w)| if z { acc.wrapping_add(w) } else { acc });
+        let scale = !self.scaled || bits[self.weights.len()];
+        if scale { sum & self.mask } else { 0 }
+    }
+
+    /// Garbler side of the outputs of one group of `ids.len()` instances (interpreter path):
+    /// `out` are the output zero-labels, instance-major; `cts` the group's ciphertext bytes.
+    pub(crate) fn garble_outputs(&self, out: &[Label], delta: &Delta, ids: &[u64], cts: &mut [u8], r: &mut [u64]) {
+        let (lanes, n) = (ids.len(), self.weights.len());
+        if self.scaled {
+            let (ab, p) = cts.split_at_mut(lanes * n * SCALED_AB_BYTES);
+            let (abl, pl) = (Layout::interleaved(SCALED_AB_BYTES, lanes), Layout::interleaved(SCALED_P_BYTES, lanes));
+            garble_scaled(out, &self.weights, self.mask, delta, ids, self.arith_index(), (ab, abl), (p, pl), r);
+        } else {
+            let cl = Layout::interleaved(ARITH_CT_BYTES, lanes);
+            garble_arith(out, &self.weights, self.mask, delta, ids, self.arith_index(), cts, cl, r);
+        }
+    }
+
+    /// Evaluator side of [`Self::garble_outputs`].
+    pub(crate) fn evaluate_outputs(&self, out: &[Label], ids: &[u64], cts: &[u8], v: &mut [u64]) {
+        let (lanes, n) = (ids.len(), self.weights.len());
+        if self.scaled {
+            let (ab, p) = cts.split_at(lanes * n * SCALED_AB_BYTES);
+            let (abl, pl) = (Layout::interleaved(SCALED_AB_BYTES, lanes), Layout::interleaved(SCALED_P_BYTES, lanes));
+            evaluate_scaled(out, n, self.mask, ids, self.arith_index(), (ab, abl), (p, pl), v);
+        } else {
+            evaluate_arith(out, n, self.mask, ids, self.arith_index(), cts, Layout::interleaved(ARITH_CT_BYTES, lanes), v);
+        }
     }
 }
 
@@ -99,7 +162,7 @@ pub fn garble_batch(
     r: &mut [u64],
 ) {
     let n = r.len();
-    let (ng, ne, nout) = (ac.circuit.n_garbler_inputs, ac.circuit.n_evaluator_inputs, ac.weights.len());
+    let (ng, ne, nout) = (ac.circuit.n_garbler_inputs, ac.circuit.n_evaluator_inputs, ac.circuit.outputs.len());
     let rec = ac.record_bytes();
     assert_eq!(gin.len(), n * ng);
     assert_eq!(ein.len(), n * ne);
@@ -124,8 +187,7 @@ pub fn garble_batch(
             let mut out = vec![Label::default(); lanes * nout];
             let (tables, cts) = recs.split_at_mut(lanes * ac.and_bytes());
             garble_lanes(&ac.circuit, delta, &ids, &gl, &el, tables, Layout::interleaved(AND_TABLE_BYTES, lanes), &mut out);
-            let cl = Layout::interleaved(ARITH_CT_BYTES, lanes);
-            garble_arith(&out, &ac.weights, ac.mask, delta, &ids, ac.arith_index(), cts, cl, rs);
+            ac.garble_outputs(&out, delta, &ids, cts, rs);
         }
     });
 }
@@ -134,7 +196,7 @@ pub fn garble_batch(
 /// `V = R_sum + Σ z_o w_o mod 2^l` per instance.
 pub fn evaluate_batch(ac: &ArithCircuit, first_id: u64, gin: &[Label], ein: &[Label], records: &[u8], v: &mut [u64]) {
     let n = v.len();
-    let (ng, ne, nout) = (ac.circuit.n_garbler_inputs, ac.circuit.n_evaluator_inputs, ac.weights.len());
+    let (ng, ne, nout) = (ac.circuit.n_garbler_inputs, ac.circuit.n_evaluator_inputs, ac.circuit.outputs.len());
     let rec = ac.record_bytes();
     assert_eq!(gin.len(), n * ng);
     assert_eq!(ein.len(), n * ne);
@@ -159,7 +221,7 @@ pub fn evaluate_batch(ac: &ArithCircuit, first_id: u64, gin: &[Label], ein: &[La
             let mut out = vec![Label::default(); lanes * nout];
             let (tables, cts) = recs.split_at(lanes * ac.and_bytes());
             evaluate_lanes(&ac.circuit, &ids, &gl, &el, tables, Layout::interleaved(AND_TABLE_BYTES, lanes), &mut out);
-            evaluate_arith(&out, nout, ac.mask, &ids, ac.arith_index(), cts, Layout::interleaved(ARITH_CT_BYTES, lanes), vs);
+            ac.evaluate_outputs(&out, &ids, cts, vs);
         }
     });
 }

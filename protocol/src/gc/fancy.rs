@@ -15,15 +15,19 @@ pub trait Fancy {
     /// The one gate that costs: each call is one half-gates table, numbered in call order.
     fn and(&mut self, a: Self::Wire, b: Self::Wire) -> Self::Wire;
     fn not(&mut self, a: Self::Wire) -> Self::Wire;
-    fn output(&mut self, o: usize, z: Self::Wire);
+    /// Output `o` is the product `y ∧ scale`, read arithmetically: the same `scale` wire for every
+    /// output (see [`super::batch::ArithCircuit`], scaled).
+    fn scaled_output(&mut self, o: usize, y: Self::Wire, scale: Self::Wire);
 }
 
-/// Records a gadget as a [`Circuit`] with `ng` garbler and `ne` evaluator inputs.
+/// Records a gadget as a [`Circuit`] with `ng` garbler and `ne` evaluator inputs; its outputs are the
+/// `y` of each scaled output, then the scale bit.
 pub struct Recorder {
     b: CircuitBuilder,
     gin: Vec<Bit>,
     ein: Vec<Bit>,
     out: Vec<Option<Bit>>,
+    scale: Option<Bit>,
 }
 
 impl Recorder {
@@ -31,12 +35,13 @@ impl Recorder {
         let mut b = CircuitBuilder::new();
         let gin = b.garbler_inputs(ng);
         let ein = b.evaluator_inputs(ne);
-        Self { b, gin, ein, out: vec![None; nout] }
+        Self { b, gin, ein, out: vec![None; nout], scale: None }
     }
 
     /// The circuit; panics if the gadget left an output unset.
     pub fn finish(self) -> Circuit {
-        let out = self.out.into_iter().enumerate().map(|(o, z)| z.unwrap_or_else(|| panic!("output {o} never set"))).collect();
+        let mut out: Vec<Bit> = self.out.into_iter().enumerate().map(|(o, z)| z.unwrap_or_else(|| panic!("output {o} never set"))).collect();
+        out.push(self.scale.expect("no scaled output"));
         self.b.finish(out)
     }
 }
@@ -58,8 +63,10 @@ impl Fancy for Recorder {
     fn not(&mut self, a: Bit) -> Bit {
         self.b.not(a)
     }
-    fn output(&mut self, o: usize, z: Bit) {
-        self.out[o] = Some(z);
+    fn scaled_output(&mut self, o: usize, y: Bit, scale: Bit) {
+        assert!(self.scale.is_none_or(|s| s == scale), "one scale bit for all outputs");
+        self.scale = Some(scale);
+        self.out[o] = Some(y);
     }
 }
 
@@ -93,7 +100,7 @@ impl Fancy for Plain<'_> {
     fn not(&mut self, a: bool) -> bool {
         !a
     }
-    fn output(&mut self, o: usize, z: bool) {
-        self.out[o] = z;
+    fn scaled_output(&mut self, o: usize, y: bool, scale: bool) {
+        self.out[o] = y & scale;
     }
 }

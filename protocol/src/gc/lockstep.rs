@@ -8,7 +8,7 @@
 
 #![cfg(target_arch = "x86_64")]
 
-use super::arith::ARITH_CT_BYTES;
+use super::arith::{SCALED_AB_BYTES, SCALED_P_BYTES};
 use super::batch::ArithCircuit;
 use super::fancy::Fancy;
 use super::garble::AND_TABLE_BYTES;
@@ -135,6 +135,35 @@ fn load_tables(b: &[u8], at: usize) -> (X4, X4) {
     }
 }
 
+/// Stores the four labels of `x` as 64 contiguous bytes at `out[at..]`.
+#[inline(always)]
+fn store64(x: X4, out: &mut [u8], at: usize) {
+    assert!(at + 64 <= out.len());
+    // SAFETY: as in `Keys::new`; bounds checked above.
+    unsafe { _mm512_storeu_si512(out.as_mut_ptr().add(at) as *mut __m512i, x.0) }
+}
+
+/// The inverse of [`store64`].
+#[inline(always)]
+fn load64(b: &[u8], at: usize) -> X4 {
+    assert!(at + 64 <= b.len());
+    // SAFETY: as in `Keys::new`; bounds checked above.
+    X4(unsafe { _mm512_loadu_si512(b.as_ptr().add(at) as *const __m512i) })
+}
+
+/// Per label: its high 64 bits moved to the low half (high half zero).
+#[inline(always)]
+fn high_to_low(x: X4) -> X4 {
+    // SAFETY: as in `Keys::new`.
+    X4(unsafe { _mm512_bsrli_epi128::<8>(x.0) })
+}
+
+/// The 64-bit half (in the low half) that output `o` takes from its pair's hash: low for even `o`.
+#[inline(always)]
+fn pair_half(h: X4, o: usize) -> X4 {
+    if o.is_multiple_of(2) { h } else { high_to_low(h) }
+}
+
 /// Stores the low 64 bits of the four labels of `x` as 32 contiguous bytes at `out[at..]`.
 #[inline(always)]
 fn store_low_qwords(x: X4, out: &mut [u8], at: usize) {
@@ -227,7 +256,8 @@ struct Common<'a> {
     /// Input labels in batch order: bit by bit, the 16 instances side by side.
     gin: &'a [Label],
     ein: &'a [Label],
-    /// Start of the output ciphertexts in the group's records (after all 16 instances' tables).
+    /// Start of the output ciphertexts in the group's records (after all 16 instances' tables):
+    /// first every output's `T_A ‖ T_B`, then every output's `T_P`.
     ct_at: usize,
     and_idx: usize,
     arith_index: u64,
@@ -297,11 +327,25 @@ impl<'a> Common<'a> {
         }
         y
     }
+
+    /// Where output `o`'s `T_A ‖ T_B` of the 16 instances start (16 bytes each, side by side).
+    #[inline(always)]
+    fn ab_at(&self, o: usize) -> usize {
+        self.ct_at + SCALED_AB_BYTES * LANES * o
+    }
+
+    /// Where output `o`'s `T_P` of the 16 instances start (8 bytes each, after all `T_A ‖ T_B`).
+    #[inline(always)]
+    fn p_at(&self, o: usize) -> usize {
+        self.ct_at + SCALED_AB_BYTES * LANES * self.weights.len() + SCALED_P_BYTES * LANES * o
+    }
 }
 
 /// The garbler backend: wires carry zero-labels.
 struct Garbler<'a> {
     c: Common<'a>,
+    /// `H(P0)`, `H(P1)` of the scale bit for the current output pair, per word.
+    p_hash: [X4; 8],
     delta: X4,
     sd: X4,
     records: &'a mut [u8],
@@ -353,27 +397,52 @@ impl Fancy for Garbler<'_> {
         }
         out
     }
-    /// Output `o` with zero-label `Z0`: `R = h(Z_π) - π·w`, ciphertext `R + (1-π)·w - h(Z_¬π)`.
+    /// Scaled output `o` (as [`super::arith::garble_scaled`], 16 instances at once): the two
+    /// conversions of `y` run side by side in the two 64-bit halves of each label slot, weights
+    /// `α = r·w` (low) and `β = (1 - 2r)·w` (high) with `r = lsb(P0)`; the scale bit's hash of
+    /// output pair `o / 2` is computed at even `o` and its halves serve `o` and `o + 1`.
     #[inline(always)]
-    fn output(&mut self, o: usize, z: Wire) {
-        let y = self.c.hash_in(&z, self.c.arith_index + o as u64);
+    fn scaled_output(&mut self, o: usize, y: Wire, p: Wire) {
+        let hy = self.c.hash_in(&y, self.c.arith_index + o as u64);
         let mut h = [X4::zero(); 8];
         for j in 0..4 {
-            h[2 * j] = y[j];
-            h[2 * j + 1] = y[j].xor(self.sd);
+            h[2 * j] = hy[j];
+            h[2 * j + 1] = hy[j].xor(self.sd);
         }
-        self.c.keys.mmo(&mut h);
-        let w = X4::splat(self.c.weights[o] as u128 | ((self.c.weights[o] as u128) << 64));
-        let at = self.c.ct_at + ARITH_CT_BYTES * LANES * o;
-        prefetch(self.c.next.records, at, ARITH_CT_BYTES * LANES / 64);
+        if o.is_multiple_of(2) {
+            let hp = self.c.hash_in(&p, self.c.arith_index + (self.c.weights.len() + o / 2) as u64);
+            let mut both = [X4::zero(); 16];
+            for j in 0..4 {
+                both[2 * j] = h[2 * j];
+                both[2 * j + 1] = h[2 * j + 1];
+                both[8 + 2 * j] = hp[j];
+                both[8 + 2 * j + 1] = hp[j].xor(self.sd);
+            }
+            self.c.keys.mmo(&mut both);
+            h.copy_from_slice(&both[..8]);
+            self.p_hash.copy_from_slice(&both[8..]);
+        } else {
+            self.c.keys.mmo(&mut h);
+        }
+        let w = self.c.weights[o] as u128;
+        // (α ‖ β) for r = 0 and r = 1.
+        let (w_r0, w_r1) = (X4::splat(w << 64), X4::splat(w | ((w as u64).wrapping_neg() as u128) << 64));
+        let (ab_at, p_at) = (self.c.ab_at(o), self.c.p_at(o));
+        prefetch(self.c.next.records, ab_at, SCALED_AB_BYTES * LANES / 64);
+        prefetch(self.c.next.records, p_at, SCALED_P_BYTES * LANES / 64);
         for j in 0..4 {
             let (h0, h1) = (h[2 * j], h[2 * j + 1]);
-            let k = lsb_k(z[j]);
-            let (even, odd) = (select(k, h0, h1), select(k, h1, h0));
-            let r_o = sub64(even, keep_if(k, w));
-            let t = sub64(add64(r_o, keep_if(!k, w)), odd).and(self.mask);
-            self.r_sum[j] = add64(self.r_sum[j], r_o);
-            store_low_qwords(t, self.records, at + 4 * ARITH_CT_BYTES * j);
+            let (ky, kr) = (lsb_k(y[j]), lsb_k(p[j]));
+            let (even, odd) = (select(ky, h0, h1), select(ky, h1, h0));
+            let wv = select(kr, w_r0, w_r1);
+            let r_ab = sub64(even, keep_if(ky, wv));
+            let t_ab = sub64(add64(r_ab, keep_if(!ky, wv)), odd).and(self.mask);
+            store64(t_ab, self.records, ab_at + 4 * SCALED_AB_BYTES * j);
+            let (hp0, hp1) = (pair_half(self.p_hash[2 * j], o), pair_half(self.p_hash[2 * j + 1], o));
+            let (pe, po) = (select(kr, hp0, hp1), select(kr, hp1, hp0));
+            let t_p = sub64(sub64(pe, high_to_low(r_ab)), po).and(self.mask);
+            store_low_qwords(t_p, self.records, p_at + 4 * SCALED_P_BYTES * j);
+            self.r_sum[j] = add64(self.r_sum[j], add64(r_ab, pe));
         }
     }
 }
@@ -381,6 +450,8 @@ impl Fancy for Garbler<'_> {
 /// The evaluator backend: wires carry active labels.
 struct Evaluator<'a> {
     c: Common<'a>,
+    /// `H(P)` of the scale bit for the current output pair, per word.
+    p_hash: [X4; 4],
     records: &'a [u8],
     v_sum: Wire,
 }
@@ -422,17 +493,29 @@ impl Fancy for Evaluator<'_> {
         }
         out
     }
-    /// `v = h(Z) + lsb(Z)·T`.
+    /// `V += u + s·v + g`: `u ‖ v = H(Y) + lsb(Y)·(T_A ‖ T_B)`, `g = h(P) + s·T_P`, `s = lsb(P)`.
     #[inline(always)]
-    fn output(&mut self, o: usize, z: Wire) {
-        let y = self.c.hash_in(&z, self.c.arith_index + o as u64);
-        let mut h = y;
-        self.c.keys.mmo(&mut h);
-        let at = self.c.ct_at + ARITH_CT_BYTES * LANES * o;
-        prefetch(self.c.next.records, at, ARITH_CT_BYTES * LANES / 64);
+    fn scaled_output(&mut self, o: usize, y: Wire, p: Wire) {
+        let hy = self.c.hash_in(&y, self.c.arith_index + o as u64);
+        let mut h = hy;
+        if o.is_multiple_of(2) {
+            let hp = self.c.hash_in(&p, self.c.arith_index + (self.c.weights.len() + o / 2) as u64);
+            let mut both = [hy[0], hy[1], hy[2], hy[3], hp[0], hp[1], hp[2], hp[3]];
+            self.c.keys.mmo(&mut both);
+            h.copy_from_slice(&both[..4]);
+            self.p_hash.copy_from_slice(&both[4..]);
+        } else {
+            self.c.keys.mmo(&mut h);
+        }
+        let (ab_at, p_at) = (self.c.ab_at(o), self.c.p_at(o));
+        prefetch(self.c.next.records, ab_at, SCALED_AB_BYTES * LANES / 64);
+        prefetch(self.c.next.records, p_at, SCALED_P_BYTES * LANES / 64);
         for j in 0..4 {
-            let t = load_low_qwords(self.records, at + 4 * ARITH_CT_BYTES * j);
-            self.v_sum[j] = add64(self.v_sum[j], add64(h[j], keep_if(lsb_k(z[j]), t)));
+            let (ky, ks) = (lsb_k(y[j]), lsb_k(p[j]));
+            let uv = add64(h[j], keep_if(ky, load64(self.records, ab_at + 4 * SCALED_AB_BYTES * j)));
+            let t_p = load_low_qwords(self.records, p_at + 4 * SCALED_P_BYTES * j);
+            let g = add64(pair_half(self.p_hash[j], o), keep_if(ks, t_p));
+            self.v_sum[j] = add64(self.v_sum[j], add64(add64(uv, keep_if(ks, high_to_low(uv))), g));
         }
     }
 }
@@ -441,6 +524,7 @@ impl Fancy for Evaluator<'_> {
 fn check(ac: &ArithCircuit, gin: &[Label], ein: &[Label], records: usize, out: usize) -> ReluParams {
     assert!(available(), "lock-step backends need AVX-512 and VAES");
     let p = ac.gadget.expect("the circuit must be the ReLU gadget");
+    assert!(ac.is_scaled(), "the ReLU gadget has scaled outputs");
     let k = p.k as usize;
     assert_eq!((gin.len(), ein.len(), out), (LANES * k, LANES * k, LANES));
     assert_eq!(records, LANES * ac.record_bytes());
@@ -476,7 +560,8 @@ unsafe fn garble_relus_vaes(
         sd: d.sigma(),
         records,
         r_sum: [X4::zero(); 4],
-        mask: X4::splat(ac.mask as u128),
+        p_hash: [X4::zero(); 8],
+        mask: X4::splat(ac.mask as u128 | (ac.mask as u128) << 64),
     };
     relu_gadget(&mut g, p);
     for j in 0..4 {
@@ -497,7 +582,7 @@ pub fn evaluate_relus(ac: &ArithCircuit, first_id: u64, gin: &[Label], ein: &[La
 #[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw,vaes,aes")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn evaluate_relus_vaes(ac: &ArithCircuit, p: &ReluParams, first_id: u64, gin: &[Label], ein: &[Label], records: &[u8], v: &mut [u64], ahead: Ahead) {
-    let mut e = Evaluator { c: Common::new(ac, first_id, gin, ein, records, ahead), records, v_sum: [X4::zero(); 4] };
+    let mut e = Evaluator { c: Common::new(ac, first_id, gin, ein, records, ahead), p_hash: [X4::zero(); 4], records, v_sum: [X4::zero(); 4] };
     relu_gadget(&mut e, p);
     for j in 0..4 {
         for (t, s) in low_qwords(e.v_sum[j]).into_iter().enumerate() {
@@ -509,7 +594,6 @@ unsafe fn evaluate_relus_vaes(ac: &ArithCircuit, p: &ReluParams, first_id: u64, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gc::arith::{evaluate_arith, garble_arith};
     use crate::gc::batch::{input_bits, instance_major};
     use crate::gc::evaluate::evaluate_lanes;
     use crate::gc::garble::{encode, garble_lanes};
@@ -524,12 +608,11 @@ mod tests {
         let gin = instance_major(gin, LANES, c.n_garbler_inputs);
         let ein = instance_major(ein, LANES, c.n_evaluator_inputs);
         let mut recs = vec![0u8; LANES * ac.record_bytes()];
-        let mut out = vec![Label::default(); LANES * ac.weights.len()];
+        let mut out = vec![Label::default(); LANES * c.outputs.len()];
         let mut r = vec![0u64; LANES];
         let (tables, cts) = recs.split_at_mut(LANES * ac.and_bytes());
         garble_lanes(c, delta, ids, &gin, &ein, tables, Layout::interleaved(AND_TABLE_BYTES, LANES), &mut out);
-        let cl = Layout::interleaved(ARITH_CT_BYTES, LANES);
-        garble_arith(&out, &ac.weights, ac.mask, delta, ids, ac.arith_index(), cts, cl, &mut r);
+        ac.garble_outputs(&out, delta, ids, cts, &mut r);
         (recs, r)
     }
 
@@ -566,14 +649,12 @@ mod tests {
             let ea: Vec<Label> = input_bits(&b, ku).zip(&ez).map(|(bit, &z)| encode(z, bit, &delta)).collect();
             let mut v = vec![0u64; LANES];
             evaluate_relus(&ac, first, &ga, &ea, &recs, &mut v, Ahead::default());
-            let nout = ac.weights.len();
-            let mut out = vec![Label::default(); LANES * nout];
+            let mut out = vec![Label::default(); LANES * ac.circuit().outputs.len()];
             let (tables, cts) = recs.split_at(LANES * ac.and_bytes());
             let (gi, ei) = (instance_major(&ga, LANES, ku), instance_major(&ea, LANES, ku));
             evaluate_lanes(ac.circuit(), &ids, &gi, &ei, tables, Layout::interleaved(AND_TABLE_BYTES, LANES), &mut out);
             let mut want_v = vec![0u64; LANES];
-            let cl = Layout::interleaved(ARITH_CT_BYTES, LANES);
-            evaluate_arith(&out, nout, ac.mask, &ids, ac.arith_index(), cts, cl, &mut want_v);
+            ac.evaluate_outputs(&out, &ids, cts, &mut want_v);
             prop_assert_eq!(&v, &want_v);
             for i in 0..LANES {
                 let y = ((a[i].wrapping_add(b[i]) << (64 - k)) as i64) >> (64 - k);
