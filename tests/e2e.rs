@@ -262,6 +262,6 @@ async fn a_full_server_refuses_extra_clients_clearly() {
     assert!(server_error(&mut second).await.contains("server busy"));
     // The one allowed inference works; a second one in the same session is refused.
     c.infer(&mut first, &vec![0.1; 28 * 28]).await.unwrap();
-    let err = c.infer(&mut first, &vec![0.1; 28 * 28]).await.err().expect("refused");
+    let err = c.infer(&mut first, &vec![0.1; 28 * 28]).await.expect_err("refused");
     assert!(err.to_string().contains("session limit"), "{err}");
 }

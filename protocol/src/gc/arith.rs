@@ -171,18 +171,25 @@ pub fn garble_scaled(
     for (j, rj) in r.iter_mut().enumerate() {
         let hs = &ys[j * per..(j + 1) * per];
         // `r = lsb(P0)`; the label with lsb 0 carries the value `p = r`.
-        let rbit = out_zero[j * (nout + 1) + nout].lsb();
+        // Branch-free in the garbler's secret permute bits: all-ones masks instead of `if`.
+        let mr = ((out_zero[j * (nout + 1) + nout].0 & 1) as u64).wrapping_neg();
+        let mr128 = mr as u128 | (mr as u128) << 64;
+        // `(a, b)`, swapped where `m` is all ones.
+        let cswap = |m: u128, a: u128, b: u128| {
+            let x = (a ^ b) & m;
+            (a ^ x, b ^ x)
+        };
         let mut sum = 0u64;
         for (o, &w) in weights.iter().enumerate() {
-            let pi = out_zero[j * (nout + 1) + o].lsb();
-            let (he, ho) = if pi { (hs[2 * o + 1], hs[2 * o]) } else { (hs[2 * o], hs[2 * o + 1]) };
-            let (hp0, hp1) = (hs[2 * (nout + o / 2)], hs[2 * (nout + o / 2) + 1]);
-            let (pe, po) = if rbit { (hp1, hp0) } else { (hp0, hp1) };
+            let mp = ((out_zero[j * (nout + 1) + o].0 & 1) as u64).wrapping_neg();
+            let mp128 = mp as u128 | (mp as u128) << 64;
+            let (he, ho) = cswap(mp128, hs[2 * o], hs[2 * o + 1]);
+            let (pe, po) = cswap(mr128, hs[2 * (nout + o / 2)], hs[2 * (nout + o / 2) + 1]);
             // Weights of the two conversions: `α = r·w` (low halves), `β = (1 - 2r)·w` (high halves).
-            let (alpha, beta) = if rbit { (w, w.wrapping_neg()) } else { (0, w) };
+            let (alpha, beta) = (w & mr, w.wrapping_sub(w.wrapping_shl(1) & mr));
             let convert = |h_even: u64, h_odd: u64, wt: u64| {
-                let r_c = h_even.wrapping_sub(if pi { wt } else { 0 });
-                (r_c, r_c.wrapping_add(if pi { 0 } else { wt }).wrapping_sub(h_odd))
+                let r_c = h_even.wrapping_sub(wt & mp);
+                (r_c, r_c.wrapping_add(wt & !mp).wrapping_sub(h_odd))
             };
             let (ra, ta) = convert(he as u64, ho as u64, alpha);
             let (rb, tb) = convert((he >> 64) as u64, (ho >> 64) as u64, beta);
@@ -275,6 +282,14 @@ mod tests {
             let active: Vec<Label> = zero.iter().zip(&bits).map(|(&z, &b)| encode(z, b, &delta)).collect();
             let mut v = vec![0u64; lanes];
             evaluate_scaled(&active, nout, mask, &ids, 40, (&ab, abl), (&pc, pl), &mut v);
+            // A wrong scale label (not one of the pair) gives a wrong value, not silently the right one.
+            let mut bad = active.clone();
+            bad[nout] = Label(bad[nout].0 ^ (rng.random::<u128>() | 2));
+            let mut v_bad = vec![0u64; lanes];
+            evaluate_scaled(&bad, nout, mask, &ids, 40, (&ab, abl), (&pc, pl), &mut v_bad);
+            if l >= 32 {
+                prop_assert_ne!(v_bad[0], v[0]);
+            }
             for j in 0..lanes {
                 let b = &bits[j * (nout + 1)..(j + 1) * (nout + 1)];
                 let want = if b[nout] {

@@ -1,10 +1,11 @@
 //! Many instances of one circuit with arithmetic output, garbled or evaluated in parallel on all
 //! cores (rayon over groups of [`LANES`] instances). Instance `i` of a batch is circuit id
 //! `first_id + i`. Each instance costs `32·n_and` bytes of AND tables and `8·n_out` bytes of
-//! arithmetic-output ciphertexts; a group of `m` instances (`m = LANES` except perhaps the last)
-//! occupies `m` records' bytes: first gate by gate, the `m` tables of each gate side by side, then
-//! output by output, the `m` ciphertexts side by side ([`Layout::interleaved`]). The lock-step
-//! backends then read and write whole cache lines.
+//! arithmetic-output ciphertexts (`24·n_out` if scaled); a group of `m` instances (`m = LANES` except
+//! perhaps the last) occupies `m` records' bytes: first gate by gate, the `m` tables of each gate side
+//! by side, then output by output, the `m` ciphertexts side by side ([`Layout::interleaved`]; scaled:
+//! every output's `T_A ‖ T_B`, then every output's `T_P`). The lock-step backends then read and write
+//! whole cache lines.
 
 use super::arith::{ARITH_CT_BYTES, SCALED_AB_BYTES, SCALED_P_BYTES, evaluate_arith, evaluate_scaled, garble_arith, garble_scaled};
 use super::circuit::Circuit;
@@ -193,7 +194,7 @@ pub fn garble_batch(
 }
 
 /// Evaluates `v.len()` instances from their active input labels (batch order) and records; `v` receives
-/// `V = R_sum + Σ z_o w_o mod 2^l` per instance.
+/// `V = R_sum + Σ z_o w_o mod 2^l` per instance (times the scale bit if the circuit is scaled).
 pub fn evaluate_batch(ac: &ArithCircuit, first_id: u64, gin: &[Label], ein: &[Label], records: &[u8], v: &mut [u64]) {
     let n = v.len();
     let (ng, ne, nout) = (ac.circuit.n_garbler_inputs, ac.circuit.n_evaluator_inputs, ac.circuit.outputs.len());

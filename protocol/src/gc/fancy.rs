@@ -16,7 +16,8 @@ pub trait Fancy {
     fn and(&mut self, a: Self::Wire, b: Self::Wire) -> Self::Wire;
     fn not(&mut self, a: Self::Wire) -> Self::Wire;
     /// Output `o` is the product `y ∧ scale`, read arithmetically: the same `scale` wire for every
-    /// output (see [`super::batch::ArithCircuit`], scaled).
+    /// output (see [`super::batch::ArithCircuit`], scaled), called for `o = 0, 1, 2, ..` in order
+    /// (the garbled backends hash the scale bit once per pair of outputs).
     fn scaled_output(&mut self, o: usize, y: Self::Wire, scale: Self::Wire);
 }
 

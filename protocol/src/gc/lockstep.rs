@@ -260,6 +260,8 @@ struct Common<'a> {
     /// first every output's `T_A ‖ T_B`, then every output's `T_P`.
     ct_at: usize,
     and_idx: usize,
+    /// The next output the gadget must hand over (outputs come in order; see `Fancy::scaled_output`).
+    out_idx: usize,
     arith_index: u64,
     weights: &'a [u64],
     /// The next group's records and labels.
@@ -288,6 +290,7 @@ impl<'a> Common<'a> {
             ein,
             ct_at: LANES * ac.and_bytes(),
             and_idx: 0,
+            out_idx: 0,
             arith_index: ac.arith_index(),
             weights: &ac.weights,
             next: Next::new(ahead, records, gin, ein),
@@ -326,6 +329,13 @@ impl<'a> Common<'a> {
             y[j] = x[j].sigma().xor(self.base[j]).xor(t);
         }
         y
+    }
+
+    /// Checks that output `o` comes in order: odd outputs reuse the scale bit's hash of `o - 1`.
+    #[inline(always)]
+    fn next_output(&mut self, o: usize) {
+        assert_eq!(o, self.out_idx, "scaled outputs must come in order");
+        self.out_idx += 1;
     }
 
     /// Where output `o`'s `T_A ‖ T_B` of the 16 instances start (16 bytes each, side by side).
@@ -403,6 +413,7 @@ impl Fancy for Garbler<'_> {
     /// output pair `o / 2` is computed at even `o` and its halves serve `o` and `o + 1`.
     #[inline(always)]
     fn scaled_output(&mut self, o: usize, y: Wire, p: Wire) {
+        self.c.next_output(o);
         let hy = self.c.hash_in(&y, self.c.arith_index + o as u64);
         let mut h = [X4::zero(); 8];
         for j in 0..4 {
@@ -496,6 +507,7 @@ impl Fancy for Evaluator<'_> {
     /// `V += u + s·v + g`: `u ‖ v = H(Y) + lsb(Y)·(T_A ‖ T_B)`, `g = h(P) + s·T_P`, `s = lsb(P)`.
     #[inline(always)]
     fn scaled_output(&mut self, o: usize, y: Wire, p: Wire) {
+        self.c.next_output(o);
         let hy = self.c.hash_in(&y, self.c.arith_index + o as u64);
         let mut h = hy;
         if o.is_multiple_of(2) {
