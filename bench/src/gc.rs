@@ -220,6 +220,7 @@ pub async fn run(opts: &GcBenchOptions) -> anyhow::Result<GcReport> {
     let nf = n as f64;
     let table_bytes = e2e.offline_s2c as f64 / nf;
     let ot_bytes = e2e.offline_c2s as f64 / nf;
+    let hashes = ac.hashes_per_instance();
     Ok(GcReport {
         and_per_relu: n_and,
         table_bytes_per_relu: table_bytes,
@@ -238,10 +239,10 @@ pub async fn run(opts: &GcBenchOptions) -> anyhow::Result<GcReport> {
         threads: rayon::current_num_threads(),
         garbled_and_per_relu: ac.n_and(),
         scaled_outputs_per_relu: ac.weights.len(),
-        garble_hashes_per_relu: ac.hashes_per_instance().0,
-        eval_hashes_per_relu: ac.hashes_per_instance().1,
-        garble_aes_utilisation: nf / garble_s * ac.hashes_per_instance().0 as f64 / aes_rate,
-        eval_aes_utilisation: nf / eval_s * ac.hashes_per_instance().1 as f64 / aes_rate,
+        garble_hashes_per_relu: hashes.0,
+        eval_hashes_per_relu: hashes.1,
+        garble_aes_utilisation: nf / garble_s * hashes.0 as f64 / aes_rate,
+        eval_aes_utilisation: nf / eval_s * hashes.1 as f64 / aes_rate,
         and_per_relu_boolean_mask: relu_circuit_with_mask(&p).n_and(),
         offline_bytes_per_relu: table_bytes + ot_bytes,
         aes_blocks_per_s: aes_rate,

@@ -15,6 +15,15 @@ use super::{Delta, Label, Layout};
 /// Bytes of one output ciphertext.
 pub const ARITH_CT_BYTES: usize = 8;
 
+/// One bit's conversion with weight `w`, given the hashes of its label with lsb 0 (`h_even`) and of
+/// the other label (`h_odd`), and `m` all ones iff `π = 1`: the garbler's `R = h_even - π·w` and
+/// the ciphertext `T = R + (1-π)·w - h_odd`. Branch-free in `π`.
+#[inline(always)]
+fn convert(h_even: u64, h_odd: u64, m: u64, w: u64) -> (u64, u64) {
+    let r = h_even.wrapping_sub(w & m);
+    (r, r.wrapping_add(w & !m).wrapping_sub(h_odd))
+}
+
 /// Garbler side for `lanes` instances: `out_zero[lane * nout + o]` are the output zero-labels, the
 /// hash tweaks are `(ids[lane], first_index + o)`. Writes the 8-byte ciphertext of output `o` of
 /// instance `lane` at byte `layout.at(lane, o)` of `cts` and returns the garbler's share offsets `R_sum` (mod `mask + 1`) in `r`.
@@ -66,8 +75,7 @@ pub fn garble_arith(
             let m = ((l.0 & 1) as u64).wrapping_neg(); // all ones iff π = 1
             let swap = (h0 ^ h1) & m;
             let (h_even, h_odd) = (h0 ^ swap, h1 ^ swap);
-            let r_o = h_even.wrapping_sub(w & m);
-            let t = r_o.wrapping_add(w & !m).wrapping_sub(h_odd);
+            let (r_o, t) = convert(h_even, h_odd, m, w);
             sum = sum.wrapping_add(r_o);
             let at = layout.at(j, o);
             cts[at..at + ARITH_CT_BYTES].copy_from_slice(&(t & mask).to_le_bytes());
@@ -187,12 +195,8 @@ pub fn garble_scaled(
             let (pe, po) = cswap(mr128, hs[2 * (nout + o / 2)], hs[2 * (nout + o / 2) + 1]);
             // Weights of the two conversions: `α = r·w` (low halves), `β = (1 - 2r)·w` (high halves).
             let (alpha, beta) = (w & mr, w.wrapping_sub(w.wrapping_shl(1) & mr));
-            let convert = |h_even: u64, h_odd: u64, wt: u64| {
-                let r_c = h_even.wrapping_sub(wt & mp);
-                (r_c, r_c.wrapping_add(wt & !mp).wrapping_sub(h_odd))
-            };
-            let (ra, ta) = convert(he as u64, ho as u64, alpha);
-            let (rb, tb) = convert((he >> 64) as u64, (ho >> 64) as u64, beta);
+            let (ra, ta) = convert(he as u64, ho as u64, mp, alpha);
+            let (rb, tb) = convert((he >> 64) as u64, (ho >> 64) as u64, mp, beta);
             let g = pair_half(pe, o);
             let tp = g.wrapping_sub(rb).wrapping_sub(pair_half(po, o));
             sum = sum.wrapping_add(ra).wrapping_add(g);

@@ -163,7 +163,7 @@ pub fn garble_batch(
     r: &mut [u64],
 ) {
     let n = r.len();
-    let (ng, ne, nout) = (ac.circuit.n_garbler_inputs, ac.circuit.n_evaluator_inputs, ac.circuit.outputs.len());
+    let (ng, ne) = (ac.circuit.n_garbler_inputs, ac.circuit.n_evaluator_inputs);
     let rec = ac.record_bytes();
     assert_eq!(gin.len(), n * ng);
     assert_eq!(ein.len(), n * ne);
@@ -175,17 +175,14 @@ pub fn garble_batch(
         for g in 0..fast / LANES {
             let i = i0 + g * LANES;
             let (cur, next) = recs[g * LANES * rec..fast * rec].split_at_mut(LANES * rec);
-            let ahead = ahead(&gin[..(i0 + fast) * ng], &ein[..(i0 + fast) * ne], &next[..next.len().min(LANES * rec)], i + LANES, ng, ne);
+            let ahead = ahead(ac, &gin[..(i0 + fast) * ng], &ein[..(i0 + fast) * ne], next, i + LANES);
             let (gl, el) = (&gin[i * ng..(i + LANES) * ng], &ein[i * ne..(i + LANES) * ne]);
             let rs = &mut rs[g * LANES..(g + 1) * LANES];
             super::lockstep::garble_relus(ac, delta, first_id + i as u64, gl, el, cur, rs, ahead);
         }
         for (g, (recs, rs)) in recs[fast * rec..].chunks_mut(LANES * rec).zip(rs[fast..].chunks_mut(LANES)).enumerate() {
             let (i, lanes) = (i0 + fast + g * LANES, rs.len());
-            let ids: Vec<u64> = (0..lanes as u64).map(|j| first_id + i as u64 + j).collect();
-            let gl = instance_major(&gin[i * ng..(i + lanes) * ng], lanes, ng);
-            let el = instance_major(&ein[i * ne..(i + lanes) * ne], lanes, ne);
-            let mut out = vec![Label::default(); lanes * nout];
+            let (ids, gl, el, mut out) = interpreter_group(ac, first_id, gin, ein, i, lanes);
             let (tables, cts) = recs.split_at_mut(lanes * ac.and_bytes());
             garble_lanes(&ac.circuit, delta, &ids, &gl, &el, tables, Layout::interleaved(AND_TABLE_BYTES, lanes), &mut out);
             ac.garble_outputs(&out, delta, &ids, cts, rs);
@@ -197,7 +194,7 @@ pub fn garble_batch(
 /// `V = R_sum + Σ z_o w_o mod 2^l` per instance (times the scale bit if the circuit is scaled).
 pub fn evaluate_batch(ac: &ArithCircuit, first_id: u64, gin: &[Label], ein: &[Label], records: &[u8], v: &mut [u64]) {
     let n = v.len();
-    let (ng, ne, nout) = (ac.circuit.n_garbler_inputs, ac.circuit.n_evaluator_inputs, ac.circuit.outputs.len());
+    let (ng, ne) = (ac.circuit.n_garbler_inputs, ac.circuit.n_evaluator_inputs);
     let rec = ac.record_bytes();
     assert_eq!(gin.len(), n * ng);
     assert_eq!(ein.len(), n * ne);
@@ -209,17 +206,14 @@ pub fn evaluate_batch(ac: &ArithCircuit, first_id: u64, gin: &[Label], ein: &[La
         for g in 0..fast / LANES {
             let i = i0 + g * LANES;
             let (cur, next) = recs[g * LANES * rec..fast * rec].split_at(LANES * rec);
-            let ahead = ahead(&gin[..(i0 + fast) * ng], &ein[..(i0 + fast) * ne], &next[..next.len().min(LANES * rec)], i + LANES, ng, ne);
+            let ahead = ahead(ac, &gin[..(i0 + fast) * ng], &ein[..(i0 + fast) * ne], next, i + LANES);
             let (gl, el) = (&gin[i * ng..(i + LANES) * ng], &ein[i * ne..(i + LANES) * ne]);
             let vs = &mut vs[g * LANES..(g + 1) * LANES];
             super::lockstep::evaluate_relus(ac, first_id + i as u64, gl, el, cur, vs, ahead);
         }
         for (g, (recs, vs)) in recs[fast * rec..].chunks(LANES * rec).zip(vs[fast..].chunks_mut(LANES)).enumerate() {
             let (i, lanes) = (i0 + fast + g * LANES, vs.len());
-            let ids: Vec<u64> = (0..lanes as u64).map(|j| first_id + i as u64 + j).collect();
-            let gl = instance_major(&gin[i * ng..(i + lanes) * ng], lanes, ng);
-            let el = instance_major(&ein[i * ne..(i + lanes) * ne], lanes, ne);
-            let mut out = vec![Label::default(); lanes * nout];
+            let (ids, gl, el, mut out) = interpreter_group(ac, first_id, gin, ein, i, lanes);
             let (tables, cts) = recs.split_at(lanes * ac.and_bytes());
             evaluate_lanes(&ac.circuit, &ids, &gl, &el, tables, Layout::interleaved(AND_TABLE_BYTES, lanes), &mut out);
             ac.evaluate_outputs(&out, &ids, cts, vs);
@@ -227,12 +221,34 @@ pub fn evaluate_batch(ac: &ArithCircuit, first_id: u64, gin: &[Label], ein: &[La
     });
 }
 
+/// What the interpreters need for the `lanes` instances from batch instance `i`: circuit ids, input
+/// labels in instance-major order, and room for the output labels.
+fn interpreter_group(
+    ac: &ArithCircuit,
+    first_id: u64,
+    gin: &[Label],
+    ein: &[Label],
+    i: usize,
+    lanes: usize,
+) -> (Vec<u64>, Vec<Label>, Vec<Label>, Vec<Label>) {
+    let (ng, ne) = (ac.circuit.n_garbler_inputs, ac.circuit.n_evaluator_inputs);
+    let ids = (0..lanes as u64).map(|j| first_id + i as u64 + j).collect();
+    let gl = instance_major(&gin[i * ng..(i + lanes) * ng], lanes, ng);
+    let el = instance_major(&ein[i * ne..(i + lanes) * ne], lanes, ne);
+    (ids, gl, el, vec![Label::default(); lanes * ac.circuit.outputs.len()])
+}
+
 /// What the lock-step backends prefetch while they run one group: the next group of the task, whose
-/// records are `next` and whose labels start at instance `i` (all empty after the last group).
+/// records start `next` (the rest of the task's records) and whose labels start at instance `i`
+/// (all empty after the last group).
 #[cfg(target_arch = "x86_64")]
-fn ahead<'a>(gin: &'a [Label], ein: &'a [Label], next: &'a [u8], i: usize, ng: usize, ne: usize) -> super::lockstep::Ahead<'a> {
+fn ahead<'a>(ac: &ArithCircuit, gin: &'a [Label], ein: &'a [Label], next: &'a [u8], i: usize) -> super::lockstep::Ahead<'a> {
     let take = |l: &'a [Label], per: usize| l.get(i * per..(i + LANES) * per).unwrap_or(&[]);
-    super::lockstep::Ahead { records: next, gin: take(gin, ng), ein: take(ein, ne) }
+    super::lockstep::Ahead {
+        records: &next[..next.len().min(LANES * ac.record_bytes())],
+        gin: take(gin, ac.circuit.n_garbler_inputs),
+        ein: take(ein, ac.circuit.n_evaluator_inputs),
+    }
 }
 
 /// Instances per parallel task: eight groups, run one after the other so that each prefetches the next.

@@ -45,25 +45,31 @@ impl Keys {
         }
     }
 
-    /// `π(y) ⊕ y` on every block of `N` registers, each given as `y ⊕ k0` (AES's first round-key
-    /// addition is folded into the hash input, see [`Common::hash_in`]).
+    /// `π(y) ⊕ y` on every block of `M` wires' worth of registers, each given as `y ⊕ k0` (AES's
+    /// first round-key addition is folded into the hash input, see [`Common::hash_in`]).
     #[inline(always)]
-    fn mmo<const N: usize>(&self, s: &mut [X4; N]) {
+    fn mmo<const M: usize>(&self, s: &mut [Wire; M]) {
         // SAFETY: as in `new`.
         unsafe {
-            let mut x = [_mm512_setzero_si512(); N];
-            for i in 0..N {
-                x[i] = s[i].0;
-            }
-            for key in &self.0[1..10] {
-                for v in x.iter_mut() {
-                    *v = _mm512_aesenc_epi128(*v, *key);
+            let mut x = [[_mm512_setzero_si512(); 4]; M];
+            for (xm, sm) in x.iter_mut().zip(s.iter()) {
+                for (v, y) in xm.iter_mut().zip(sm) {
+                    *v = y.0;
                 }
             }
-            for i in 0..N {
-                // π(y) ⊕ (y ⊕ k0) ⊕ k0 in one three-way XOR.
-                let last = _mm512_aesenclast_epi128(x[i], self.0[10]);
-                s[i] = X4(_mm512_ternarylogic_epi64::<0x96>(last, s[i].0, self.0[0]));
+            for key in &self.0[1..10] {
+                for xm in x.iter_mut() {
+                    for v in xm.iter_mut() {
+                        *v = _mm512_aesenc_epi128(*v, *key);
+                    }
+                }
+            }
+            for (xm, sm) in x.iter().zip(s.iter_mut()) {
+                for (v, y) in xm.iter().zip(sm.iter_mut()) {
+                    // π(y) ⊕ (y ⊕ k0) ⊕ k0 in one three-way XOR.
+                    let last = _mm512_aesenclast_epi128(*v, self.0[10]);
+                    *y = X4(_mm512_ternarylogic_epi64::<0x96>(last, y.0, self.0[0]));
+                }
             }
         }
     }
@@ -270,11 +276,11 @@ struct Common<'a> {
 
 impl<'a> Common<'a> {
     fn new(ac: &'a ArithCircuit, first_id: u64, gin: &'a [Label], ein: &'a [Label], records: &[u8], ahead: Ahead) -> Self {
-        let rk = super::hash::FixedKeyAes::get().round_keys().expect("checked by available()");
+        let keys = Keys::new(super::hash::FixedKeyAes::get().round_keys().expect("checked by available()"));
         Common {
-            keys: Keys::new(rk),
+            keys,
             base: {
-                let k0 = Keys::new(rk).0[0];
+                let k0 = keys.0[0];
                 let mut base = [X4::zero(); 4];
                 for (j, b) in base.iter_mut().enumerate() {
                     let id = |t: usize| (first_id + (4 * j + t) as u64) as i64;
@@ -354,8 +360,8 @@ impl<'a> Common<'a> {
 /// The garbler backend: wires carry zero-labels.
 struct Garbler<'a> {
     c: Common<'a>,
-    /// `H(P0)`, `H(P1)` of the scale bit for the current output pair, per word.
-    p_hash: [X4; 8],
+    /// `H(P0)`, `H(P1)` of the scale bit for the current output pair.
+    p_hash: [Wire; 2],
     delta: X4,
     sd: X4,
     records: &'a mut [u8],
@@ -385,20 +391,16 @@ impl Fancy for Garbler<'_> {
     #[inline(always)]
     fn and(&mut self, a: Wire, b: Wire) -> Wire {
         let (g, ya, yb) = self.c.next_and(&a, &b);
-        let mut h = [X4::zero(); 16];
-        for j in 0..4 {
-            h[4 * j] = ya[j];
-            h[4 * j + 1] = ya[j].xor(self.sd);
-            h[4 * j + 2] = yb[j];
-            h[4 * j + 3] = yb[j].xor(self.sd);
-        }
+        let sd = [self.sd; 4];
+        // The hashes of both labels of each input wire.
+        let mut h = [ya, xor(ya, sd), yb, xor(yb, sd)];
         self.c.keys.mmo(&mut h);
         let off = AND_TABLE_BYTES * LANES * g;
         prefetch(self.c.next.records, off, AND_TABLE_BYTES * LANES / 64);
         let mut out = a;
         for j in 0..4 {
             let (a0, b0) = (a[j], b[j]);
-            let (h0, h1, h2, h3) = (h[4 * j], h[4 * j + 1], h[4 * j + 2], h[4 * j + 3]);
+            let (h0, h1, h2, h3) = (h[0][j], h[1][j], h[2][j], h[3][j]);
             let (ka, kb) = (lsb_k(a0), lsb_k(b0));
             let tg = xor_if(h0.xor(h1), kb, self.delta);
             let te = h2.xor(h3).xor(a0);
@@ -414,27 +416,20 @@ impl Fancy for Garbler<'_> {
     #[inline(always)]
     fn scaled_output(&mut self, o: usize, y: Wire, p: Wire) {
         self.c.next_output(o);
+        let sd = [self.sd; 4];
         let hy = self.c.hash_in(&y, self.c.arith_index + o as u64);
-        let mut h = [X4::zero(); 8];
-        for j in 0..4 {
-            h[2 * j] = hy[j];
-            h[2 * j + 1] = hy[j].xor(self.sd);
-        }
-        if o.is_multiple_of(2) {
+        // The hashes of both labels of `y` (and, at even `o`, of the scale bit), in one AES pass.
+        let h = if o.is_multiple_of(2) {
             let hp = self.c.hash_in(&p, self.c.arith_index + (self.c.weights.len() + o / 2) as u64);
-            let mut both = [X4::zero(); 16];
-            for j in 0..4 {
-                both[2 * j] = h[2 * j];
-                both[2 * j + 1] = h[2 * j + 1];
-                both[8 + 2 * j] = hp[j];
-                both[8 + 2 * j + 1] = hp[j].xor(self.sd);
-            }
-            self.c.keys.mmo(&mut both);
-            h.copy_from_slice(&both[..8]);
-            self.p_hash.copy_from_slice(&both[8..]);
-        } else {
+            let mut h = [hy, xor(hy, sd), hp, xor(hp, sd)];
             self.c.keys.mmo(&mut h);
-        }
+            self.p_hash = [h[2], h[3]];
+            [h[0], h[1]]
+        } else {
+            let mut h = [hy, xor(hy, sd)];
+            self.c.keys.mmo(&mut h);
+            h
+        };
         let w = self.c.weights[o] as u128;
         // (α ‖ β) for r = 0 and r = 1.
         let (w_r0, w_r1) = (X4::splat(w << 64), X4::splat(w | ((w as u64).wrapping_neg() as u128) << 64));
@@ -442,14 +437,14 @@ impl Fancy for Garbler<'_> {
         prefetch(self.c.next.records, ab_at, SCALED_AB_BYTES * LANES / 64);
         prefetch(self.c.next.records, p_at, SCALED_P_BYTES * LANES / 64);
         for j in 0..4 {
-            let (h0, h1) = (h[2 * j], h[2 * j + 1]);
+            let (h0, h1) = (h[0][j], h[1][j]);
             let (ky, kr) = (lsb_k(y[j]), lsb_k(p[j]));
             let (even, odd) = (select(ky, h0, h1), select(ky, h1, h0));
             let wv = select(kr, w_r0, w_r1);
             let r_ab = sub64(even, keep_if(ky, wv));
             let t_ab = sub64(add64(r_ab, keep_if(!ky, wv)), odd).and(self.mask);
             store64(t_ab, self.records, ab_at + 4 * SCALED_AB_BYTES * j);
-            let (hp0, hp1) = (pair_half(self.p_hash[2 * j], o), pair_half(self.p_hash[2 * j + 1], o));
+            let (hp0, hp1) = (pair_half(self.p_hash[0][j], o), pair_half(self.p_hash[1][j], o));
             let (pe, po) = (select(kr, hp0, hp1), select(kr, hp1, hp0));
             let t_p = sub64(sub64(pe, high_to_low(r_ab)), po).and(self.mask);
             store_low_qwords(t_p, self.records, p_at + 4 * SCALED_P_BYTES * j);
@@ -461,8 +456,8 @@ impl Fancy for Garbler<'_> {
 /// The evaluator backend: wires carry active labels.
 struct Evaluator<'a> {
     c: Common<'a>,
-    /// `H(P)` of the scale bit for the current output pair, per word.
-    p_hash: [X4; 4],
+    /// `H(P)` of the scale bit for the current output pair.
+    p_hash: Wire,
     records: &'a [u8],
     v_sum: Wire,
 }
@@ -488,11 +483,7 @@ impl Fancy for Evaluator<'_> {
     #[inline(always)]
     fn and(&mut self, a: Wire, b: Wire) -> Wire {
         let (g, ya, yb) = self.c.next_and(&a, &b);
-        let mut h = [X4::zero(); 8];
-        for j in 0..4 {
-            h[2 * j] = ya[j];
-            h[2 * j + 1] = yb[j];
-        }
+        let mut h = [ya, yb];
         self.c.keys.mmo(&mut h);
         let off = AND_TABLE_BYTES * LANES * g;
         prefetch(self.c.next.records, off, AND_TABLE_BYTES * LANES / 64);
@@ -500,7 +491,7 @@ impl Fancy for Evaluator<'_> {
         for j in 0..4 {
             let (tg, te) = load_tables(self.records, off + 4 * AND_TABLE_BYTES * j);
             let (la, lb) = (a[j], b[j]);
-            out[j] = xor_if(xor_if(h[2 * j].xor(h[2 * j + 1]), lsb_k(la), tg), lsb_k(lb), te.xor(la));
+            out[j] = xor_if(xor_if(h[0][j].xor(h[1][j]), lsb_k(la), tg), lsb_k(lb), te.xor(la));
         }
         out
     }
@@ -509,16 +500,18 @@ impl Fancy for Evaluator<'_> {
     fn scaled_output(&mut self, o: usize, y: Wire, p: Wire) {
         self.c.next_output(o);
         let hy = self.c.hash_in(&y, self.c.arith_index + o as u64);
-        let mut h = hy;
-        if o.is_multiple_of(2) {
+        // The hash of `y`'s label (and, at even `o`, of the scale bit's), in one AES pass.
+        let h = if o.is_multiple_of(2) {
             let hp = self.c.hash_in(&p, self.c.arith_index + (self.c.weights.len() + o / 2) as u64);
-            let mut both = [hy[0], hy[1], hy[2], hy[3], hp[0], hp[1], hp[2], hp[3]];
-            self.c.keys.mmo(&mut both);
-            h.copy_from_slice(&both[..4]);
-            self.p_hash.copy_from_slice(&both[4..]);
-        } else {
+            let mut h = [hy, hp];
             self.c.keys.mmo(&mut h);
-        }
+            self.p_hash = h[1];
+            h[0]
+        } else {
+            let mut h = [hy];
+            self.c.keys.mmo(&mut h);
+            h[0]
+        };
         let (ab_at, p_at) = (self.c.ab_at(o), self.c.p_at(o));
         prefetch(self.c.next.records, ab_at, SCALED_AB_BYTES * LANES / 64);
         prefetch(self.c.next.records, p_at, SCALED_P_BYTES * LANES / 64);
@@ -572,7 +565,7 @@ unsafe fn garble_relus_vaes(
         sd: d.sigma(),
         records,
         r_sum: [X4::zero(); 4],
-        p_hash: [X4::zero(); 8],
+        p_hash: [[X4::zero(); 4]; 2],
         mask: X4::splat(ac.mask as u128 | (ac.mask as u128) << 64),
     };
     relu_gadget(&mut g, p);
