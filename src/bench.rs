@@ -67,7 +67,7 @@ pub fn run(cmd: &BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Linear(a) => {
             let classes = 10;
             let graph = Model::random(arch::build(&a.arch, classes)?, 0, None)?.fold_batchnorm().graph;
-            let layers = pi_protocol::inference::linear_layers(&graph)?;
+            let layers = pi_inference::linear_layers(&graph);
             let r = rt.block_on(pi_bench::linear::run_layers(&layers, a.ring_bits))?;
             let v = serde_json::to_value(&r)?;
             if a.json {

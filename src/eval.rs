@@ -63,7 +63,12 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
             "seconds": start.elapsed().as_secs_f64()});
         println!("{v}");
     } else {
-        println!("{engine}: {correct}/{} correct, accuracy {:.2}% ({:.1}s)", ds.len(), 100.0 * acc, start.elapsed().as_secs_f64());
+        println!(
+            "{engine}: {correct}/{} correct, accuracy {:.2}% ({:.1}s)",
+            ds.len(),
+            100.0 * acc,
+            start.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }

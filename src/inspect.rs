@@ -44,7 +44,7 @@ struct Report {
 
 pub fn run(a: &InspectArgs) -> anyhow::Result<()> {
     let model = format::load(&a.file).with_context(|| format!("loading {}", a.file.display()))?;
-    let shapes = model.graph.shapes()?;
+    let shapes = model.graph.shapes();
     let counts = model.relu_counts();
     let layers: Vec<Layer> = model
         .graph
@@ -95,7 +95,14 @@ pub fn run(a: &InspectArgs) -> anyhow::Result<()> {
             (Some(k), Some(t)) => format!("{k}/{t}"),
             _ => String::new(),
         };
-        println!("{:<28} {:<16} {:>16} {:>10} {:>18}", l.name, l.kind, format!("{:?}", l.output_shape), l.parameters, relu);
+        println!(
+            "{:<28} {:<16} {:>16} {:>10} {:>18}",
+            l.name,
+            l.kind,
+            format!("{:?}", l.output_shape),
+            l.parameters,
+            relu
+        );
     }
     println!(
         "total: {} parameters, {} of {} ReLUs kept ({:.2}%)",

@@ -1,10 +1,14 @@
 //! `pi`: the one command-line entry point. Each subcommand is a thin layer over a library crate.
 
+#![forbid(unsafe_code)]
+
 mod bench;
 mod eval;
 mod init;
 mod inspect;
 mod serve;
+#[cfg(feature = "train")]
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -36,13 +40,13 @@ enum Command {
     Demo(serve::DemoArgs),
     /// Train a network of a built-in architecture (SGD, best checkpoint by validation accuracy).
     #[cfg(feature = "train")]
-    Train(pi_linearizer::TrainArgs),
+    Train(train::TrainArgs),
     /// Learn which ReLUs to keep under a budget (SNL, or the random/layer baselines), finetune, export.
     #[cfg(feature = "train")]
-    Linearize(pi_linearizer::LinearizeArgs),
+    Linearize(train::LinearizeArgs),
     /// Import a PyTorch (.pt/.pth) or safetensors checkpoint of ResNet-18 / WRN-22-8 (SNL parameter names).
     #[cfg(feature = "train")]
-    Import(pi_linearizer::ImportArgs),
+    Import(train::ImportArgs),
     /// Benchmarks: `pi bench gc`, `pi bench linear`.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -54,7 +58,12 @@ fn main() {
     // warnings, so their reports stay readable. RUST_LOG overrides.
     let quiet = matches!(
         cli.command,
-        Command::Init(_) | Command::Inspect(_) | Command::Eval(_) | Command::Infer(_) | Command::Demo(_) | Command::Bench(_)
+        Command::Init(_)
+            | Command::Inspect(_)
+            | Command::Eval(_)
+            | Command::Infer(_)
+            | Command::Demo(_)
+            | Command::Bench(_)
     );
     let default = if quiet { "warn" } else { "info" };
     tracing_subscriber::fmt()
@@ -70,11 +79,11 @@ fn main() {
         Command::Demo(a) => serve::demo(&a),
         Command::Bench(c) => bench::run(&c),
         #[cfg(feature = "train")]
-        Command::Train(a) => pi_linearizer::train(&a),
+        Command::Train(a) => train::train(&a),
         #[cfg(feature = "train")]
-        Command::Linearize(a) => pi_linearizer::linearize(&a),
+        Command::Linearize(a) => train::linearize(&a),
         #[cfg(feature = "train")]
-        Command::Import(a) => pi_linearizer::import(&a),
+        Command::Import(a) => train::import(&a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

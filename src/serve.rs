@@ -1,11 +1,10 @@
 //! `pi serve`, `pi infer` and `pi demo`: the two parties over TCP.
 
-use anyhow::Context;
+use pi_channel::Link;
+use pi_client::{ClientOptions, Report};
 use pi_model::FixedPoint;
-use pi_protocol::channel::Shaping;
-use pi_server::{Limits, PrepareOptions, ReluBits};
+use pi_server::{Limits, PrepareOptions, ReluBits, Server, ServerOptions};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Fixed-point and circuit options shared by `serve` and `demo`.
@@ -64,7 +63,7 @@ pub struct ServeArgs {
 }
 
 pub fn serve(a: &ServeArgs) -> anyhow::Result<()> {
-    let model = Arc::new(pi_server::prepare(&a.model, &a.options.prepare())?);
+    let model = pi_server::prepare(&a.model, &a.options.prepare())?;
     let limits = Limits {
         max_frame: a.max_frame_mib << 20,
         read_timeout: Duration::from_secs(a.timeout_secs),
@@ -72,11 +71,12 @@ pub fn serve(a: &ServeArgs) -> anyhow::Result<()> {
         max_inferences_per_session: a.max_inferences,
     };
     runtime()?.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("binding {}", a.listen))?;
-        println!("listening on {}", listener.local_addr()?);
-        println!("model hash {}", model.public.hash);
-        tracing::info!(relus = model.public.kept_relus(), "serving {}", a.model.display());
-        pi_server::serve(listener, model, limits).await
+        let server = Server::bind(model, &ServerOptions { listen: a.listen.clone(), limits }).await?;
+        println!("listening on {}", server.local_addr());
+        println!("model hash {}", server.model().public.hash);
+        tracing::info!(relus = server.model().public.kept_relus(), "serving {}", a.model.display());
+        server.run().await;
+        Ok(())
     })
 }
 
@@ -84,7 +84,7 @@ pub fn serve(a: &ServeArgs) -> anyhow::Result<()> {
 #[derive(clap::Args, Clone)]
 pub struct LinkOptions {
     /// Emulated bandwidth, e.g. 1gbit, 100mbit (default: the real link, unshaped).
-    #[arg(long, value_parser = Shaping::parse_bandwidth)]
+    #[arg(long, value_parser = Link::parse_bandwidth)]
     bandwidth: Option<f64>,
     /// Emulated round-trip time in milliseconds (with or without --bandwidth).
     #[arg(long, default_value_t = 0.0)]
@@ -92,8 +92,8 @@ pub struct LinkOptions {
 }
 
 impl LinkOptions {
-    fn shaping(&self) -> Option<Shaping> {
-        (self.bandwidth.is_some() || self.rtt_ms > 0.0).then(|| Shaping {
+    fn link(&self) -> Option<Link> {
+        (self.bandwidth.is_some() || self.rtt_ms > 0.0).then(|| Link {
             bandwidth_bps: self.bandwidth.unwrap_or(f64::INFINITY),
             rtt: Duration::from_secs_f64(self.rtt_ms.max(0.0) / 1e3),
         })
@@ -133,13 +133,14 @@ pub fn infer(a: &InferArgs) -> anyhow::Result<()> {
         server: a.server.clone(),
         data: a.data.clone(),
         count: a.count,
-        expected_hash: a.expect_hash.clone(),
         reference_model: a.reference_model.clone(),
-        timeout: Duration::from_secs(a.timeout_secs),
-        progress: !a.json,
-        shaping: a.link.shaping(),
+        connection: ClientOptions {
+            expected_hash: a.expect_hash.clone(),
+            timeout: Duration::from_secs(a.timeout_secs),
+            link: a.link.link(),
+        },
     };
-    let report = runtime()?.block_on(pi_client::run(&opts))?;
+    let report = runtime()?.block_on(run_client(&opts, !a.json))?;
     emit(&report, a.json)
 }
 
@@ -175,40 +176,106 @@ pub fn demo(a: &DemoArgs) -> anyhow::Result<()> {
     if options.calibrate.is_none() && a.data.is_none() {
         options.calibrate = Some(data.clone());
     }
-    let model = Arc::new(pi_server::prepare(&model_path, &options)?);
-    let hash = model.public.hash.clone();
+    let model = pi_server::prepare(&model_path, &options)?;
     runtime()?.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
+        let server = Server::bind(model, &ServerOptions::default()).await?;
+        let addr = server.local_addr();
+        let (hash, relus) = (server.model().public.hash.clone(), server.model().public.kept_relus());
         if !a.json {
-            eprintln!("server on {addr} serving {} ({} garbled ReLUs per inference)", model_path.display(), model.public.kept_relus());
+            eprintln!("server on {addr} serving {} ({relus} garbled ReLUs per inference)", model_path.display());
         }
-        let server = tokio::spawn(pi_server::serve(listener, model, Limits::default()));
+        let server = tokio::spawn(server.run());
         let opts = pi_client::InferOptions {
             server: addr.to_string(),
             data,
             count: a.count,
-            expected_hash: Some(hash),
             reference_model: Some(model_path.clone()),
-            timeout: Duration::from_secs(120),
-            progress: !a.json,
-            shaping: a.link.shaping(),
+            connection: ClientOptions { expected_hash: Some(hash), link: a.link.link(), ..Default::default() },
         };
-        let report = pi_client::run(&opts).await;
+        let report = run_client(&opts, !a.json).await;
         server.abort();
         emit(&report?, a.json)
     })
 }
 
-fn emit(r: &pi_client::Report, json: bool) -> anyhow::Result<()> {
+/// Runs the client over a dataset with a progress bar on stderr (unless `show` is false).
+async fn run_client(opts: &pi_client::InferOptions, show: bool) -> anyhow::Result<Report> {
+    let bar = indicatif::ProgressBar::new(opts.count as u64);
+    if !show {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} private inference {pos}/{len} [{elapsed}] {wide_bar} {msg}")
+            .expect("template"),
+    );
+    let report = pi_client::run(opts, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })
+    .await;
+    bar.finish_and_clear();
+    Ok(report?)
+}
+
+fn emit(r: &Report, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string(r)?);
     } else {
-        pi_client::print_layers(r);
+        print_layers(r);
         println!();
-        pi_client::print_report(r);
+        print_report(r);
     }
     Ok(())
+}
+
+/// Per-layer table: what each conv/linear and ReLU layer cost (linearized ReLUs cost nothing).
+pub fn print_layers(r: &Report) {
+    println!(
+        "{:<22} {:<7} {:>15} {:>12} {:>12} {:>12} {:>6}",
+        "layer", "kind", "ReLUs kept/all", "offline MB", "online KB", "online ms", "round"
+    );
+    for l in &r.layers {
+        let relus = if l.kind == "relu" { format!("{}/{}", l.relus_kept, l.relus_total) } else { String::new() };
+        println!(
+            "{:<22} {:<7} {:>15} {:>12.3} {:>12.1} {:>12.2} {:>6}",
+            l.node,
+            l.kind,
+            relus,
+            l.offline_bytes as f64 / 1e6,
+            l.online_bytes as f64 / 1e3,
+            1e3 * l.online_s,
+            if l.online_round { "yes" } else { "-" }
+        );
+    }
+}
+
+/// Human-readable summary table.
+pub fn print_report(r: &Report) {
+    let pct = |v: Option<f64>| v.map(|x| format!("{:.2}%", 100.0 * x)).unwrap_or_else(|| "-".into());
+    let mb = |b: u64| format!("{:.2} MB", b as f64 / 1e6);
+    println!("server {}  model {}", r.server, r.model_hash.get(..16).unwrap_or(&r.model_hash));
+    println!("{:<34} {}", "inferences", r.inferences);
+    println!("{:<34} {}", "garbled ReLUs per inference", r.relus);
+    println!("{:<34} {}", "online rounds per inference", r.online_rounds);
+    println!("{:<34} p50 {:.3} s   p95 {:.3} s", "offline latency", r.offline_s_p50, r.offline_s_p95);
+    println!("{:<34} p50 {:.3} s   p95 {:.3} s", "online latency", r.online_s_p50, r.online_s_p95);
+    println!(
+        "{:<34} {} (client sent {}, received {})",
+        "offline bytes per inference",
+        mb(r.offline_bytes),
+        mb(r.offline_bytes_sent),
+        mb(r.offline_bytes_received)
+    );
+    println!(
+        "{:<34} {} (client sent {}, received {})",
+        "online bytes per inference",
+        mb(r.online_bytes),
+        mb(r.online_bytes_sent),
+        mb(r.online_bytes_received)
+    );
+    println!("{:<34} {}", "accuracy under PI", pct(r.accuracy_pi));
+    println!("{:<34} {}", "accuracy plaintext f32", pct(r.accuracy_f32));
+    println!("{:<34} {}", "agreement with fixed-point engine", pct(r.agreement_fixed_point));
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

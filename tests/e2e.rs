@@ -1,12 +1,12 @@
 //! Private inference end to end over loopback TCP: real `pi serve` / `pi infer` processes, and
 //! in-process parties on real sockets for the misbehaving-client cases.
 
+use pi_channel::{Channel, MsgKind};
+use pi_channel::{HEADER_LEN, PROTOCOL_VERSION};
+use pi_inference::Request;
+use pi_inference::client::ClientSession;
 use pi_model::engine::{RingModel, argmax};
 use pi_model::{FixedPoint, Model, arch, format};
-use pi_protocol::channel::{HEADER_LEN, PROTOCOL_VERSION};
-use pi_protocol::inference::Request;
-use pi_protocol::inference::client::ClientSession;
-use pi_protocol::{Channel, MsgKind};
 use pi_server::{Limits, PrepareOptions};
 use rand::{Rng, SeedableRng};
 use std::io::{BufRead, BufReader};
@@ -56,7 +56,10 @@ impl Drop for ServerProcess {
 
 fn init_model(dir: &Path, arch: &str, keep: &str) -> PathBuf {
     let path = dir.join(format!("{arch}.safetensors"));
-    let ok = pi().args(["init", "--arch", arch, "--mask-keep", keep, "--seed", "4", "--out", path.to_str().unwrap()]).status().unwrap();
+    let ok = pi()
+        .args(["init", "--arch", arch, "--mask-keep", keep, "--seed", "4", "--out", path.to_str().unwrap()])
+        .status()
+        .unwrap();
     assert!(ok.success());
     path
 }
@@ -87,11 +90,15 @@ fn pi_infer_against_pi_serve_matches_the_fixed_point_engine() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("model hash mismatch"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("model hash mismatch"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// An in-process server on a real loopback socket.
-async fn start_server(model: &Model, timeout: Duration) -> (String, Arc<pi_protocol::inference::server::ServedModel>) {
+async fn start_server(model: &Model, timeout: Duration) -> (String, Arc<pi_inference::server::ServedModel>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.safetensors");
     format::save(model, &path).unwrap();
@@ -237,7 +244,17 @@ fn demo_prints_the_report_as_json() {
     let out = pi().args(["demo", "--json", "--count", "3"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for key in ["inferences", "accuracy_pi", "accuracy_f32", "agreement_fixed_point", "offline_s_p50", "online_s_p50", "offline_bytes", "online_bytes", "relus"] {
+    for key in [
+        "inferences",
+        "accuracy_pi",
+        "accuracy_f32",
+        "agreement_fixed_point",
+        "offline_s_p50",
+        "online_s_p50",
+        "offline_bytes",
+        "online_bytes",
+        "relus",
+    ] {
         assert!(!r[key].is_null(), "missing {key} in {r}");
     }
     assert_eq!(r["inferences"], 3);

@@ -22,7 +22,9 @@ fn init_and_inspect_report_the_relu_counts() {
         assert_eq!(j["relus"].as_u64(), Some(relus), "{arch}");
         assert_eq!(j["relus_total"].as_u64(), Some(relus), "{arch}");
         let masked = format!("{arch}-10");
-        assert!(pi(&["init", "--arch", arch, "--mask-keep", "0.1", "--seed", "3", "--out", &p(&masked)]).status.success());
+        assert!(
+            pi(&["init", "--arch", arch, "--mask-keep", "0.1", "--seed", "3", "--out", &p(&masked)]).status.success()
+        );
         let kept = inspect_json(&p(&masked))["relus"].as_u64().unwrap() as f64;
         assert!((kept / relus as f64 - 0.1).abs() < 0.002, "{arch}: {kept}");
     }
@@ -37,7 +39,11 @@ fn bad_files_get_clear_errors() {
     std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
     let out = pi(&["inspect", path.to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("truncated file"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("truncated file"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = pi(&["init", "--mask-keep", "1.5", "--out", path.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--mask-keep"));
 }

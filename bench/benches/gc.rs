@@ -1,10 +1,10 @@
 //! Criterion micro-benchmarks: the fixed-key-AES hash, and garbling / evaluating a batch of ReLUs.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use pi_protocol::gc::batch::{evaluate_batch, garble_batch};
-use pi_protocol::gc::hash::FixedKeyAes;
-use pi_protocol::gc::relu::relu_arith_circuit;
-use pi_protocol::gc::{Delta, Label, ReluParams};
+use pi_gc::batch::{evaluate_batch, garble_batch};
+use pi_gc::hash::FixedKeyAes;
+use pi_gc::relu::relu_arith_circuit;
+use pi_gc::{Delta, Label, ReluParams};
 use rand::Rng;
 use std::hint::black_box;
 

@@ -1,7 +1,7 @@
 //! Profiling driver (not a benchmark): garbles or evaluates ReLU groups on one thread for a while.
-use pi_protocol::gc::batch::{evaluate_batch, garble_batch};
-use pi_protocol::gc::relu::relu_arith_circuit;
-use pi_protocol::gc::{Delta, Label, ReluParams};
+use pi_gc::batch::{evaluate_batch, garble_batch};
+use pi_gc::relu::relu_arith_circuit;
+use pi_gc::{Delta, Label, ReluParams};
 use rand::Rng;
 use std::time::Instant;
 
@@ -30,5 +30,9 @@ fn main() {
         reps += 1;
     }
     let s = t.elapsed().as_secs_f64();
-    println!("{mode}: {:.1} M AND/s (threads {})", (reps * n * ac.and_count()) as f64 / s / 1e6, rayon::current_num_threads());
+    println!(
+        "{mode}: {:.1} M AND/s (threads {})",
+        (reps * n * ac.and_count()) as f64 / s / 1e6,
+        rayon::current_num_threads()
+    );
 }

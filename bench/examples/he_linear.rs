@@ -2,10 +2,18 @@
 //! lists, repeats included): `cargo run --release -p pi-bench --example he_linear -- resnet18 [l] [--json]`.
 
 use pi_bench::linear::run_layers;
-use pi_protocol::he::{ConvShape, FcShape, LayerShape};
+use pi_he::{ConvShape, FcShape, LayerShape};
 
 fn conv(c: usize, h: usize, m: usize, k: usize, s: usize, p: usize) -> LayerShape {
-    LayerShape::Conv(ConvShape { in_channels: c, out_channels: m, height: h, width: h, kernel: k, stride: s, padding: p })
+    LayerShape::Conv(ConvShape {
+        in_channels: c,
+        out_channels: m,
+        height: h,
+        width: h,
+        kernel: k,
+        stride: s,
+        padding: p,
+    })
 }
 
 /// Every conv / FC layer of the network, in order, with repeats.
@@ -77,7 +85,10 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     println!("{arch}, l = {l}, setup {} bytes", report.setup_bytes);
-    println!("{:<20} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>8} ok", "layer", "enc s", "srv s", "dec s", "wall s", "c->s MB", "s->c MB", "plain s");
+    println!(
+        "{:<20} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>8} ok",
+        "layer", "enc s", "srv s", "dec s", "wall s", "c->s MB", "s->c MB", "plain s"
+    );
     for r in &report.layers {
         println!(
             "{:<20} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>10.2} {:>10.2} {:>8.3} {}",

@@ -1,14 +1,15 @@
 //! `pi bench gc`: garbled-circuit and OT throughput against the same run's raw fixed-key-AES bound,
 //! bytes per ReLU, and end-to-end ReLU layers over loopback TCP (both parties in separate tokio tasks).
 
+use crate::BenchError;
+use pi_channel::{Channel, TaskFailed};
+use pi_gc::batch::{evaluate_batch, garble_batch};
+use pi_gc::hash::FixedKeyAes;
+use pi_gc::ot::{CotReceiver, CotSender};
+use pi_gc::relu::{relu_arith_circuit, relu_circuit_with_mask};
+use pi_gc::relu_layer::{EvaluatorSession, GarblerSession, chunk_relus};
+use pi_gc::{Delta, Label, ReluParams};
 use pi_model::fixed::FixedPoint;
-use pi_protocol::Channel;
-use pi_protocol::gc::batch::{evaluate_batch, garble_batch};
-use pi_protocol::gc::hash::FixedKeyAes;
-use pi_protocol::gc::relu::{relu_arith_circuit, relu_circuit_with_mask};
-use pi_protocol::gc::{Delta, Label, ReluParams};
-use pi_protocol::ot::{CotReceiver, CotSender};
-use pi_protocol::relu_layer::{EvaluatorSession, GarblerSession, chunk_relus};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
@@ -138,10 +139,12 @@ fn aes_blocks(seconds: f64, permute: impl Fn(&mut [u128]) + Sync) -> (u64, f64) 
 const ROUNDS: usize = 3;
 
 /// Runs every measurement once.
-pub async fn run(opts: &GcBenchOptions) -> anyhow::Result<GcReport> {
+pub async fn run(opts: &GcBenchOptions) -> Result<GcReport, BenchError> {
     let p = opts.params();
-    p.validate().map_err(anyhow::Error::msg)?;
-    anyhow::ensure!(opts.relus > 0, "need at least one ReLU");
+    p.validate().map_err(BenchError::Params)?;
+    if opts.relus == 0 {
+        return Err(BenchError::Params("need at least one ReLU".into()));
+    }
     let n = opts.relus;
     let k = p.k as usize;
     let ac = relu_arith_circuit(&p);
@@ -167,7 +170,7 @@ pub async fn run(opts: &GcBenchOptions) -> anyhow::Result<GcReport> {
         let (mut aes_n, mut aes_s) = (0u64, 0.0);
         let (mut crate_n, mut crate_s) = (0u64, 0.0);
         for _ in 0..ROUNDS {
-            let (b, s) = aes_blocks(aes_seconds / ROUNDS as f64, |c| aes.permute_words(c));
+            let (b, s) = aes_blocks(aes_seconds / ROUNDS as f64, |c| aes.permute(c));
             aes_n += b;
             aes_s += s;
             let (b, s) = aes_blocks(aes_seconds / ROUNDS as f64, |c| aes.permute_with_crate(c));
@@ -188,14 +191,17 @@ pub async fn run(opts: &GcBenchOptions) -> anyhow::Result<GcReport> {
                     evaluate_batch(&ac2, lo as u64, g, e, recs, &mut v[..m]);
                     eval_s += t.elapsed().as_secs_f64();
                     // All-zero inputs: y = 0, so z = 0 and V must equal R.
-                    anyhow::ensure!(v[..m] == r[..m], "benchmark self-check failed: evaluation disagrees with garbling");
+                    if v[..m] != r[..m] {
+                        return Err(BenchError::Wrong("evaluation disagrees with garbling".into()));
+                    }
                 }
             }
         }
         let per_pass = |s: f64| (s / passes as f64).max(1e-9);
         Ok((aes_n as f64 / aes_s, crate_n as f64 / crate_s, per_pass(garble_s), per_pass(eval_s)))
     })
-    .await??;
+    .await
+    .map_err(TaskFailed::from)??;
 
     // OT extension throughput over an in-memory channel.
     let m = n * k;
@@ -205,14 +211,14 @@ pub async fn run(opts: &GcBenchOptions) -> anyhow::Result<GcReport> {
         let mut s = CotSender::setup(&mut a, &mut rng).await?;
         let t = Instant::now();
         s.extend(&mut a, m).await?;
-        anyhow::Ok(t.elapsed())
+        Ok::<_, BenchError>(t.elapsed())
     });
     let mut choices = vec![false; m];
     rand::rng().fill(&mut choices[..]);
     let mut rcv = CotReceiver::setup(&mut b, &mut StdRng::from_os_rng()).await?;
     let t = Instant::now();
     rcv.extend(&mut b, &choices).await?;
-    let ot_time = t.elapsed().max(sender.await??);
+    let ot_time = t.elapsed().max(sender.await.map_err(TaskFailed::from)??);
 
     // End to end over loopback TCP.
     let e2e = e2e(p, n).await?;
@@ -238,7 +244,7 @@ pub async fn run(opts: &GcBenchOptions) -> anyhow::Result<GcReport> {
         shift: p.shift,
         threads: rayon::current_num_threads(),
         garbled_and_per_relu: ac.n_and(),
-        scaled_outputs_per_relu: ac.weights.len(),
+        scaled_outputs_per_relu: ac.weights().len(),
         garble_hashes_per_relu: hashes.0,
         eval_hashes_per_relu: hashes.1,
         garble_aes_utilisation: nf / garble_s * hashes.0 as f64 / aes_rate,
@@ -268,7 +274,7 @@ struct E2e {
 }
 
 /// One ReLU layer of `n` through `relu_layer` over loopback TCP, checked against plaintext.
-async fn e2e(p: ReluParams, n: usize) -> anyhow::Result<E2e> {
+async fn e2e(p: ReluParams, n: usize) -> Result<E2e, BenchError> {
     let fp = FixedPoint { l: p.l, f: p.shift };
     let mut rng = StdRng::from_os_rng();
     let ys: Vec<i64> = (0..n).map(|_| rng.random::<i64>() >> (64 - p.k)).collect();
@@ -290,7 +296,7 @@ async fn e2e(p: ReluParams, n: usize) -> anyhow::Result<E2e> {
         let c1 = ch.counters();
         let out = off.online(&mut ch, &a2).await?;
         let c2 = ch.counters();
-        anyhow::Ok((out, c0, c1, c2))
+        Ok::<_, BenchError>((out, c0, c1, c2))
     });
     let client = tokio::spawn(async move {
         let stream = tokio::net::TcpStream::connect(addr).await?;
@@ -301,15 +307,19 @@ async fn e2e(p: ReluParams, n: usize) -> anyhow::Result<E2e> {
         let off = c.offline(&mut ch, p, &b, &r).await?;
         let t_off = Instant::now();
         let share = off.online(&mut ch).await?;
-        anyhow::Ok((share, t_setup, t_off, b, r))
+        Ok::<_, BenchError>((share, t_setup, t_off, b, r))
     });
-    let (out, c0, c1, c2) = server.await??;
+    let (out, c0, c1, c2) = server.await.map_err(TaskFailed::from)??;
     let end = Instant::now();
-    let (share, t_setup, t_off, b, r) = client.await??;
-    anyhow::ensure!(share == r, "client share must be its mask");
+    let (share, t_setup, t_off, b, r) = client.await.map_err(TaskFailed::from)??;
+    if share != r {
+        return Err(BenchError::Wrong("client share must be its mask".into()));
+    }
     for i in 0..n {
         let want = fp.truncate(fp.relu(a[i].wrapping_add(b[i]) & p.mask()), p.shift).wrapping_sub(r[i]) & p.mask();
-        anyhow::ensure!(out[i] == want, "ReLU {i}: got {:#x}, want {want:#x}", out[i]);
+        if out[i] != want {
+            return Err(BenchError::Wrong(format!("ReLU {i}: got {:#x}, want {want:#x}", out[i])));
+        }
     }
     let off = c1.since(c0);
     Ok(E2e {

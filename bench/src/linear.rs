@@ -2,8 +2,9 @@
 //! the client's encryption time, the server's compute time, the client's decryption time, bytes each
 //! way, and (for scale) the time of the same layer computed in plaintext over the ring.
 
-use pi_protocol::Channel;
-use pi_protocol::he::{HeClient, HeParams, HeServer, LayerShape, ring_linear};
+use crate::BenchError;
+use pi_channel::Channel;
+use pi_he::{HeClient, HeParams, HeServer, LayerShape, ring_linear};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -68,7 +69,7 @@ impl SplitMix {
 
 /// Runs HE preprocessing for each layer with random 13-bit signed weights and full-range masks,
 /// checks the shares, and reports times and bytes.
-pub async fn run_layers(layers: &[(String, LayerShape)], l: u32) -> anyhow::Result<LinearReport> {
+pub async fn run_layers(layers: &[(String, LayerShape)], l: u32) -> Result<LinearReport, BenchError> {
     let params = HeParams::new(l)?;
     let mask = if l == 64 { u64::MAX } else { (1u64 << l) - 1 };
     let start = Instant::now();
@@ -92,7 +93,7 @@ pub async fn run_layers(layers: &[(String, LayerShape)], l: u32) -> anyhow::Resu
         let ((c, ct), (s, st)) = (c?, s?);
         let moved = cch.counters().since(before);
         let t1 = Instant::now();
-        let plain = tokio::task::spawn_blocking({
+        let plain = pi_channel::blocking({
             let (shape, w, r) = (*shape, w.clone(), r.clone());
             move || ring_linear(&shape, &w, &r, l)
         })

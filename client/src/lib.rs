@@ -1,12 +1,16 @@
 //! The client party: connects to a server, runs private inferences on a dataset, and reports
 //! latency (p50/p95), bytes per phase and direction, rounds, ReLUs and accuracy.
+//!
+//! [`Client`] is the embeddable API (connect, infer one image, close); [`run`] classifies a dataset
+//! and builds a [`Report`]. Printing is the binary's business.
 
-use anyhow::Context;
+#![forbid(unsafe_code)]
+
+use pi_channel::{Channel, Link, Shaped};
+use pi_inference::{ClientSession, InferenceError, InferenceResult, LayerCost, PublicModel};
 use pi_model::data::{self, Dataset, Split};
 use pi_model::engine::{RingModel, argmax, run_f32};
 use pi_model::{Model, format};
-use pi_protocol::Channel;
-use pi_protocol::inference::client::{ClientSession, InferenceResult, LayerCost};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,17 +25,107 @@ pub struct InferOptions {
     pub data: PathBuf,
     /// Number of images (from the start of the set).
     pub count: usize,
-    /// Refuse a server whose model hash differs.
-    pub expected_hash: Option<String>,
     /// Plaintext model for the reference figures (f32 accuracy, fixed-point agreement). A real
     /// client does not have it; benchmarks and the demo do.
     pub reference_model: Option<PathBuf>,
-    /// Read timeout.
+    /// Read timeout, hash pin and emulated link of the connection.
+    pub connection: ClientOptions,
+}
+
+/// How to connect.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Refuse a server whose model hash differs.
+    pub expected_hash: Option<String>,
+    /// Longest wait for any message from the server.
     pub timeout: Duration,
-    /// Show a progress bar on stderr.
-    pub progress: bool,
-    /// Emulated link between the parties (applied on the client's side).
-    pub shaping: Option<pi_protocol::channel::Shaping>,
+    /// Emulated link between the parties (applied on the client's side), for LAN/WAN figures.
+    pub link: Option<Link>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self { expected_hash: None, timeout: Duration::from_secs(120), link: None }
+    }
+}
+
+/// Why the client failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connecting to {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error(transparent)]
+    Inference(#[from] InferenceError),
+    #[error("reading {path}: {source}")]
+    Data { path: PathBuf, source: pi_model::data::DataError },
+    #[error("{0} is neither a dataset directory, a CIFAR .bin nor an IDX images file")]
+    UnknownData(PathBuf),
+    #[error("images are {images:?}, the served model takes {model:?}")]
+    Shape { images: Vec<usize>, model: Vec<usize> },
+    #[error("loading reference {path}: {source}")]
+    Reference { path: PathBuf, source: pi_model::format::FormatError },
+    #[error(transparent)]
+    Engine(#[from] pi_model::engine::EngineError),
+    #[error("inference {index}: {source}")]
+    At { index: usize, source: InferenceError },
+}
+
+/// One private inference as a library user sees it.
+#[derive(Clone, Debug)]
+pub struct Inference {
+    /// Index of the largest logit.
+    pub prediction: usize,
+    /// Decoded logits.
+    pub logits: Vec<f32>,
+    /// Everything measured: ring logits, latency and bytes per phase, rounds, per-layer costs.
+    pub costs: InferenceResult,
+}
+
+/// A connected client session with a server.
+///
+/// ```no_run
+/// # async fn f(image: &[f32]) -> Result<(), pi_client::ClientError> {
+/// let mut client = pi_client::Client::connect("127.0.0.1:7700", &Default::default()).await?;
+/// let out = client.infer(image).await?;
+/// println!("class {} in {:?} online", out.prediction, out.costs.online);
+/// client.close().await?;
+/// # Ok(()) }
+/// ```
+pub struct Client {
+    ch: Channel,
+    session: ClientSession,
+}
+
+impl Client {
+    /// Connects, checks the greeting (version, and the hash when pinned) and sets up keys.
+    pub async fn connect(addr: &str, options: &ClientOptions) -> Result<Client, ClientError> {
+        let connect_err = |source| ClientError::Connect { addr: addr.to_string(), source };
+        let stream = TcpStream::connect(addr).await.map_err(connect_err)?;
+        stream.set_nodelay(true).map_err(connect_err)?;
+        let mut ch = match options.link {
+            Some(link) => Channel::new(Shaped::new(stream, link)),
+            None => Channel::new(stream),
+        }
+        .with_timeout(options.timeout);
+        let session = ClientSession::handshake(&mut ch, options.expected_hash.as_deref()).await?;
+        Ok(Client { ch, session })
+    }
+
+    /// What the server announced: architecture, masks, fixed-point parameters, hash.
+    pub fn public(&self) -> &PublicModel {
+        self.session.public()
+    }
+
+    /// Classifies one image (normalised, `C x H x W`) privately: offline then online phase.
+    pub async fn infer(&mut self, image: &[f32]) -> Result<Inference, ClientError> {
+        let costs = self.session.infer(&mut self.ch, image).await?;
+        Ok(Inference { prediction: argmax(&costs.logits), logits: costs.logits.clone(), costs })
+    }
+
+    /// Ends the session politely.
+    pub async fn close(mut self) -> Result<(), ClientError> {
+        Ok(self.session.close(&mut self.ch).await?)
+    }
 }
 
 /// One inference as reported.
@@ -86,17 +180,20 @@ pub struct Report {
 
 /// Loads images: a dataset directory (its test split), a CIFAR `.bin` batch, or an IDX images file
 /// with its labels file beside it (`*-images-idx3-ubyte[.gz]` / `*-labels-idx1-ubyte[.gz]`).
-pub fn load_images(path: &Path) -> anyhow::Result<Dataset> {
+pub fn load_images(path: &Path) -> Result<Dataset, ClientError> {
+    let data_err = |source| ClientError::Data { path: path.to_path_buf(), source };
     if path.is_dir() {
-        return Ok(data::load_dir(path, Split::Test)?);
+        return data::load_dir(path, Split::Test).map_err(data_err);
     }
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     if name.ends_with(".bin") {
-        return Ok(data::load_cifar_bin(&[path], false)?);
+        return data::load_cifar_bin(&[path], false).map_err(data_err);
     }
     let labels = path.with_file_name(name.replace("images-idx3", "labels-idx1"));
-    anyhow::ensure!(labels != path, "{} is neither a dataset directory, a CIFAR .bin nor an IDX images file", path.display());
-    Ok(data::load_idx(path, &labels)?)
+    if labels == path {
+        return Err(ClientError::UnknownData(path.to_path_buf()));
+    }
+    data::load_idx(path, &labels).map_err(data_err)
 }
 
 fn percentile(v: &[f64], p: f64) -> f64 {
@@ -113,42 +210,30 @@ struct Reference {
     ring: RingModel,
 }
 
-/// Connects, runs the inferences and builds the report.
-pub async fn run(opts: &InferOptions) -> anyhow::Result<Report> {
-    let ds = load_images(&opts.data).with_context(|| format!("reading {}", opts.data.display()))?;
+/// Connects, runs the inferences and builds the report; `progress(done, total)` is called after
+/// each inference.
+pub async fn run(opts: &InferOptions, mut progress: impl FnMut(usize, usize)) -> Result<Report, ClientError> {
+    let ds = load_images(&opts.data)?;
     let count = opts.count.min(ds.len());
-    let stream = TcpStream::connect(&opts.server).await.with_context(|| format!("connecting to {}", opts.server))?;
-    stream.set_nodelay(true)?;
-    let mut ch = Channel::new(stream).with_timeout(opts.timeout).with_shaping(opts.shaping);
-    let mut session = ClientSession::handshake(&mut ch, opts.expected_hash.as_deref()).await?;
-    let public = session.public().clone();
-    anyhow::ensure!(
-        ds.shape.as_slice() == public.graph.input_shape.as_slice(),
-        "images are {:?}, the served model takes {:?}",
-        ds.shape,
-        public.graph.input_shape
-    );
+    let mut client = Client::connect(&opts.server, &opts.connection).await?;
+    let public = client.public().clone();
+    if ds.shape.as_slice() != public.graph.input_shape.as_slice() {
+        return Err(ClientError::Shape { images: ds.shape.to_vec(), model: public.graph.input_shape.clone() });
+    }
     let reference = match &opts.reference_model {
         Some(p) => {
-            let model = format::load(p).with_context(|| format!("loading reference {}", p.display()))?.fold_batchnorm();
+            let model =
+                format::load(p).map_err(|source| ClientError::Reference { path: p.clone(), source })?.fold_batchnorm();
             let ring = RingModel::new(&model, public.fp)?;
             Some(Reference { model, ring })
         }
         None => None,
     };
-    let bar = indicatif::ProgressBar::new(count as u64);
-    if !opts.progress {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} private inference {pos}/{len} [{elapsed}] {wide_bar} {msg}")
-            .expect("template"),
-    );
     let mut records = Vec::with_capacity(count);
     let mut layers: Vec<LayerCost> = Vec::new();
     for i in 0..count {
         let x = ds.image(i);
-        let r: InferenceResult = session.infer(&mut ch, x).await.with_context(|| format!("inference {i}"))?;
+        let r = client.session.infer(&mut client.ch, x).await.map_err(|source| ClientError::At { index: i, source })?;
         let prediction = argmax(&r.logits);
         accumulate_layers(&mut layers, &r.layers, count);
         let (prediction_f32, agrees_fixed_point, max_logit_error) = match &reference {
@@ -176,17 +261,19 @@ pub async fn run(opts: &InferOptions) -> anyhow::Result<Report> {
             agrees_fixed_point,
             max_logit_error,
         });
-        bar.inc(1);
+        progress(i + 1, count);
     }
-    bar.finish_and_clear();
-    session.close(&mut ch).await?;
+    client.close().await?;
     Ok(summarise(&opts.server, &public.hash, records, layers))
 }
 
 /// Adds one inference's per-layer costs, divided by the number of inferences, into the average.
 fn accumulate_layers(avg: &mut Vec<LayerCost>, one: &[LayerCost], count: usize) {
     if avg.is_empty() {
-        *avg = one.iter().map(|l| LayerCost { offline_bytes: 0, online_bytes: 0, offline_s: 0.0, online_s: 0.0, ..l.clone() }).collect();
+        *avg = one
+            .iter()
+            .map(|l| LayerCost { offline_bytes: 0, online_bytes: 0, offline_s: 0.0, online_s: 0.0, ..l.clone() })
+            .collect();
     }
     let n = count.max(1);
     for (a, l) in avg.iter_mut().zip(one) {
@@ -203,7 +290,8 @@ fn summarise(server: &str, hash: &str, records: Vec<InferenceRecord>, layers: Ve
         let v: Vec<bool> = records.iter().filter_map(f).collect();
         (!v.is_empty()).then(|| v.iter().filter(|&&b| b).count() as f64 / v.len() as f64)
     };
-    let avg = |f: &dyn Fn(&InferenceRecord) -> u64| -> u64 { (records.iter().map(f).sum::<u64>() as f64 / n).round() as u64 };
+    let avg =
+        |f: &dyn Fn(&InferenceRecord) -> u64| -> u64 { (records.iter().map(f).sum::<u64>() as f64 / n).round() as u64 };
     let offline: Vec<f64> = records.iter().map(|r| r.offline_s).collect();
     let online: Vec<f64> = records.iter().map(|r| r.online_s).collect();
     Report {
@@ -228,51 +316,4 @@ fn summarise(server: &str, hash: &str, records: Vec<InferenceRecord>, layers: Ve
         layers,
         per_inference: records,
     }
-}
-
-/// Per-layer table: what each conv/linear and ReLU layer cost (linearized ReLUs cost nothing).
-pub fn print_layers(r: &Report) {
-    println!("{:<22} {:<7} {:>15} {:>12} {:>12} {:>12} {:>6}", "layer", "kind", "ReLUs kept/all", "offline MB", "online KB", "online ms", "round");
-    for l in &r.layers {
-        let relus = if l.kind == "relu" { format!("{}/{}", l.relus_kept, l.relus_total) } else { String::new() };
-        println!(
-            "{:<22} {:<7} {:>15} {:>12.3} {:>12.1} {:>12.2} {:>6}",
-            l.node,
-            l.kind,
-            relus,
-            l.offline_bytes as f64 / 1e6,
-            l.online_bytes as f64 / 1e3,
-            1e3 * l.online_s,
-            if l.online_round { "yes" } else { "-" }
-        );
-    }
-}
-
-/// Human-readable summary table.
-pub fn print_report(r: &Report) {
-    let pct = |v: Option<f64>| v.map(|x| format!("{:.2}%", 100.0 * x)).unwrap_or_else(|| "-".into());
-    let mb = |b: u64| format!("{:.2} MB", b as f64 / 1e6);
-    println!("server {}  model {}", r.server, r.model_hash.get(..16).unwrap_or(&r.model_hash));
-    println!("{:<34} {}", "inferences", r.inferences);
-    println!("{:<34} {}", "garbled ReLUs per inference", r.relus);
-    println!("{:<34} {}", "online rounds per inference", r.online_rounds);
-    println!("{:<34} p50 {:.3} s   p95 {:.3} s", "offline latency", r.offline_s_p50, r.offline_s_p95);
-    println!("{:<34} p50 {:.3} s   p95 {:.3} s", "online latency", r.online_s_p50, r.online_s_p95);
-    println!(
-        "{:<34} {} (client sent {}, received {})",
-        "offline bytes per inference",
-        mb(r.offline_bytes),
-        mb(r.offline_bytes_sent),
-        mb(r.offline_bytes_received)
-    );
-    println!(
-        "{:<34} {} (client sent {}, received {})",
-        "online bytes per inference",
-        mb(r.online_bytes),
-        mb(r.online_bytes_sent),
-        mb(r.online_bytes_received)
-    );
-    println!("{:<34} {}", "accuracy under PI", pct(r.accuracy_pi));
-    println!("{:<34} {}", "accuracy plaintext f32", pct(r.accuracy_f32));
-    println!("{:<34} {}", "agreement with fixed-point engine", pct(r.agreement_fixed_point));
 }

@@ -10,11 +10,8 @@ use crate::masked_relu::MaskValues;
 /// Keeps `budget` ReLUs chosen uniformly at random over all mask entries (pixel masks; with
 /// channel masks whole channels are drawn until the next one would not fit).
 pub fn random_masks(masks: &[MaskValues], budget: usize, seed: u64) -> Vec<Vec<f32>> {
-    let mut all: Vec<(usize, usize)> = masks
-        .iter()
-        .enumerate()
-        .flat_map(|(l, m)| (0..m.values.len()).map(move |i| (l, i)))
-        .collect();
+    let mut all: Vec<(usize, usize)> =
+        masks.iter().enumerate().flat_map(|(l, m)| (0..m.values.len()).map(move |i| (l, i))).collect();
     all.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
     let mut out: Vec<Vec<f32>> = masks.iter().map(|m| vec![0.0; m.values.len()]).collect();
     let mut used = 0;
@@ -38,10 +35,7 @@ pub fn layer_masks(masks: &[MaskValues], budget: usize) -> Vec<Vec<f32>> {
     let keep: Vec<bool> = if n <= 20 {
         let mut best: Option<(usize, u32)> = None;
         for set in 0u32..(1u32 << n) {
-            let total: usize = (0..n)
-                .filter(|&l| set >> l & 1 == 1)
-                .map(|l| sizes[l])
-                .sum();
+            let total: usize = (0..n).filter(|&l| set >> l & 1 == 1).map(|l| sizes[l]).sum();
             if total > budget {
                 continue;
             }
@@ -68,11 +62,7 @@ pub fn layer_masks(masks: &[MaskValues], budget: usize) -> Vec<Vec<f32>> {
         }
         keep
     };
-    masks
-        .iter()
-        .zip(keep)
-        .map(|(m, k)| vec![if k { 1.0 } else { 0.0 }; m.values.len()])
-        .collect()
+    masks.iter().zip(keep).map(|(m, k)| vec![if k { 1.0 } else { 0.0 }; m.values.len()]).collect()
 }
 
 #[cfg(test)]
@@ -83,11 +73,7 @@ mod tests {
         sizes
             .iter()
             .enumerate()
-            .map(|(i, &s)| MaskValues {
-                node: format!("r{i}"),
-                values: vec![1.0; s],
-                weight: 1,
-            })
+            .map(|(i, &s)| MaskValues { node: format!("r{i}"), values: vec![1.0; s], weight: 1 })
             .collect()
     }
 

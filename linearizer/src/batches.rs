@@ -3,11 +3,12 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use pi_model::data::{Dataset, Split, load_dir};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+use crate::error::{LinearizeError, Result};
 
 /// One batch on the host: pixels `n*C*H*W` and labels.
 pub struct Batch {
@@ -25,16 +26,12 @@ pub struct Splits {
 
 /// Loads `dir`, holds out `val_size` training images (the last ones of a fixed shuffle) for
 /// validation, and optionally keeps only the first `train_limit` of the rest.
-pub fn load_splits(
-    dir: &Path,
-    val_size: usize,
-    train_limit: Option<usize>,
-    seed: u64,
-) -> Result<Splits> {
-    let full = load_dir(dir, Split::Train)
-        .with_context(|| format!("loading the training split from {}", dir.display()))?;
-    let test = load_dir(dir, Split::Test)
-        .with_context(|| format!("loading the test split from {}", dir.display()))?;
+pub fn load_splits(dir: &Path, val_size: usize, train_limit: Option<usize>, seed: u64) -> Result<Splits> {
+    let load = |split, name| {
+        load_dir(dir, split).map_err(|source| LinearizeError::Dataset { split: name, dir: dir.to_path_buf(), source })
+    };
+    let full = load(Split::Train, "training")?;
+    let test = load(Split::Test, "test")?;
     let val_size = val_size.min(full.n / 5);
     let mut idx: Vec<usize> = (0..full.n).collect();
     idx.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x5eed));
@@ -43,11 +40,7 @@ pub fn load_splits(
     if let Some(limit) = train_limit {
         train_idx.truncate(limit.max(1));
     }
-    Ok(Splits {
-        train: full.subset(&train_idx),
-        val: full.subset(val_idx),
-        test,
-    })
+    Ok(Splits { train: full.subset(&train_idx), val: full.subset(val_idx), test })
 }
 
 /// True for 3x32x32 datasets (CIFAR), the only ones that get crop + flip augmentation.
@@ -60,10 +53,7 @@ pub fn is_cifar(ds: &Dataset) -> bool {
 pub fn epoch_batches(ds: &Dataset, batch: usize, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
     let mut idx: Vec<usize> = (0..ds.n).collect();
     idx.shuffle(rng);
-    idx.chunks(batch.max(1))
-        .filter(|c| c.len() >= 2)
-        .map(|c| c.to_vec())
-        .collect()
+    idx.chunks(batch.max(1)).filter(|c| c.len() >= 2).map(|c| c.to_vec()).collect()
 }
 
 /// Gathers the images `indices` into a batch, augmenting when asked.
@@ -78,11 +68,7 @@ pub fn gather(ds: &Dataset, indices: &[usize], augment: bool, rng: &mut ChaCha8R
             pixels.extend_from_slice(img);
         }
     }
-    Batch {
-        pixels,
-        labels: indices.iter().map(|&i| ds.label(i)).collect(),
-        n: indices.len(),
-    }
+    Batch { pixels, labels: indices.iter().map(|&i| ds.label(i)).collect(), n: indices.len() }
 }
 
 /// Random 4-pixel-padded crop and horizontal flip; the padding is zero in normalised space.

@@ -4,15 +4,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use anyhow::{Context, Result, bail};
 use burn::tensor::activation::relu;
 use burn::tensor::module::{avg_pool2d, batch_norm, batch_norm_train, conv2d};
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 use ndarray::{ArrayD, IxDyn};
 use pi_model::graph::{INPUT, param_shapes};
-use pi_model::{Granularity, Graph, Model, Op};
+use pi_model::{Granularity, Model, Op, ValidGraph};
 
+use crate::error::{LinearizeError, Result};
 use crate::masked_relu::{MaskValues, masked_relu};
 
 /// What a parameter is, which decides how optimisers treat it.
@@ -51,8 +51,7 @@ enum Act {
 
 /// A trainable network built from a graph, on a CPU (flex) device with autodiff.
 pub struct Net {
-    pub graph: Graph,
-    shapes: HashMap<String, Vec<usize>>,
+    pub graph: ValidGraph,
     params: Vec<Param>,
     index: HashMap<String, usize>,
     /// BatchNorm running mean and variance by node name (plain tensors, not trained).
@@ -85,65 +84,41 @@ impl Net {
     /// Builds the executor from a model (folded or not); every tensor the graph needs must be present.
     pub fn from_model(model: &Model, device: &Device) -> Result<Net> {
         let graph = model.graph.clone();
-        let shapes = graph.shapes().context("invalid graph")?;
-        let expected = graph.expected_tensors()?;
+        let expected = graph.expected_tensors();
         let mut params = Vec::new();
         let mut running: HashMap<String, Tensor<1>> = HashMap::new();
         for node in &graph.nodes {
-            for (p, shape) in param_shapes(node, &shapes[&node.inputs[0]]) {
+            for (p, shape) in param_shapes(node, graph.input_shape_of(node)) {
                 let name = format!("{}.{p}", node.name);
-                let t = model
-                    .tensors
-                    .get(&name)
-                    .with_context(|| format!("model lacks tensor {name}"))?;
+                let Some(t) = model.tensors.get(&name) else {
+                    return Err(LinearizeError::MissingTensor(name));
+                };
                 if t.shape() != expected[&name].as_slice() {
-                    bail!(
-                        "tensor {name} has shape {:?}, graph expects {:?}",
-                        t.shape(),
-                        expected[&name]
-                    );
+                    return Err(LinearizeError::TensorShape {
+                        got: t.shape().to_vec(),
+                        expected: expected[&name].clone(),
+                        name,
+                    });
                 }
                 let values: Vec<f32> = t.iter().copied().collect();
                 if values.iter().any(|v| !v.is_finite()) {
-                    bail!("tensor {name} holds non-finite values");
+                    return Err(LinearizeError::NonFinite(name));
                 }
                 if p == "running_mean" || p == "running_var" {
                     running.insert(name, to_flat(&device.clone().inner(), values));
                     continue;
                 }
-                let kind = if p == "mask" {
-                    ParamKind::Mask
-                } else {
-                    ParamKind::Weight
-                };
-                params.push(Param {
-                    name,
-                    shape,
-                    kind,
-                    value: to_flat(device, values),
-                    trainable: false,
-                });
+                let kind = if p == "mask" { ParamKind::Mask } else { ParamKind::Weight };
+                params.push(Param { name, shape, kind, value: to_flat(device, values), trainable: false });
             }
         }
         let mut stats = HashMap::new();
-        for node in graph
-            .nodes
-            .iter()
-            .filter(|n| matches!(n.op, Op::Batchnorm { .. }))
-        {
-            let mut take = |p: &str| {
-                running
-                    .remove(&format!("{}.{p}", node.name))
-                    .expect("validated above")
-            };
+        for node in graph.nodes.iter().filter(|n| matches!(n.op, Op::Batchnorm { .. })) {
+            let mut take = |p: &str| running.remove(&format!("{}.{p}", node.name)).expect("validated above");
             let mean = take("running_mean");
             stats.insert(node.name.clone(), (mean, take("running_var")));
         }
-        let index = params
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.name.clone(), i))
-            .collect();
+        let index = params.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect();
         let node_index = graph.index();
         let mut last_use = vec![0; graph.nodes.len()];
         for (j, n) in graph.nodes.iter().enumerate() {
@@ -155,7 +130,6 @@ impl Net {
         }
         let mut net = Net {
             graph,
-            shapes,
             params,
             index,
             stats,
@@ -181,11 +155,7 @@ impl Net {
             };
             p.trainable = t;
             let inner = p.value.clone().without_autodiff();
-            p.value = if t {
-                inner.autodiff().require_grad()
-            } else {
-                inner.autodiff()
-            };
+            p.value = if t { inner.autodiff().require_grad() } else { inner.autodiff() };
         }
         self.refresh_plain_relu();
     }
@@ -217,17 +187,12 @@ impl Net {
             .iter()
             .filter_map(|n| match n.op {
                 Op::Relu { granularity } => {
-                    let values =
-                        to_vec(&self.params[self.index[&format!("{}.mask", n.name)]].value);
+                    let values = to_vec(&self.params[self.index[&format!("{}.mask", n.name)]].value);
                     let weight = match granularity {
                         Granularity::Pixel => 1,
-                        Granularity::Channel => self.shapes[&n.inputs[0]][1..].iter().product(),
+                        Granularity::Channel => self.graph.input_shape_of(n)[1..].iter().product(),
                     };
-                    Some(MaskValues {
-                        node: n.name.clone(),
-                        values,
-                        weight,
-                    })
+                    Some(MaskValues { node: n.name.clone(), values, weight })
                 }
                 _ => None,
             })
@@ -236,27 +201,14 @@ impl Net {
 
     /// Replaces the masks (same order as [`Net::masks`]); they keep their trainability.
     pub fn set_masks(&mut self, masks: &[Vec<f32>]) {
-        let relus: Vec<String> = self
-            .graph
-            .nodes
-            .iter()
-            .filter(|n| matches!(n.op, Op::Relu { .. }))
-            .map(|n| n.name.clone())
-            .collect();
+        let relus: Vec<String> =
+            self.graph.nodes.iter().filter(|n| matches!(n.op, Op::Relu { .. })).map(|n| n.name.clone()).collect();
         assert_eq!(relus.len(), masks.len(), "one mask per ReLU node");
         for (name, values) in relus.iter().zip(masks) {
             let i = self.index[&format!("{name}.mask")];
-            assert_eq!(
-                values.len(),
-                self.params[i].value.dims()[0],
-                "mask length of {name}"
-            );
+            assert_eq!(values.len(), self.params[i].value.dims()[0], "mask length of {name}");
             let t = to_flat(&self.device, values.clone());
-            self.params[i].value = if self.params[i].trainable {
-                t.require_grad()
-            } else {
-                t
-            };
+            self.params[i].value = if self.params[i].trainable { t.require_grad() } else { t };
         }
         self.refresh_plain_relu();
     }
@@ -273,7 +225,7 @@ impl Net {
             let p = &self.params[self.index[&format!("{}.mask", node.name)]];
             let mut s = p.value.clone().abs().sum();
             if granularity == Granularity::Channel {
-                let per: usize = self.shapes[&node.inputs[0]][1..].iter().product();
+                let per: usize = self.graph.input_shape_of(node)[1..].iter().product();
                 s = s.mul_scalar(per as f64);
             }
             total = Some(match total {
@@ -293,18 +245,12 @@ impl Net {
     }
 
     fn opt_param(&self, name: &str, mode: Mode) -> Option<Tensor<1>> {
-        self.index
-            .contains_key(name)
-            .then(|| self.param(name, mode))
+        self.index.contains_key(name).then(|| self.param(name, mode))
     }
 
     /// Makes an input batch `[N, C, H, W]` from host pixels on the right device for `mode`.
     pub fn input(&self, pixels: Vec<f32>, n: usize, mode: Mode) -> Tensor<4> {
-        let [c, h, w] = [
-            self.graph.input_shape[0],
-            self.graph.input_shape[1],
-            self.graph.input_shape[2],
-        ];
+        let [c, h, w] = [self.graph.input_shape[0], self.graph.input_shape[1], self.graph.input_shape[2]];
         let dev = match mode {
             Mode::Train => self.device.clone(),
             Mode::Eval => self.device.clone().inner(),
@@ -333,27 +279,11 @@ impl Net {
             let a = get(&acts, &node.inputs[0]);
             let w = |p: &str| format!("{}.{p}", node.name);
             let out = match &node.op {
-                Op::Conv2d {
-                    in_channels,
-                    out_channels,
-                    kernel,
-                    stride,
-                    padding,
-                    ..
-                } => {
-                    let weight = self.param(&w("weight"), mode).reshape([
-                        *out_channels,
-                        *in_channels,
-                        *kernel,
-                        *kernel,
-                    ]);
+                Op::Conv2d { in_channels, out_channels, kernel, stride, padding, .. } => {
+                    let weight =
+                        self.param(&w("weight"), mode).reshape([*out_channels, *in_channels, *kernel, *kernel]);
                     let bias = self.opt_param(&w("bias"), mode);
-                    Act::Map(conv2d(
-                        map(a),
-                        weight,
-                        bias,
-                        ConvOptions::new([*stride; 2], [*padding; 2], [1, 1], 1),
-                    ))
+                    Act::Map(conv2d(map(a), weight, bias, ConvOptions::new([*stride; 2], [*padding; 2], [1, 1], 1)))
                 }
                 Op::Batchnorm { eps, .. } => {
                     let gamma = self.param(&w("weight"), mode);
@@ -364,17 +294,12 @@ impl Net {
                             let [n, _, h, wd] = xin.dims();
                             let out = batch_norm_train(xin, gamma, beta, *eps as f64);
                             let count = (n * h * wd) as f64;
-                            let unbias = if count > 1.0 {
-                                count / (count - 1.0)
-                            } else {
-                                1.0
-                            };
+                            let unbias = if count > 1.0 { count / (count - 1.0) } else { 1.0 };
                             let m = self.bn_momentum;
                             let (rm, rv) = self.stats.get_mut(&node.name).expect("bn stats");
-                            *rm = rm.clone().mul_scalar(1.0 - m)
-                                + out.mean.without_autodiff().mul_scalar(m);
-                            *rv = rv.clone().mul_scalar(1.0 - m)
-                                + out.variance.without_autodiff().mul_scalar(m * unbias);
+                            *rm = rm.clone().mul_scalar(1.0 - m) + out.mean.without_autodiff().mul_scalar(m);
+                            *rv =
+                                rv.clone().mul_scalar(1.0 - m) + out.variance.without_autodiff().mul_scalar(m * unbias);
                             Act::Map(out.output)
                         }
                         Mode::Eval => {
@@ -383,11 +308,7 @@ impl Net {
                         }
                     }
                 }
-                Op::Linear {
-                    in_features,
-                    out_features,
-                    ..
-                } => {
+                Op::Linear { in_features, out_features, .. } => {
                     let x2 = match a {
                         Act::Flat(t) => t,
                         Act::Map(t) => {
@@ -395,9 +316,7 @@ impl Net {
                             t.reshape([n, c * h * wd])
                         }
                     };
-                    let weight = self
-                        .param(&w("weight"), mode)
-                        .reshape([*out_features, *in_features]);
+                    let weight = self.param(&w("weight"), mode).reshape([*out_features, *in_features]);
                     let mut y = x2.matmul(weight.transpose());
                     if let Some(b) = self.opt_param(&w("bias"), mode) {
                         y = y + b.reshape([1, *out_features]);
@@ -417,10 +336,9 @@ impl Net {
                     (Act::Flat(p), Act::Flat(q)) => Act::Flat(p + q),
                     _ => panic!("node {}: adds a feature map and a flat vector", node.name),
                 },
-                Op::AvgPool { kernel, stride } => Act::Map(avg_pool2d(
-                    map(a),
-                    AvgPoolOptions::new([*kernel; 2]).with_stride([*stride; 2]),
-                )),
+                Op::AvgPool { kernel, stride } => {
+                    Act::Map(avg_pool2d(map(a), AvgPoolOptions::new([*kernel; 2]).with_stride([*stride; 2])))
+                }
                 Op::GlobalAvgPool => {
                     let t = map(a);
                     let [n, c, _, _] = t.dims();
@@ -456,30 +374,19 @@ impl Net {
         }
         for (node, (m, v)) in &self.stats {
             let c = m.dims()[0];
-            tensors.insert(
-                format!("{node}.running_mean"),
-                ArrayD::from_shape_vec(IxDyn(&[c]), to_vec(m)).expect("shape"),
-            );
-            tensors.insert(
-                format!("{node}.running_var"),
-                ArrayD::from_shape_vec(IxDyn(&[c]), to_vec(v)).expect("shape"),
-            );
+            tensors
+                .insert(format!("{node}.running_mean"), ArrayD::from_shape_vec(IxDyn(&[c]), to_vec(m)).expect("shape"));
+            tensors
+                .insert(format!("{node}.running_var"), ArrayD::from_shape_vec(IxDyn(&[c]), to_vec(v)).expect("shape"));
         }
-        Model {
-            graph: self.graph.clone(),
-            tensors,
-        }
+        Model { graph: self.graph.clone(), tensors }
     }
 
     /// Copies parameters and statistics from another executor of the same graph (best-checkpoint restore).
     pub fn load_state(&mut self, other: &Net) {
         for (p, q) in self.params.iter_mut().zip(&other.params) {
             let inner = q.value.clone().without_autodiff();
-            p.value = if p.trainable {
-                inner.autodiff().require_grad()
-            } else {
-                inner.autodiff()
-            };
+            p.value = if p.trainable { inner.autodiff().require_grad() } else { inner.autodiff() };
         }
         self.stats = other.stats.clone();
         self.refresh_plain_relu();
@@ -500,7 +407,6 @@ impl Net {
             .collect();
         Net {
             graph: self.graph.clone(),
-            shapes: self.shapes.clone(),
             params,
             index: self.index.clone(),
             stats: self.stats.clone(),
@@ -515,12 +421,14 @@ impl Net {
 /// Rewrites every ReLU of `model` to `granularity` with all masks set to 1 (SNL's start).
 pub fn with_full_masks(model: &Model, granularity: Granularity) -> Result<Model> {
     let mut m = model.clone();
-    for node in &mut m.graph.nodes {
+    let mut graph = model.graph.graph().clone();
+    for node in &mut graph.nodes {
         if let Op::Relu { granularity: g } = &mut node.op {
             *g = granularity;
         }
     }
-    let expected = m.graph.expected_tensors()?;
+    m.graph = graph.validate()?;
+    let expected = m.graph.expected_tensors();
     for (name, shape) in &expected {
         if name.ends_with(".mask") {
             m.tensors.insert(name.clone(), ArrayD::ones(IxDyn(shape)));
@@ -538,9 +446,7 @@ mod tests {
 
     fn random_input(n: usize, len: usize, seed: u64) -> Vec<f32> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        (0..n * len)
-            .map(|_| rng.random_range(-1.0f32..1.0))
-            .collect()
+        (0..n * len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
     }
 
     /// Eval mode with running statistics must compute what the runtime's f32 engine computes on
@@ -559,14 +465,8 @@ mod tests {
             let folded = net.to_model().fold_batchnorm();
             for i in 0..n {
                 let reference = run_f32(&folded, &pixels[i * len..(i + 1) * len]).unwrap();
-                for (a, b) in logits[i * classes..(i + 1) * classes]
-                    .iter()
-                    .zip(&reference)
-                {
-                    assert!(
-                        (a - b).abs() <= 1e-3 * (1.0 + b.abs()),
-                        "{arch}: {a} vs {b}"
-                    );
+                for (a, b) in logits[i * classes..(i + 1) * classes].iter().zip(&reference) {
+                    assert!((a - b).abs() <= 1e-3 * (1.0 + b.abs()), "{arch}: {a} vs {b}");
                 }
             }
         }
@@ -575,32 +475,17 @@ mod tests {
     #[test]
     fn channel_masks_and_round_trip() {
         let graph = arch::build("small-cnn", 10).unwrap();
-        let model = with_full_masks(
-            &Model::random(graph, 3, None).unwrap(),
-            Granularity::Channel,
-        )
-        .unwrap();
+        let model = with_full_masks(&Model::random(graph, 3, None).unwrap(), Granularity::Channel).unwrap();
         let dev = default_device();
         let mut net = Net::from_model(&model, &dev).unwrap();
         let masks = net.masks();
         assert_eq!(masks[0].values.len(), 16);
         assert_eq!(masks[0].weight, 28 * 28);
-        let zeroed: Vec<Vec<f32>> = masks
-            .iter()
-            .map(|m| {
-                m.values
-                    .iter()
-                    .enumerate()
-                    .map(|(i, _)| (i % 2) as f32)
-                    .collect()
-            })
-            .collect();
+        let zeroed: Vec<Vec<f32>> =
+            masks.iter().map(|m| m.values.iter().enumerate().map(|(i, _)| (i % 2) as f32).collect()).collect();
         net.set_masks(&zeroed);
         let back = net.to_model();
-        assert_eq!(
-            back.tensors.keys().collect::<Vec<_>>(),
-            model.tensors.keys().collect::<Vec<_>>()
-        );
+        assert_eq!(back.tensors.keys().collect::<Vec<_>>(), model.tensors.keys().collect::<Vec<_>>());
         let folded = back.fold_batchnorm();
         let len = 28 * 28;
         let pixels = random_input(2, len, 5);
@@ -616,8 +501,7 @@ mod tests {
     fn mask_l1_counts_relus_at_both_granularities() {
         let model = Model::random(arch::build("small-cnn", 10).unwrap(), 3, None).unwrap();
         for g in [Granularity::Pixel, Granularity::Channel] {
-            let net =
-                Net::from_model(&with_full_masks(&model, g).unwrap(), &default_device()).unwrap();
+            let net = Net::from_model(&with_full_masks(&model, g).unwrap(), &default_device()).unwrap();
             assert_eq!(to_vec(&net.mask_l1())[0], 20_384.0, "{g:?}");
         }
     }
@@ -628,6 +512,7 @@ mod tests {
         let mut model = Model::random(graph, 3, None).unwrap();
         model.tensors.remove("conv2.weight");
         let err = Net::from_model(&model, &default_device()).err().unwrap();
-        assert!(err.to_string().contains("conv2.weight"), "{err}");
+        assert!(matches!(&err, LinearizeError::MissingTensor(n) if n == "conv2.weight"), "{err}");
+        assert_eq!(err.to_string(), "model lacks tensor conv2.weight");
     }
 }

@@ -6,46 +6,52 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow, bail};
 use burn_store::pytorch_reader::{DType as PtDType, PytorchReader};
-use clap::Args;
 use ndarray::{ArrayD, IxDyn};
 use pi_model::{Model, arch};
 use safetensors::{Dtype, SafeTensors};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::report::emit;
+use crate::error::{CheckpointError, LinearizeError, Result};
+use crate::report::write_report;
 
-/// Convert a PyTorch checkpoint of a CIFAR ResNet-18 or WRN-22-8 into the model format.
-#[derive(Args, Clone, Debug)]
-pub struct ImportArgs {
+/// What `import` does: which checkpoint, of which architecture, into which model file.
+/// [`ImportConfig::new`] gives the defaults of `pi import`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImportConfig {
     /// Architecture of the checkpoint: resnet18 (SNL's ResNet18_IN, no stem ReLU) or wrn22-8.
-    #[arg(long)]
     pub arch: String,
-    /// Checkpoint: .pt/.pth/.pth.tar (torch.save of a state_dict, or a dict holding one under
-    /// `state_dict`; a DataParallel `module.` prefix is removed) or .safetensors.
-    #[arg(long)]
+    /// Checkpoint: .pt/.pth/.pth.tar (a `torch.save`d state_dict, possibly under `state_dict`
+    /// and with DataParallel's `module.` prefix) or .safetensors.
     pub checkpoint: PathBuf,
-    /// Output model file (.safetensors, the project's model format).
-    #[arg(long)]
+    /// Output model file (.safetensors).
     pub out: PathBuf,
-    /// Number of classes (default: read from the classifier weight).
-    #[arg(long)]
+    /// Number of classes; `None`: read from the classifier weight.
     pub classes: Option<usize>,
     /// SNL alphas above this value become ReLUs (mask 1), the others identities (mask 0).
-    #[arg(long, default_value_t = 0.01)]
     pub threshold: f32,
-    /// Fold BatchNorm into the convolutions in the written file (the runtime folds on load
-    /// anyway; unfolded files can be trained further with `linearize`).
-    #[arg(long)]
+    /// Write the inference form (BatchNorm folded); unfolded files can be trained further by
+    /// `linearize`.
     pub fold: bool,
-    /// Write the JSON report to this file.
-    #[arg(long)]
+    /// Also write the JSON report to this file.
     pub report: Option<PathBuf>,
-    /// Print the JSON report on stdout.
-    #[arg(long)]
-    pub json: bool,
+}
+
+impl ImportConfig {
+    /// The defaults of `pi import`: class count from the checkpoint, alpha threshold 0.01,
+    /// BatchNorm kept unfolded, no report file.
+    pub fn new(arch: impl Into<String>, checkpoint: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Self {
+        ImportConfig {
+            arch: arch.into(),
+            checkpoint: checkpoint.into(),
+            out: out.into(),
+            classes: None,
+            threshold: 0.01,
+            fold: false,
+            report: None,
+        }
+    }
 }
 
 /// JSON report of `import`.
@@ -94,23 +100,15 @@ fn f16_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
-fn decode(name: &str, bytes: &[u8], kind: &str) -> Result<Vec<f32>> {
+fn decode(name: &str, bytes: &[u8], kind: &'static str) -> Result<Vec<f32>> {
     let chunks = |n: usize| bytes.chunks_exact(n);
     Ok(match kind {
-        "f32" => chunks(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect(),
-        "f64" => chunks(8)
-            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
-            .collect(),
-        "f16" => chunks(2)
-            .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
-            .collect(),
-        "bf16" => chunks(2)
-            .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
-            .collect(),
+        "f32" => chunks(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect(),
+        "f64" => chunks(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32).collect(),
+        "f16" => chunks(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
+        "bf16" => chunks(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect(),
         other => {
-            bail!("tensor {name} has type {other}; only floating-point parameters can be imported")
+            return Err(LinearizeError::TensorType { name: name.to_string(), dtype: other });
         }
     })
 }
@@ -118,8 +116,8 @@ fn decode(name: &str, bytes: &[u8], kind: &str) -> Result<Vec<f32>> {
 /// Reads every tensor of a PyTorch checkpoint; integer tensors (e.g. BatchNorm's
 /// `num_batches_tracked`) are skipped.
 fn read_pytorch(path: &Path) -> Result<BTreeMap<String, Raw>> {
-    let reader = PytorchReader::new(path)
-        .map_err(|e| anyhow!("{}: not a readable PyTorch checkpoint: {e}", path.display()))?;
+    let reader =
+        PytorchReader::new(path).map_err(|reason| LinearizeError::NotPytorch { path: path.to_path_buf(), reason })?;
     let mut out = BTreeMap::new();
     for (name, t) in reader.tensors() {
         let kind = match t.dtype() {
@@ -129,23 +127,18 @@ fn read_pytorch(path: &Path) -> Result<BTreeMap<String, Raw>> {
             PtDType::BF16 => "bf16",
             _ => continue,
         };
-        let bytes = t.read().with_context(|| format!("reading tensor {name}"))?;
-        out.insert(
-            name.clone(),
-            Raw {
-                shape: t.shape().to_vec(),
-                data: decode(name, &bytes, kind)?,
-            },
-        );
+        let bytes = t.read().map_err(|source| LinearizeError::ReadTensor { name: name.clone(), source })?;
+        out.insert(name.clone(), Raw { shape: t.shape().to_vec(), data: decode(name, &bytes, kind)? });
     }
     Ok(out)
 }
 
 /// Reads every floating-point tensor of a safetensors file.
 fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Raw>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes =
+        std::fs::read(path).map_err(|source| LinearizeError::ReadCheckpoint { path: path.to_path_buf(), source })?;
     let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
+        .map_err(|reason| LinearizeError::NotSafetensors { path: path.to_path_buf(), reason })?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
         let kind = match view.dtype() {
@@ -155,13 +148,7 @@ fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Raw>> {
             Dtype::BF16 => "bf16",
             _ => continue,
         };
-        out.insert(
-            name.clone(),
-            Raw {
-                shape: view.shape().to_vec(),
-                data: decode(&name, view.data(), kind)?,
-            },
-        );
+        out.insert(name.clone(), Raw { shape: view.shape().to_vec(), data: decode(&name, view.data(), kind)? });
     }
     Ok(out)
 }
@@ -171,20 +158,15 @@ fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Raw>> {
 fn read_checkpoint(path: &Path) -> Result<BTreeMap<String, Raw>> {
     let head = {
         use std::io::Read;
-        let mut f =
-            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let mut f = std::fs::File::open(path)
+            .map_err(|source| LinearizeError::OpenCheckpoint { path: path.to_path_buf(), source })?;
         let mut h = [0u8; 9];
-        let n = f.read(&mut h)?;
+        let n = f.read(&mut h).map_err(|source| LinearizeError::ReadCheckpoint { path: path.to_path_buf(), source })?;
         h[..n].to_vec()
     };
-    let is_safetensors = head.len() == 9
-        && head[8] == b'{'
-        && u64::from_le_bytes(head[..8].try_into().expect("8 bytes")) < (1 << 30);
-    let mut tensors = if is_safetensors {
-        read_safetensors(path)?
-    } else {
-        read_pytorch(path)?
-    };
+    let is_safetensors =
+        head.len() == 9 && head[8] == b'{' && u64::from_le_bytes(head[..8].try_into().expect("8 bytes")) < (1 << 30);
+    let mut tensors = if is_safetensors { read_safetensors(path)? } else { read_pytorch(path)? };
     // `{'state_dict': ..., 'optimizer': ...}` -> the state dict; DataParallel's `module.` prefix.
     if tensors.keys().any(|k| k.starts_with("state_dict.")) {
         tensors = tensors
@@ -193,13 +175,10 @@ fn read_checkpoint(path: &Path) -> Result<BTreeMap<String, Raw>> {
             .collect();
     }
     if !tensors.is_empty() && tensors.keys().all(|k| k.starts_with("module.")) {
-        tensors = tensors
-            .into_iter()
-            .map(|(k, v)| (k["module.".len()..].to_string(), v))
-            .collect();
+        tensors = tensors.into_iter().map(|(k, v)| (k["module.".len()..].to_string(), v)).collect();
     }
     if tensors.is_empty() {
-        bail!("{} holds no floating-point tensors", path.display());
+        return Err(LinearizeError::EmptyCheckpoint { path: path.to_path_buf() });
     }
     Ok(tensors)
 }
@@ -209,11 +188,7 @@ fn checkpoint_name(tensor: &str) -> Option<String> {
     let stem = tensor.strip_suffix(".mask")?;
     let (prefix, last) = stem.rsplit_once('.').unwrap_or(("", stem));
     let k = last.strip_prefix("relu")?;
-    Some(if prefix.is_empty() {
-        format!("alpha{k}.alphas")
-    } else {
-        format!("{prefix}.alpha{k}.alphas")
-    })
+    Some(if prefix.is_empty() { format!("alpha{k}.alphas") } else { format!("{prefix}.alpha{k}.alphas") })
 }
 
 /// Builds a model of `arch` from checkpoint tensors; returns it with the import statistics.
@@ -222,57 +197,48 @@ fn convert(
     classes: Option<usize>,
     mut tensors: BTreeMap<String, Raw>,
     threshold: f32,
-) -> Result<(Model, ImportReport)> {
+) -> Result<(Model, ImportReport), CheckpointError> {
     if !matches!(arch_name, "resnet18" | "wrn22-8") {
-        bail!("unknown architecture {arch_name:?} for import (resnet18, wrn22-8)");
+        return Err(CheckpointError::UnknownArch(arch_name.to_string()));
     }
-    let classifier = if arch_name == "resnet18" {
-        "linear.weight"
-    } else {
-        "fc.weight"
-    };
+    let classifier = if arch_name == "resnet18" { "linear.weight" } else { "fc.weight" };
     let classes = match classes {
         Some(c) => c,
         None => match tensors.get(classifier) {
             Some(t) if t.shape.len() == 2 => t.shape[0],
-            _ => bail!(
-                "checkpoint has no 2-D {classifier}; is it a {arch_name} checkpoint? (give --classes if the names differ)"
-            ),
+            _ => {
+                return Err(CheckpointError::NoClassifier { classifier, arch: arch_name.to_string() });
+            }
         },
     };
     let graph = arch::build(arch_name, classes)?;
-    let expected = graph.expected_tensors()?;
-    let has_alphas = tensors
-        .keys()
-        .any(|k| k.ends_with(".alphas") || k.ends_with(".mask"));
+    let expected = graph.expected_tensors();
+    let has_alphas = tensors.keys().any(|k| k.ends_with(".alphas") || k.ends_with(".mask"));
     let mut out = BTreeMap::new();
     let mut missing = Vec::new();
     let mut non_binary = 0;
     for (name, shape) in &expected {
         let mask_name = checkpoint_name(name);
-        let raw = tensors
-            .remove(name)
-            .or_else(|| mask_name.as_ref().and_then(|m| tensors.remove(m)));
+        let raw = tensors.remove(name).or_else(|| mask_name.as_ref().and_then(|m| tensors.remove(m)));
         let numel: usize = shape.iter().product();
         let data = match raw {
             Some(r) => {
                 let squeezed: Vec<usize> = r.shape.iter().copied().filter(|&d| d != 1).collect();
                 let want: Vec<usize> = shape.iter().copied().filter(|&d| d != 1).collect();
                 if r.data.len() != numel || squeezed != want {
-                    bail!(
-                        "{name}: checkpoint shape {:?}, {arch_name} needs {shape:?}",
-                        r.shape
-                    );
+                    return Err(CheckpointError::Shape {
+                        name: name.clone(),
+                        got: r.shape,
+                        expected: shape.clone(),
+                        arch: arch_name.to_string(),
+                    });
                 }
-                if let Some(i) = r.data.iter().position(|v| !v.is_finite()) {
-                    bail!("{name}: non-finite value at index {i}");
+                if let Some(index) = r.data.iter().position(|v| !v.is_finite()) {
+                    return Err(CheckpointError::NonFinite { name: name.clone(), index });
                 }
                 if mask_name.is_some() {
                     non_binary += r.data.iter().filter(|&&v| v != 0.0 && v != 1.0).count();
-                    r.data
-                        .iter()
-                        .map(|&v| if v > threshold { 1.0 } else { 0.0 })
-                        .collect()
+                    r.data.iter().map(|&v| if v > threshold { 1.0 } else { 0.0 }).collect()
                 } else {
                     r.data
                 }
@@ -283,25 +249,13 @@ fn convert(
                 continue;
             }
         };
-        out.insert(
-            name.clone(),
-            ArrayD::from_shape_vec(IxDyn(shape), data).expect("checked size"),
-        );
+        out.insert(name.clone(), ArrayD::from_shape_vec(IxDyn(shape), data).expect("checked size"));
     }
     if !missing.is_empty() {
-        let shown: Vec<&str> = missing.iter().take(8).map(|s| s.as_str()).collect();
-        bail!(
-            "checkpoint lacks {} tensor(s) of {arch_name}: {}{}",
-            missing.len(),
-            shown.join(", "),
-            if missing.len() > 8 { ", ..." } else { "" }
-        );
+        return Err(CheckpointError::Missing { arch: arch_name.to_string(), missing });
     }
     let ignored: Vec<String> = tensors.keys().cloned().collect();
-    let model = Model {
-        graph,
-        tensors: out,
-    };
+    let model = Model { graph, tensors: out };
     let report = ImportReport {
         arch: arch_name.to_string(),
         classes,
@@ -326,27 +280,26 @@ pub fn import_checkpoint(
 ) -> Result<(Model, ImportReport)> {
     let tensors = read_checkpoint(path)?;
     convert(arch_name, classes, tensors, threshold)
-        .with_context(|| format!("importing {}", path.display()))
+        .map_err(|source| LinearizeError::Import { path: path.to_path_buf(), source })
 }
 
-/// Runs `import` (see [`ImportArgs`]).
-pub fn import(args: &ImportArgs) -> Result<()> {
-    let (model, mut report) =
-        import_checkpoint(&args.arch, &args.checkpoint, args.classes, args.threshold)?;
+/// Imports a checkpoint (see [`ImportConfig`]), saves the model to `out`, writes the report file
+/// when asked, and returns the report.
+pub fn import(config: &ImportConfig) -> Result<ImportReport> {
+    let (model, mut report) = import_checkpoint(&config.arch, &config.checkpoint, config.classes, config.threshold)?;
     if !report.ignored.is_empty() {
         warn!(count = report.ignored.len(), first = %report.ignored[0], "checkpoint entries not used by the network");
     }
-    let out_model = if args.fold {
-        model.fold_batchnorm()
-    } else {
-        model
-    };
-    pi_model::save(&out_model, &args.out)
-        .with_context(|| format!("saving {}", args.out.display()))?;
-    report.checkpoint = args.checkpoint.display().to_string();
-    report.out = args.out.display().to_string();
+    let out_model = if config.fold { model.fold_batchnorm() } else { model };
+    pi_model::save(&out_model, &config.out)
+        .map_err(|source| LinearizeError::SaveModel { path: config.out.clone(), source })?;
+    report.checkpoint = config.checkpoint.display().to_string();
+    report.out = config.out.display().to_string();
     info!(arch = %report.arch, relus = report.relus_kept, out = %report.out, "imported");
-    emit(&report, args.report.as_deref(), args.json)
+    if let Some(path) = &config.report {
+        write_report(&report, path)?;
+    }
+    Ok(report)
 }
 
 #[cfg(test)]
@@ -355,14 +308,8 @@ mod tests {
 
     #[test]
     fn mask_names_follow_snl() {
-        assert_eq!(
-            checkpoint_name("layer1.0.relu1.mask").as_deref(),
-            Some("layer1.0.alpha1.alphas")
-        );
-        assert_eq!(
-            checkpoint_name("block2.layer.1.relu2.mask").as_deref(),
-            Some("block2.layer.1.alpha2.alphas")
-        );
+        assert_eq!(checkpoint_name("layer1.0.relu1.mask").as_deref(), Some("layer1.0.alpha1.alphas"));
+        assert_eq!(checkpoint_name("block2.layer.1.relu2.mask").as_deref(), Some("block2.layer.1.alpha2.alphas"));
         assert_eq!(checkpoint_name("conv1.weight"), None);
     }
 

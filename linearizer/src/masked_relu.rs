@@ -29,10 +29,7 @@ pub struct MaskValues {
 
 /// ReLUs kept when every mask value `> threshold` counts as a ReLU (SNL's count).
 pub fn count_above(masks: &[MaskValues], threshold: f32) -> usize {
-    masks
-        .iter()
-        .map(|m| m.values.iter().filter(|&&v| v > threshold).count() * m.weight)
-        .sum()
+    masks.iter().map(|m| m.values.iter().filter(|&&v| v > threshold).count() * m.weight).sum()
 }
 
 /// Binarises the masks: a value becomes 1 when it is above `threshold` and among the largest
@@ -51,9 +48,7 @@ pub fn binarise(masks: &[MaskValues], threshold: f32, budget: usize) -> Vec<Vec<
         }
     }
     order.sort_by(|&(la, ia), &(lb, ib)| {
-        masks[lb].values[ib]
-            .total_cmp(&masks[la].values[ia])
-            .then((la, ia).cmp(&(lb, ib)))
+        masks[lb].values[ib].total_cmp(&masks[la].values[ia]).then((la, ia).cmp(&(lb, ib)))
     });
     let mut out: Vec<Vec<f32>> = masks.iter().map(|m| vec![0.0; m.values.len()]).collect();
     let mut used = 0usize;
@@ -75,50 +70,27 @@ mod tests {
     #[test]
     fn masked_relu_interpolates_between_relu_and_identity() {
         let dev = Device::flex();
-        let x = Tensor::<4>::from_data(
-            TensorData::new(vec![-2.0f32, 3.0, -1.0, 0.5], [1, 1, 2, 2]),
-            &dev,
-        );
+        let x = Tensor::<4>::from_data(TensorData::new(vec![-2.0f32, 3.0, -1.0, 0.5], [1, 1, 2, 2]), &dev);
         let m = Tensor::<1>::from_data(TensorData::new(vec![1.0f32, 1.0, 0.0, 0.5], [4]), &dev);
-        let y: Vec<f32> = masked_relu(x, m, Granularity::Pixel)
-            .into_data()
-            .try_to_vec()
-            .unwrap();
+        let y: Vec<f32> = masked_relu(x, m, Granularity::Pixel).into_data().try_to_vec().unwrap();
         assert_eq!(y, vec![0.0, 3.0, -1.0, 0.5]);
-        let x = Tensor::<4>::from_data(
-            TensorData::new(vec![-2.0f32, 3.0, -1.0, -0.5], [1, 2, 1, 2]),
-            &dev,
-        );
+        let x = Tensor::<4>::from_data(TensorData::new(vec![-2.0f32, 3.0, -1.0, -0.5], [1, 2, 1, 2]), &dev);
         let m = Tensor::<1>::from_data(TensorData::new(vec![0.0f32, 0.5], [2]), &dev);
-        let y: Vec<f32> = masked_relu(x, m, Granularity::Channel)
-            .into_data()
-            .try_to_vec()
-            .unwrap();
+        let y: Vec<f32> = masked_relu(x, m, Granularity::Channel).into_data().try_to_vec().unwrap();
         assert_eq!(y, vec![-2.0, 3.0, -0.5, -0.25]);
     }
 
     #[test]
     fn binarise_respects_the_budget_exactly() {
         let masks = vec![
-            MaskValues {
-                node: "a".into(),
-                values: vec![0.9, 0.005, 0.5, 0.7, 0.3],
-                weight: 1,
-            },
-            MaskValues {
-                node: "b".into(),
-                values: vec![0.8, 0.6],
-                weight: 3,
-            },
+            MaskValues { node: "a".into(), values: vec![0.9, 0.005, 0.5, 0.7, 0.3], weight: 1 },
+            MaskValues { node: "b".into(), values: vec![0.8, 0.6], weight: 3 },
         ];
         assert_eq!(count_above(&masks, 0.01), 4 + 6);
         for budget in 0..12 {
             let b = binarise(&masks, 0.01, budget);
-            let kept: usize = b
-                .iter()
-                .zip(&masks)
-                .map(|(v, m)| v.iter().filter(|&&x| x == 1.0).count() * m.weight)
-                .sum();
+            let kept: usize =
+                b.iter().zip(&masks).map(|(v, m)| v.iter().filter(|&&x| x == 1.0).count() * m.weight).sum();
             assert!(kept <= budget, "budget {budget}: kept {kept}");
             assert!(b.iter().flatten().all(|&x| x == 0.0 || x == 1.0));
             // Below threshold never survives.

@@ -13,28 +13,15 @@ pub enum OptimKind {
     /// PyTorch-style SGD: `buf = momentum*buf + (g + wd*w)`, `w -= lr*buf`.
     Sgd { momentum: f64, weight_decay: f64 },
     /// Adam with bias correction (Kingma & Ba), L2 weight decay added to the gradient.
-    Adam {
-        beta1: f64,
-        beta2: f64,
-        eps: f64,
-        weight_decay: f64,
-    },
+    Adam { beta1: f64, beta2: f64, eps: f64, weight_decay: f64 },
 }
 
 impl OptimKind {
     pub fn sgd(momentum: f64, weight_decay: f64) -> Self {
-        OptimKind::Sgd {
-            momentum,
-            weight_decay,
-        }
+        OptimKind::Sgd { momentum, weight_decay }
     }
     pub fn adam() -> Self {
-        OptimKind::Adam {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        }
+        OptimKind::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
     }
 }
 
@@ -48,12 +35,7 @@ pub struct Optimizer {
 
 impl Optimizer {
     pub fn new(kind: OptimKind) -> Self {
-        Optimizer {
-            kind,
-            first: Vec::new(),
-            second: Vec::new(),
-            steps: 0,
-        }
+        Optimizer { kind, first: Vec::new(), second: Vec::new(), steps: 0 }
     }
 
     /// Applies one update with learning rate `lr` to every trainable parameter with a gradient.
@@ -72,16 +54,9 @@ impl Optimizer {
             let w = p.value.clone().without_autodiff();
             let decay = |wd: f64| if p.kind == ParamKind::Mask { 0.0 } else { wd };
             let new = match self.kind {
-                OptimKind::Sgd {
-                    momentum,
-                    weight_decay,
-                } => {
+                OptimKind::Sgd { momentum, weight_decay } => {
                     let wd = decay(weight_decay);
-                    let g = if wd > 0.0 {
-                        g + w.clone().mul_scalar(wd)
-                    } else {
-                        g
-                    };
+                    let g = if wd > 0.0 { g + w.clone().mul_scalar(wd) } else { g };
                     let buf = match self.first[i].take() {
                         Some(b) => b.mul_scalar(momentum) + g,
                         None => g,
@@ -90,18 +65,9 @@ impl Optimizer {
                     self.first[i] = Some(buf);
                     out
                 }
-                OptimKind::Adam {
-                    beta1,
-                    beta2,
-                    eps,
-                    weight_decay,
-                } => {
+                OptimKind::Adam { beta1, beta2, eps, weight_decay } => {
                     let wd = decay(weight_decay);
-                    let g = if wd > 0.0 {
-                        g + w.clone().mul_scalar(wd)
-                    } else {
-                        g
-                    };
+                    let g = if wd > 0.0 { g + w.clone().mul_scalar(wd) } else { g };
                     let m = match self.first[i].take() {
                         Some(m) => m.mul_scalar(beta1) + g.clone().mul_scalar(1.0 - beta1),
                         None => g.clone().mul_scalar(1.0 - beta1),
@@ -112,8 +78,7 @@ impl Optimizer {
                     };
                     let c1 = 1.0 - beta1.powi(self.steps);
                     let c2 = 1.0 - beta2.powi(self.steps);
-                    let update =
-                        m.clone().div_scalar(c1) / v.clone().div_scalar(c2).sqrt().add_scalar(eps);
+                    let update = m.clone().div_scalar(c1) / v.clone().div_scalar(c2).sqrt().add_scalar(eps);
                     self.first[i] = Some(m);
                     self.second[i] = Some(v);
                     w - update.mul_scalar(lr)
@@ -125,7 +90,7 @@ impl Optimizer {
 }
 
 /// Learning-rate schedule over a run of `epochs` epochs, evaluated per step.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Schedule {
     /// Half-cosine from the base rate to 0.

@@ -2,15 +2,13 @@
 //! are learned with the weights under `CE + KD + lambda*|a|_1` (Adam); lambda grows by 1.1 each
 //! epoch the count of masks above the threshold fails to reach a new minimum; once the count is
 //! within the budget the masks are binarised (exactly `<= budget` ReLUs), the network is
-//! finetuned with distillation, and exported. `--method random|layer` replaces the mask learning
-//! with a baseline selection and keeps everything else identical.
+//! finetuned with distillation, and exported. [`Method::Random`] and [`Method::Layer`] replace the
+//! mask learning with a baseline selection and keep everything else identical.
 
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
-use clap::{Args, ValueEnum};
 use pi_model::Granularity;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -19,10 +17,12 @@ use tracing::{info, warn};
 
 use crate::baselines::{layer_masks, random_masks};
 use crate::batches::{Splits, load_splits};
+use crate::error::{LinearizeError, ParseBudgetError, Result};
 use crate::executor::{Net, default_device, with_full_masks};
 use crate::masked_relu::{binarise, count_above};
 use crate::optim::{OptimKind, Optimizer, Schedule};
-use crate::report::{LayerRelus, emit, layer_relus, peak_memory_mib};
+use crate::progress::Progress;
+use crate::report::{LayerRelus, layer_relus, peak_memory_mib, write_report};
 use crate::trainer::{EpochPlan, LossWeights, evaluate, train_epoch};
 
 /// A ReLU budget: an absolute count, or a fraction of the network's ReLUs when below 1.
@@ -32,17 +32,16 @@ pub enum Budget {
     Fraction(f64),
 }
 
+/// Parses a count (`3000`) or a fraction in [0, 1) (`0.15`).
 impl FromStr for Budget {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ParseBudgetError;
+    fn from_str(s: &str) -> Result<Self, ParseBudgetError> {
         if let Ok(n) = s.parse::<usize>() {
             return Ok(Budget::Count(n));
         }
         match s.parse::<f64>() {
             Ok(f) if (0.0..1.0).contains(&f) => Ok(Budget::Fraction(f)),
-            _ => Err(format!(
-                "{s:?} is neither a ReLU count nor a fraction in [0, 1)"
-            )),
+            _ => Err(ParseBudgetError(s.to_string())),
         }
     }
 }
@@ -58,7 +57,7 @@ impl Budget {
 }
 
 /// How the surviving ReLUs are chosen.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// Learned masks (SNL).
@@ -69,118 +68,105 @@ pub enum Method {
     Layer,
 }
 
-/// Mask granularity flag.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum GranularityArg {
-    /// One mask per activation element.
-    Pixel,
-    /// One mask per channel (all pixels of a channel share it).
-    Channel,
-}
-
-impl From<GranularityArg> for Granularity {
-    fn from(g: GranularityArg) -> Self {
-        match g {
-            GranularityArg::Pixel => Granularity::Pixel,
-            GranularityArg::Channel => Granularity::Channel,
-        }
-    }
-}
-
-/// Linearize a trained network to a ReLU budget (SNL or a baseline), finetune it, export it.
-#[derive(Args, Clone, Debug)]
-pub struct LinearizeArgs {
-    /// Trained model file (from `train` or `import`); it is also the distillation teacher.
-    #[arg(long)]
+/// What `linearize` does: the trained model and data, the budgets, how ReLUs are selected (SNL's
+/// mask learning or a baseline) and how the result is finetuned. [`LinearizeConfig::new`] gives
+/// the defaults of `pi linearize`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinearizeConfig {
+    /// Trained model file (from `train` or `import`); also the distillation teacher.
     pub model: PathBuf,
-    /// Dataset directory (IDX or CIFAR binary). Default: the system Fashion-MNIST if installed,
+    /// Dataset directory (IDX or CIFAR binary); `None`: the system Fashion-MNIST if installed,
     /// else the bundled subset.
-    #[arg(long)]
     pub data: Option<PathBuf>,
-    /// ReLUs to keep: a count (e.g. 3000) or a fraction of all ReLUs (e.g. 0.15). The exported
-    /// model has at most this many ReLUs, exactly. Several budgets (`4000,2000,1000`) share one
-    /// mask-learning run: SNL passes the larger budgets on its way to the smaller ones, and each
-    /// is taken at the epoch where a run with that budget alone would stop; every budget is then
-    /// finetuned and written separately (`OUT` and `--report` get a `-{budget}` suffix).
-    #[arg(long, value_delimiter = ',', required = true)]
-    pub budget: Vec<Budget>,
+    /// ReLUs to keep. Several budgets share one mask-learning run: each is taken at the epoch
+    /// where a run with that budget alone would stop, then finetuned and written separately
+    /// (`out` and `report` get a `-{budget}` suffix).
+    pub budgets: Vec<Budget>,
     /// Output model file (.safetensors).
-    #[arg(long)]
     pub out: PathBuf,
-    /// How surviving ReLUs are chosen: snl (learned), random, layer (whole layers).
-    #[arg(long, value_enum, default_value_t = Method::Snl)]
+    /// How the surviving ReLUs are chosen.
     pub method: Method,
-    /// Mask per activation element (pixel) or per channel.
-    #[arg(long, value_enum, default_value_t = GranularityArg::Pixel)]
-    pub granularity: GranularityArg,
-    /// Initial weight of the L1 penalty on the masks (sum of |a| over all masks). SNL used 1e-5
-    /// for ResNet-18 with up to 2000 epochs; 5e-4 reaches small-cnn budgets in a few epochs.
-    #[arg(long, default_value_t = 5e-4)]
+    /// One mask per activation element or per channel.
+    pub granularity: Granularity,
+    /// Initial weight of the L1 penalty on the masks (sum of |a| over all masks).
     pub lambda: f64,
     /// Factor applied to lambda after an epoch whose mask count is not a new minimum.
-    #[arg(long, default_value_t = 1.1)]
     pub lambda_growth: f64,
-    /// A count is a new minimum only when it is at least this fraction below the previous
-    /// minimum (0 = SNL's rule: any decrease). Makes lambda grow when progress becomes slow.
-    #[arg(long, default_value_t = 0.0)]
+    /// A count is a new minimum only when at least this fraction below the previous minimum
+    /// (0: SNL's rule, any decrease).
     pub min_decrease: f64,
     /// Epochs before lambda may grow.
-    #[arg(long, default_value_t = 2)]
     pub warmup_epochs: usize,
     /// Upper bound on mask-learning epochs (binarisation to the budget happens regardless).
-    #[arg(long, default_value_t = 40)]
     pub max_epochs: usize,
     /// Adam learning rate for weights and masks during mask learning.
-    #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
     /// A mask counts as a ReLU when its value is above this threshold.
-    #[arg(long, default_value_t = 0.01)]
     pub threshold: f64,
     /// Distillation temperature.
-    #[arg(long, default_value_t = 4.0)]
     pub temperature: f64,
     /// Weight of the distillation term (mask learning and finetuning).
-    #[arg(long, default_value_t = 1.0)]
     pub kd_weight: f64,
     /// Finetuning epochs after binarisation (SGD with momentum, with distillation).
-    #[arg(long, default_value_t = 5)]
     pub finetune_epochs: usize,
     /// Base learning rate of the finetuning SGD.
-    #[arg(long, default_value_t = 0.01)]
     pub finetune_lr: f64,
     /// Finetuning learning-rate schedule.
-    #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
     pub finetune_schedule: Schedule,
     /// SGD momentum for finetuning.
-    #[arg(long, default_value_t = 0.9)]
     pub momentum: f64,
     /// L2 weight decay for finetuning (never on masks).
-    #[arg(long, default_value_t = 5e-4)]
     pub weight_decay: f64,
     /// Mini-batch size.
-    #[arg(long, default_value_t = 64)]
     pub batch: usize,
     /// Training images held out to choose the best finetuning epoch.
-    #[arg(long, default_value_t = 5000)]
     pub val_size: usize,
-    /// Use only this many training images (quick experiments).
-    #[arg(long)]
+    /// Train on only this many images (quick experiments).
     pub train_limit: Option<usize>,
     /// Seed of shuffling, augmentation and the random baseline.
-    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Keep BatchNorm unfolded in the exported file (default: folded inference form).
-    #[arg(long)]
-    pub no_fold: bool,
-    /// Write the JSON report to this file.
-    #[arg(long)]
+    /// Write the inference form (BatchNorm folded into the convolutions).
+    pub fold: bool,
+    /// Also write the JSON report(s) to this file.
     pub report: Option<PathBuf>,
-    /// Print the JSON report on stdout.
-    #[arg(long)]
-    pub json: bool,
-    /// Hide progress bars.
-    #[arg(long)]
-    pub no_progress: bool,
+}
+
+impl LinearizeConfig {
+    /// The defaults of `pi linearize` for `model`, `out` and `budgets`: SNL with pixel masks
+    /// (lambda 5e-4 growing by 1.1 after 2 warm-up epochs, at most 40 epochs, Adam lr 1e-3,
+    /// threshold 0.01), distillation at temperature 4 with weight 1, 5 finetuning epochs of SGD
+    /// (lr 0.01, cosine, momentum 0.9, weight decay 5e-4), batch 64, 5000 validation images,
+    /// seed 0, folded output, no report file.
+    pub fn new(model: impl Into<PathBuf>, out: impl Into<PathBuf>, budgets: Vec<Budget>) -> Self {
+        LinearizeConfig {
+            model: model.into(),
+            data: None,
+            budgets,
+            out: out.into(),
+            method: Method::Snl,
+            granularity: Granularity::Pixel,
+            lambda: 5e-4,
+            lambda_growth: 1.1,
+            min_decrease: 0.0,
+            warmup_epochs: 2,
+            max_epochs: 40,
+            lr: 1e-3,
+            threshold: 0.01,
+            temperature: 4.0,
+            kd_weight: 1.0,
+            finetune_epochs: 5,
+            finetune_lr: 0.01,
+            finetune_schedule: Schedule::Cosine,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            batch: 64,
+            val_size: 5000,
+            train_limit: None,
+            seed: 0,
+            fold: true,
+            report: None,
+        }
+    }
 }
 
 /// One mask-learning epoch in the report.
@@ -203,7 +189,7 @@ pub struct FinetuneEpoch {
     pub seconds: f64,
 }
 
-/// JSON report of `linearize`.
+/// JSON report of `linearize` (one per budget).
 #[derive(Debug, Serialize)]
 pub struct LinearizeReport {
     pub method: Method,
@@ -253,10 +239,7 @@ fn suffixed(path: &std::path::Path, budget: usize, many: bool) -> PathBuf {
     if !many {
         return path.to_path_buf();
     }
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_default();
+    let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
     let name = match path.extension() {
         Some(e) => format!("{stem}-{budget}.{}", e.to_string_lossy()),
         None => format!("{stem}-{budget}"),
@@ -264,34 +247,30 @@ fn suffixed(path: &std::path::Path, budget: usize, many: bool) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Runs `linearize` (see [`LinearizeArgs`]).
-pub fn linearize(args: &LinearizeArgs) -> Result<()> {
+/// Linearizes a trained network (see [`LinearizeConfig`]): learns or picks the ReLUs to keep for
+/// each budget, finetunes, saves each model, writes the report files when asked, and returns the
+/// reports (one per distinct budget, largest budget first).
+pub fn linearize(config: &LinearizeConfig, progress: &mut dyn Progress) -> Result<Vec<LinearizeReport>> {
     let started = Instant::now();
-    let input =
-        pi_model::load(&args.model).with_context(|| format!("loading {}", args.model.display()))?;
-    let dir = args
-        .data
-        .clone()
-        .unwrap_or_else(pi_model::data::default_fashion_mnist_dir);
-    let splits = load_splits(&dir, args.val_size, args.train_limit, args.seed)?;
-    if input.graph.input_shape != splits.train.shape.to_vec()
-        || input.graph.classes != splits.train.classes
-    {
-        bail!(
-            "model takes {:?} with {} classes, dataset has {:?} with {} classes",
-            input.graph.input_shape,
-            input.graph.classes,
-            splits.train.shape,
-            splits.train.classes
-        );
+    let input = pi_model::load(&config.model)
+        .map_err(|source| LinearizeError::LoadModel { path: config.model.clone(), source })?;
+    let dir = config.data.clone().unwrap_or_else(pi_model::data::default_fashion_mnist_dir);
+    let splits = load_splits(&dir, config.val_size, config.train_limit, config.seed)?;
+    if input.graph.input_shape != splits.train.shape.to_vec() || input.graph.classes != splits.train.classes {
+        return Err(LinearizeError::DatasetMismatch {
+            model_shape: input.graph.input_shape.clone(),
+            model_classes: input.graph.classes,
+            data_shape: splits.train.shape.to_vec(),
+            data_classes: splits.train.classes,
+        });
     }
-    if args.budget.is_empty() {
-        bail!("no budget given");
+    if config.budgets.is_empty() {
+        return Err(LinearizeError::NoBudget);
     }
-    let granularity: Granularity = args.granularity.into();
+    let granularity = config.granularity;
     let start_model = with_full_masks(&input, granularity)?;
     let total = start_model.kept_relus();
-    let mut budgets: Vec<usize> = args.budget.iter().map(|b| b.resolve(total)).collect();
+    let mut budgets: Vec<usize> = config.budgets.iter().map(|b| b.resolve(total)).collect();
     budgets.sort_unstable_by(|a, b| b.cmp(a));
     budgets.dedup();
     let many = budgets.len() > 1;
@@ -299,37 +278,28 @@ pub fn linearize(args: &LinearizeArgs) -> Result<()> {
     let mut teacher = Net::from_model(&input, &device)?;
     teacher.set_trainable(false, false);
     let acc_before = evaluate(&mut teacher, &splits.test);
-    info!(total, ?budgets, acc_before, method = ?args.method, "linearizing");
+    info!(total, ?budgets, acc_before, method = ?config.method, "linearizing");
 
     let mut snl_epochs = Vec::new();
-    let mut lambdas = Vec::new();
-    let stops: Vec<Stop> = match args.method {
+    let stops: Vec<Stop> = match config.method {
         Method::Snl => {
             let net = Net::from_model(&start_model, &device)?;
-            learn_masks(
-                args,
-                &splits,
-                net,
-                &mut teacher,
-                &budgets,
-                &mut snl_epochs,
-                &mut lambdas,
-            )
+            learn_masks(config, &splits, net, &mut teacher, &budgets, &mut snl_epochs, progress)
         }
         Method::Random | Method::Layer => budgets
             .iter()
             .map(|&budget| {
                 let net = Net::from_model(&start_model, &device)?;
                 let masks = net.masks();
-                let selection = match args.method {
-                    Method::Random => random_masks(&masks, budget, args.seed),
+                let selection = match config.method {
+                    Method::Random => random_masks(&masks, budget, config.seed),
                     _ => layer_masks(&masks, budget),
                 };
                 Ok(Stop {
                     budget,
                     net,
                     selection,
-                    rng: ChaCha8Rng::seed_from_u64(args.seed),
+                    rng: ChaCha8Rng::seed_from_u64(config.seed),
                     epochs: 0,
                     converged: true,
                     throughput: Throughput::default(),
@@ -338,40 +308,28 @@ pub fn linearize(args: &LinearizeArgs) -> Result<()> {
             .collect::<Result<_>>()?,
     };
 
+    let mut reports = Vec::with_capacity(stops.len());
     for stop in stops {
-        let Stop {
-            budget,
-            mut net,
-            selection,
-            mut rng,
-            epochs,
-            converged,
-            throughput: mut tp,
-        } = stop;
+        let Stop { budget, mut net, selection, mut rng, epochs, converged, throughput: mut tp } = stop;
         net.set_trainable(true, false);
         net.set_masks(&selection);
         let acc_binarised = evaluate(&mut net, &splits.test);
         let kept = count_above(&net.masks(), 0.5);
         info!(kept, budget, acc_binarised, "masks binarised");
         if kept > budget {
-            bail!("internal error: {kept} ReLUs kept for a budget of {budget}");
+            return Err(LinearizeError::BudgetExceeded { kept, budget });
         }
-        let (finetune, val_acc) =
-            finetune(args, &splits, &mut net, &mut teacher, &mut rng, &mut tp);
+        let (finetune, val_acc) = finetune(config, &splits, &mut net, &mut teacher, &mut rng, &mut tp, progress);
         let acc_finetuned = evaluate(&mut net, &splits.test);
         let result = net.to_model();
-        let out_model = if args.no_fold {
-            result
-        } else {
-            result.fold_batchnorm()
-        };
-        let out = suffixed(&args.out, budget, many);
-        pi_model::save(&out_model, &out).with_context(|| format!("saving {}", out.display()))?;
+        let out_model = if config.fold { result.fold_batchnorm() } else { result };
+        let out = suffixed(&config.out, budget, many);
+        pi_model::save(&out_model, &out).map_err(|source| LinearizeError::SaveModel { path: out.clone(), source })?;
         info!(budget, acc_before, acc_binarised, acc_finetuned, relus = out_model.kept_relus(), out = %out.display(), "done");
         let report = LinearizeReport {
-            method: args.method,
+            method: config.method,
             granularity: format!("{granularity:?}").to_lowercase(),
-            model: args.model.display().to_string(),
+            model: config.model.display().to_string(),
             out: out.display().to_string(),
             budget,
             relus_before: input.kept_relus(),
@@ -382,35 +340,37 @@ pub fn linearize(args: &LinearizeArgs) -> Result<()> {
             test_acc_finetuned: acc_finetuned,
             val_acc_finetuned: val_acc,
             snl_epochs: snl_epochs.iter().take(epochs).cloned().collect(),
-            lambda_trajectory: lambdas.iter().take(epochs).copied().collect(),
+            lambda_trajectory: snl_epochs.iter().take(epochs).map(|e| e.lambda).collect(),
             snl_converged: converged,
             finetune_epochs: finetune,
             train_images_per_second: tp.images as f64 / tp.seconds.max(1e-9),
             peak_memory_mib: peak_memory_mib(),
             seconds: started.elapsed().as_secs_f64(),
         };
-        let report_path = args.report.as_deref().map(|p| suffixed(p, budget, many));
-        emit(&report, report_path.as_deref(), args.json)?;
+        if let Some(path) = &config.report {
+            write_report(&report, &suffixed(path, budget, many))?;
+        }
+        reports.push(report);
     }
-    Ok(())
+    Ok(reports)
 }
 
 /// The SNL loop over budgets sorted in decreasing order; returns where it stopped for each.
 fn learn_masks(
-    args: &LinearizeArgs,
+    config: &LinearizeConfig,
     splits: &Splits,
     mut net: Net,
     teacher: &mut Net,
     budgets: &[usize],
     log: &mut Vec<SnlEpoch>,
-    lambdas: &mut Vec<f64>,
+    progress: &mut dyn Progress,
 ) -> Vec<Stop> {
     net.set_trainable(true, true);
-    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let mut tp = Throughput::default();
     let mut opt = Optimizer::new(OptimKind::adam());
-    let threshold = args.threshold as f32;
-    let mut lambda = args.lambda;
+    let threshold = config.threshold as f32;
+    let mut lambda = config.lambda;
     let mut lowest = count_above(&net.masks(), threshold);
     let mut stops = Vec::new();
     let mut pending = budgets.iter().copied().peekable();
@@ -430,25 +390,19 @@ fn learn_masks(
         });
         pending.next();
     }
-    for epoch in 0..args.max_epochs {
+    for epoch in 0..config.max_epochs {
         if pending.peek().is_none() {
             break;
         }
-        lambdas.push(lambda);
-        let lr = |_: f64| args.lr;
+        let lr = |_: f64| config.lr;
         let plan = EpochPlan {
             data: &splits.train,
-            batch: args.batch,
-            loss: LossWeights {
-                kd_weight: args.kd_weight,
-                temperature: args.temperature,
-                l1: lambda,
-            },
+            batch: config.batch,
+            loss: LossWeights { kd_weight: config.kd_weight, temperature: config.temperature, l1: lambda },
             lr: &lr,
             label: format!("snl {}", epoch + 1),
-            progress: !args.no_progress,
         };
-        let stats = train_epoch(&mut net, Some(teacher), &mut opt, &plan, &mut rng);
+        let stats = train_epoch(&mut net, Some(teacher), &mut opt, &plan, &mut rng, progress);
         tp.images += stats.images;
         tp.seconds += stats.seconds;
         let masks = net.masks();
@@ -486,9 +440,9 @@ fn learn_masks(
             });
             pending.next();
         }
-        let new_minimum = (count as f64) < lowest as f64 * (1.0 - args.min_decrease);
-        if !new_minimum && epoch + 1 >= args.warmup_epochs {
-            lambda *= args.lambda_growth;
+        let new_minimum = (count as f64) < lowest as f64 * (1.0 - config.min_decrease);
+        if !new_minimum && epoch + 1 >= config.warmup_epochs {
+            lambda *= config.lambda_growth;
         }
         lowest = lowest.min(count);
     }
@@ -496,7 +450,7 @@ fn learn_masks(
     for b in pending {
         warn!(
             budget = b,
-            max_epochs = args.max_epochs,
+            max_epochs = config.max_epochs,
             "mask learning did not reach the budget; keeping the largest masks"
         );
         stops.push(Stop {
@@ -514,54 +468,36 @@ fn learn_masks(
 
 /// Finetunes weights with frozen binary masks; restores the epoch with the best validation accuracy.
 fn finetune(
-    args: &LinearizeArgs,
+    config: &LinearizeConfig,
     splits: &Splits,
     net: &mut Net,
     teacher: &mut Net,
     rng: &mut ChaCha8Rng,
     tp: &mut Throughput,
+    progress: &mut dyn Progress,
 ) -> (Vec<FinetuneEpoch>, f64) {
     net.set_trainable(true, false);
-    let mut opt = Optimizer::new(OptimKind::sgd(args.momentum, args.weight_decay));
+    let mut opt = Optimizer::new(OptimKind::sgd(config.momentum, config.weight_decay));
     let mut best_acc = evaluate(net, &splits.val);
     let mut best = net.snapshot();
     let mut log = Vec::new();
-    for epoch in 0..args.finetune_epochs {
+    for epoch in 0..config.finetune_epochs {
         let lr = |p: f64| {
-            args.finetune_schedule.lr(
-                args.finetune_lr,
-                (epoch as f64 + p) / args.finetune_epochs as f64,
-            )
+            config.finetune_schedule.lr(config.finetune_lr, (epoch as f64 + p) / config.finetune_epochs as f64)
         };
         let plan = EpochPlan {
             data: &splits.train,
-            batch: args.batch,
-            loss: LossWeights {
-                kd_weight: args.kd_weight,
-                temperature: args.temperature,
-                l1: 0.0,
-            },
+            batch: config.batch,
+            loss: LossWeights { kd_weight: config.kd_weight, temperature: config.temperature, l1: 0.0 },
             lr: &lr,
-            label: format!("finetune {}/{}", epoch + 1, args.finetune_epochs),
-            progress: !args.no_progress,
+            label: format!("finetune {}/{}", epoch + 1, config.finetune_epochs),
         };
-        let stats = train_epoch(net, Some(teacher), &mut opt, &plan, rng);
+        let stats = train_epoch(net, Some(teacher), &mut opt, &plan, rng, progress);
         tp.images += stats.images;
         tp.seconds += stats.seconds;
         let val_acc = evaluate(net, &splits.val);
-        info!(
-            epoch = epoch + 1,
-            loss = stats.loss,
-            val_acc,
-            img_s = stats.images_per_second(),
-            "finetune epoch"
-        );
-        log.push(FinetuneEpoch {
-            epoch: epoch + 1,
-            loss: stats.loss,
-            val_acc,
-            seconds: stats.seconds,
-        });
+        info!(epoch = epoch + 1, loss = stats.loss, val_acc, img_s = stats.images_per_second(), "finetune epoch");
+        log.push(FinetuneEpoch { epoch: epoch + 1, loss: stats.loss, val_acc, seconds: stats.seconds });
         if val_acc > best_acc {
             best_acc = val_acc;
             best = net.snapshot();
@@ -580,7 +516,8 @@ mod tests {
         assert_eq!("3000".parse::<Budget>().unwrap(), Budget::Count(3000));
         assert_eq!("0.15".parse::<Budget>().unwrap(), Budget::Fraction(0.15));
         assert!("1.5".parse::<Budget>().is_err());
-        assert!("abc".parse::<Budget>().is_err());
+        let err = "abc".parse::<Budget>().unwrap_err();
+        assert_eq!(err.to_string(), "\"abc\" is neither a ReLU count nor a fraction in [0, 1)");
         assert_eq!(Budget::Fraction(0.15).resolve(20384), 3057);
         assert_eq!(Budget::Count(30000).resolve(20384), 20384);
     }

@@ -4,8 +4,6 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
-use clap::Args;
 use pi_model::{Model, arch};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -13,68 +11,74 @@ use serde::Serialize;
 use tracing::info;
 
 use crate::batches::load_splits;
+use crate::error::{LinearizeError, Result};
 use crate::executor::{Net, default_device};
 use crate::optim::{OptimKind, Optimizer, Schedule};
-use crate::report::{emit, peak_memory_mib};
+use crate::progress::Progress;
+use crate::report::{peak_memory_mib, write_report};
 use crate::trainer::{EpochPlan, LossWeights, evaluate, train_epoch};
 
-/// Train a network (all ReLUs kept) on an image dataset and save the best checkpoint.
-#[derive(Args, Clone, Debug)]
-pub struct TrainArgs {
-    /// Architecture, as defined once in pi-model: small-cnn (1x28x28), resnet18, wrn22-8 (3x32x32).
-    #[arg(long, default_value = "small-cnn")]
+/// What `train` does: the architecture (or a starting model), the data, SGD's settings and
+/// where the best checkpoint goes. [`TrainConfig::new`] gives the defaults of `pi train`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainConfig {
+    /// Architecture defined in `pi_model::arch` (small-cnn, resnet18, wrn22-8); ignored with `init`.
     pub arch: String,
-    /// Dataset directory: IDX files (MNIST / Fashion-MNIST, gzip or raw) or the CIFAR-10/100 binary
-    /// format. Default: /usr/share/datasets/fashion-mnist if installed, else the bundled subset.
-    #[arg(long)]
+    /// Dataset directory (IDX or CIFAR binary); `None`: the system Fashion-MNIST if installed,
+    /// else the bundled subset.
     pub data: Option<PathBuf>,
-    /// Start from this model file instead of random weights (same architecture).
-    #[arg(long)]
+    /// Start from this model file instead of random weights.
     pub init: Option<PathBuf>,
-    /// Output model file (.safetensors, the project's model format).
-    #[arg(long)]
+    /// Output model file (.safetensors).
     pub out: PathBuf,
     /// Passes over the training data.
-    #[arg(long, default_value_t = 10)]
     pub epochs: usize,
     /// Mini-batch size.
-    #[arg(long, default_value_t = 64)]
     pub batch: usize,
     /// Base learning rate of SGD.
-    #[arg(long, default_value_t = 0.05)]
     pub lr: f64,
     /// SGD momentum.
-    #[arg(long, default_value_t = 0.9)]
     pub momentum: f64,
-    /// L2 weight decay (not applied to ReLU masks).
-    #[arg(long, default_value_t = 5e-4)]
+    /// L2 weight decay (never applied to ReLU masks).
     pub weight_decay: f64,
     /// Learning-rate schedule over the run.
-    #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
     pub schedule: Schedule,
     /// Training images held out to choose the best epoch (the test split is only reported).
-    #[arg(long, default_value_t = 5000)]
     pub val_size: usize,
-    /// Use only this many training images (quick experiments).
-    #[arg(long)]
+    /// Train on only this many images (quick experiments).
     pub train_limit: Option<usize>,
     /// Seed of initialisation, shuffling and augmentation.
-    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Save the inference form (BatchNorm folded into the convolutions). By default the
-    /// checkpoint keeps BatchNorm so `linearize` can keep training with batch statistics; the
-    /// runtime folds on load either way.
-    #[arg(long)]
+    /// Write the inference form (BatchNorm folded); unfolded files can be trained further by
+    /// `linearize` with batch statistics.
     pub fold: bool,
-    /// Write the JSON report to this file.
-    #[arg(long)]
+    /// Also write the JSON report to this file.
     pub report: Option<PathBuf>,
-    /// Print the JSON report on stdout.
-    #[arg(long)]
-    pub json: bool,
-    /// Hide progress bars.
-    #[arg(long)]
-    pub no_progress: bool,
+}
+
+impl TrainConfig {
+    /// The defaults of `pi train`, writing to `out`: small-cnn, 10 epochs of SGD (batch 64,
+    /// lr 0.05 with a cosine schedule, momentum 0.9, weight decay 5e-4), 5000 validation images,
+    /// seed 0, BatchNorm kept unfolded, no report file.
+    pub fn new(out: impl Into<PathBuf>) -> Self {
+        TrainConfig {
+            arch: "small-cnn".into(),
+            data: None,
+            init: None,
+            out: out.into(),
+            epochs: 10,
+            batch: 64,
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            schedule: Schedule::Cosine,
+            val_size: 5000,
+            train_limit: None,
+            seed: 0,
+            fold: false,
+            report: None,
+        }
+    }
 }
 
 /// One epoch in the training report.
@@ -109,59 +113,44 @@ pub struct TrainReport {
     pub out: String,
 }
 
-/// Runs `train` (see [`TrainArgs`]).
-pub fn train(args: &TrainArgs) -> Result<()> {
+/// Trains a network (see [`TrainConfig`]), saves the checkpoint with the best validation
+/// accuracy to `out`, writes the report file when asked, and returns the report.
+pub fn train(config: &TrainConfig, progress: &mut dyn Progress) -> Result<TrainReport> {
     let started = Instant::now();
-    let dir = args
-        .data
-        .clone()
-        .unwrap_or_else(pi_model::data::default_fashion_mnist_dir);
-    let splits = load_splits(&dir, args.val_size, args.train_limit, args.seed)?;
-    let model = match &args.init {
-        Some(p) => pi_model::load(p).with_context(|| format!("loading {}", p.display()))?,
-        None => Model::random(
-            arch::build(&args.arch, splits.train.classes)?,
-            args.seed,
-            None,
-        )?,
+    let dir = config.data.clone().unwrap_or_else(pi_model::data::default_fashion_mnist_dir);
+    let splits = load_splits(&dir, config.val_size, config.train_limit, config.seed)?;
+    let model = match &config.init {
+        Some(p) => pi_model::load(p).map_err(|source| LinearizeError::LoadModel { path: p.clone(), source })?,
+        None => Model::random(arch::build(&config.arch, splits.train.classes)?, config.seed, None)?,
     };
     if model.graph.input_shape != splits.train.shape.to_vec() {
-        bail!(
-            "{} expects {:?} inputs, the dataset has {:?}",
-            model.graph.arch,
-            model.graph.input_shape,
-            splits.train.shape
-        );
+        return Err(LinearizeError::InputShape {
+            arch: model.graph.arch.clone(),
+            model: model.graph.input_shape.clone(),
+            data: splits.train.shape.to_vec(),
+        });
     }
     if model.graph.classes != splits.train.classes {
-        bail!(
-            "the model has {} classes, the dataset {}",
-            model.graph.classes,
-            splits.train.classes
-        );
+        return Err(LinearizeError::ClassCount { model: model.graph.classes, data: splits.train.classes });
     }
     info!(arch = %model.graph.arch, train = splits.train.n, val = splits.val.n, test = splits.test.n, "training");
     let device = default_device();
     let mut net = Net::from_model(&model, &device)?;
-    let mut opt = Optimizer::new(OptimKind::sgd(args.momentum, args.weight_decay));
-    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
+    let mut opt = Optimizer::new(OptimKind::sgd(config.momentum, config.weight_decay));
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let mut best: Option<(usize, f64, Net)> = None;
     let mut records = Vec::new();
     let (mut images, mut seconds) = (0usize, 0.0f64);
-    for epoch in 0..args.epochs {
-        let lr_at = |p: f64| {
-            args.schedule
-                .lr(args.lr, (epoch as f64 + p) / args.epochs as f64)
-        };
+    for epoch in 0..config.epochs {
+        let lr_at = |p: f64| config.schedule.lr(config.lr, (epoch as f64 + p) / config.epochs as f64);
         let plan = EpochPlan {
             data: &splits.train,
-            batch: args.batch,
+            batch: config.batch,
             loss: LossWeights::ce(),
             lr: &lr_at,
-            label: format!("epoch {}/{}", epoch + 1, args.epochs),
-            progress: !args.no_progress,
+            label: format!("epoch {}/{}", epoch + 1, config.epochs),
         };
-        let stats = train_epoch(&mut net, None, &mut opt, &plan, &mut rng);
+        let stats = train_epoch(&mut net, None, &mut opt, &plan, &mut rng, progress);
         images += stats.images;
         seconds += stats.seconds;
         let val_acc = evaluate(&mut net, &splits.val);
@@ -195,14 +184,10 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     };
     let test_acc = evaluate(&mut net, &splits.test);
     let trained = net.to_model();
-    let out_model = if args.fold {
-        trained.fold_batchnorm()
-    } else {
-        trained
-    };
-    pi_model::save(&out_model, &args.out)
-        .with_context(|| format!("saving {}", args.out.display()))?;
-    info!(best_epoch, best_val_acc, test_acc, out = %args.out.display(), "saved");
+    let out_model = if config.fold { trained.fold_batchnorm() } else { trained };
+    pi_model::save(&out_model, &config.out)
+        .map_err(|source| LinearizeError::SaveModel { path: config.out.clone(), source })?;
+    info!(best_epoch, best_val_acc, test_acc, out = %config.out.display(), "saved");
     let report = TrainReport {
         arch: out_model.graph.arch.clone(),
         data: dir.display().to_string(),
@@ -218,7 +203,10 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         train_images_per_second: images as f64 / seconds.max(1e-9),
         peak_memory_mib: peak_memory_mib(),
         seconds: started.elapsed().as_secs_f64(),
-        out: args.out.display().to_string(),
+        out: config.out.display().to_string(),
     };
-    emit(&report, args.report.as_deref(), args.json)
+    if let Some(path) = &config.report {
+        write_report(&report, path)?;
+    }
+    Ok(report)
 }

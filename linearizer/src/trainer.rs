@@ -1,17 +1,17 @@
 //! The training step shared by every command: loss (cross-entropy, distillation from a
-//! teacher, L1 on masks), one epoch with a progress bar, and evaluation.
+//! teacher, L1 on masks), one epoch (reporting to a [`Progress`]), and evaluation.
 
 use std::time::Instant;
 
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{Tensor, TensorData};
-use indicatif::{ProgressBar, ProgressStyle};
 use pi_model::data::Dataset;
 use rand_chacha::ChaCha8Rng;
 
 use crate::batches::{epoch_batches, gather, is_cifar};
 use crate::executor::{Mode, Net, to_vec};
 use crate::optim::Optimizer;
+use crate::progress::Progress;
 
 /// Weights of the loss terms: `CE + kd_weight * T^2 * KL(teacher_T || student_T) + l1 * sum|a|`.
 #[derive(Clone, Copy, Debug)]
@@ -24,11 +24,7 @@ pub struct LossWeights {
 impl LossWeights {
     /// Plain cross-entropy.
     pub fn ce() -> Self {
-        LossWeights {
-            kd_weight: 0.0,
-            temperature: 1.0,
-            l1: 0.0,
-        }
+        LossWeights { kd_weight: 0.0, temperature: 1.0, l1: 0.0 }
     }
 }
 
@@ -40,10 +36,7 @@ pub fn cross_entropy(logits: Tensor<2>, labels: &[u8]) -> Tensor<1> {
         onehot[i * k + l as usize] = 1.0;
     }
     let onehot = Tensor::<2>::from_data(TensorData::new(onehot, [n, k]), &logits.device());
-    (log_softmax(logits, 1) * onehot)
-        .sum()
-        .neg()
-        .div_scalar(n as f64)
+    (log_softmax(logits, 1) * onehot).sum().neg().div_scalar(n as f64)
 }
 
 /// Hinton distillation: `T^2 * KL(softmax(teacher/T) || softmax(student/T))`, batch mean.
@@ -53,9 +46,7 @@ pub fn distillation(student: Tensor<2>, teacher: Tensor<2>, temperature: f64) ->
     let p = softmax(t.clone(), 1);
     let log_p = log_softmax(t, 1);
     let log_q = log_softmax(student.div_scalar(temperature), 1);
-    (p * (log_p - log_q))
-        .sum()
-        .mul_scalar(temperature * temperature / n as f64)
+    (p * (log_p - log_q)).sum().mul_scalar(temperature * temperature / n as f64)
 }
 
 /// Figures of one training epoch.
@@ -80,8 +71,8 @@ pub struct EpochPlan<'a> {
     pub loss: LossWeights,
     /// Learning rate as a function of progress through this epoch, in [0, 1).
     pub lr: &'a dyn Fn(f64) -> f64,
+    /// Name of the epoch for progress reports.
     pub label: String,
-    pub progress: bool,
 }
 
 /// Fraction of correct argmax predictions.
@@ -94,22 +85,6 @@ fn correct(logits: &[f32], labels: &[u8]) -> usize {
         .count()
 }
 
-/// A progress bar, hidden when `show` is false or stderr is not a terminal.
-pub fn bar(len: usize, label: &str, show: bool) -> ProgressBar {
-    let pb = if show {
-        ProgressBar::new(len as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    pb.set_style(
-        ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    pb.set_prefix(label.to_string());
-    pb
-}
-
 /// Trains `net` for one epoch; `teacher` (eval mode) supplies distillation targets.
 pub fn train_epoch(
     net: &mut Net,
@@ -117,10 +92,11 @@ pub fn train_epoch(
     opt: &mut Optimizer,
     plan: &EpochPlan,
     rng: &mut ChaCha8Rng,
+    progress: &mut dyn Progress,
 ) -> EpochStats {
     let augment = is_cifar(plan.data);
     let batches = epoch_batches(plan.data, plan.batch, rng);
-    let pb = bar(batches.len(), &plan.label, plan.progress);
+    progress.start(&plan.label, batches.len());
     let start = Instant::now();
     let (mut loss_sum, mut hits, mut seen) = (0.0f64, 0usize, 0usize);
     for (s, idx) in batches.iter().enumerate() {
@@ -137,8 +113,7 @@ pub fn train_epoch(
         hits += correct(&to_vec(&logits), &b.labels);
         let mut loss = cross_entropy(logits.clone(), &b.labels);
         if let Some(t) = teacher_logits {
-            loss = loss
-                + distillation(logits, t, plan.loss.temperature).mul_scalar(plan.loss.kd_weight);
+            loss = loss + distillation(logits, t, plan.loss.temperature).mul_scalar(plan.loss.kd_weight);
         }
         if plan.loss.l1 > 0.0 {
             loss = loss + net.mask_l1().mul_scalar(plan.loss.l1);
@@ -148,16 +123,9 @@ pub fn train_epoch(
         opt.step(net, &grads, (plan.lr)(s as f64 / batches.len() as f64));
         loss_sum += value * b.n as f64;
         seen += b.n;
-        pb.inc(1);
-        if s % 10 == 0 {
-            pb.set_message(format!(
-                "loss {:.4} acc {:.3}",
-                loss_sum / seen as f64,
-                hits as f64 / seen as f64
-            ));
-        }
+        progress.batch(s, loss_sum / seen as f64, hits as f64 / seen as f64);
     }
-    pb.finish_and_clear();
+    progress.finish();
     EpochStats {
         loss: loss_sum / seen.max(1) as f64,
         train_acc: hits as f64 / seen.max(1) as f64,
@@ -188,16 +156,14 @@ mod tests {
     #[test]
     fn losses_match_hand_computation() {
         let dev = Device::flex();
-        let logits =
-            Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 2.0, 0.5, 0.0], [2, 2]), &dev);
+        let logits = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 2.0, 0.5, 0.0], [2, 2]), &dev);
         let ce = to_vec(&cross_entropy(logits.clone(), &[1, 0]))[0] as f64;
         let l0 = (1.0f64.exp() + 2.0f64.exp()).ln() - 2.0;
         let l1 = (0.5f64.exp() + 1.0).ln() - 0.5;
         assert!((ce - (l0 + l1) / 2.0).abs() < 1e-5, "{ce}");
         // Distillation from itself is zero, from a different teacher positive.
         assert!(to_vec(&distillation(logits.clone(), logits.clone(), 4.0))[0].abs() < 1e-6);
-        let other =
-            Tensor::<2>::from_data(TensorData::new(vec![3.0f32, -2.0, 0.0, 1.0], [2, 2]), &dev);
+        let other = Tensor::<2>::from_data(TensorData::new(vec![3.0f32, -2.0, 0.0, 1.0], [2, 2]), &dev);
         assert!(to_vec(&distillation(logits, other, 4.0))[0] > 1e-3);
     }
 }
@@ -207,6 +173,7 @@ mod training_tests {
     use super::*;
     use crate::executor::{Net, default_device, with_full_masks};
     use crate::optim::OptimKind;
+    use crate::progress::NoProgress;
     use pi_model::data::Normalization;
     use pi_model::{Granularity, Model, arch};
     use rand::SeedableRng;
@@ -220,45 +187,26 @@ mod training_tests {
             labels.push(k as u8);
             for r in 0..28 {
                 for c in 0..28 {
-                    pixels.push(if r / 7 == k {
-                        220
-                    } else {
-                        ((r * 7 + c * 13 + i) % 50) as u8
-                    });
+                    pixels.push(if r / 7 == k { 220 } else { ((r * 7 + c * 13 + i) % 50) as u8 });
                 }
             }
         }
-        Dataset::from_raw(
-            &pixels,
-            labels,
-            [1, 28, 28],
-            4,
-            Normalization::fashion_mnist(),
-        )
-        .unwrap()
+        Dataset::from_raw(&pixels, labels, [1, 28, 28], 4, Normalization::fashion_mnist()).unwrap()
     }
 
     /// The SNL loss moves the masks: their L1 norm shrinks while the task loss is trained.
     #[test]
     fn snl_steps_shrink_mask_l1_and_fit_the_data() {
         let data = tiny();
-        let model = with_full_masks(
-            &Model::random(arch::build("small-cnn", 4).unwrap(), 1, None).unwrap(),
-            Granularity::Pixel,
-        )
-        .unwrap();
+        let model =
+            with_full_masks(&Model::random(arch::build("small-cnn", 4).unwrap(), 1, None).unwrap(), Granularity::Pixel)
+                .unwrap();
         let dev = default_device();
         let mut teacher = Net::from_model(&model, &dev).unwrap();
         teacher.set_trainable(false, false);
         let mut net = Net::from_model(&model, &dev).unwrap();
         net.set_trainable(true, true);
-        let l1 = |n: &Net| {
-            n.masks()
-                .iter()
-                .flat_map(|m| m.values.iter())
-                .map(|v| v.abs() as f64)
-                .sum::<f64>()
-        };
+        let l1 = |n: &Net| n.masks().iter().flat_map(|m| m.values.iter()).map(|v| v.abs() as f64).sum::<f64>();
         let before = l1(&net);
         let mut opt = Optimizer::new(OptimKind::adam());
         let lr = |_: f64| 1e-2;
@@ -268,16 +216,12 @@ mod training_tests {
             let plan = EpochPlan {
                 data: &data,
                 batch: 16,
-                loss: LossWeights {
-                    kd_weight: 1.0,
-                    temperature: 4.0,
-                    l1: 1e-4,
-                },
+                loss: LossWeights { kd_weight: 1.0, temperature: 4.0, l1: 1e-4 },
                 lr: &lr,
                 label: String::new(),
-                progress: false,
             };
-            losses.push(train_epoch(&mut net, Some(&mut teacher), &mut opt, &plan, &mut rng).loss);
+            let stats = train_epoch(&mut net, Some(&mut teacher), &mut opt, &plan, &mut rng, &mut NoProgress);
+            losses.push(stats.loss);
         }
         let after = l1(&net);
         assert!(after < before * 0.95, "mask L1 {before} -> {after}");

@@ -17,21 +17,14 @@ fn bundled_model_is_accurate_and_within_budget() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/small-cnn-fmnist.safetensors");
     let model = pi_model::load(&path).expect("bundled model loads");
     assert_eq!(model.graph.arch, "small-cnn");
-    assert!(
-        model.is_folded(),
-        "the bundled model is stored in inference form"
-    );
+    assert!(model.is_folded(), "the bundled model is stored in inference form");
     let relus = model.kept_relus();
     assert!(relus <= BUDGET && relus > 0, "{relus} ReLUs");
     let test = load_dir(&bundled_fashion_mnist_dir(), Split::Test).expect("bundled test images");
     assert_eq!(test.n, 1000);
-    let correct = (0..test.n)
-        .filter(|&i| argmax(&run_f32(&model, test.image(i)).unwrap()) == test.label(i) as usize)
-        .count();
+    let correct =
+        (0..test.n).filter(|&i| argmax(&run_f32(&model, test.image(i)).unwrap()) == test.label(i) as usize).count();
     let acc = correct as f64 / test.n as f64;
-    eprintln!(
-        "bundled model: {relus} ReLUs, accuracy {acc} on {} bundled test images",
-        test.n
-    );
+    eprintln!("bundled model: {relus} ReLUs, accuracy {acc} on {} bundled test images", test.n);
     assert!(acc >= MIN_ACCURACY, "accuracy {acc} below {MIN_ACCURACY}");
 }

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use pi_linearizer::import::import_checkpoint;
+use pi_linearizer::{CheckpointError, ImportConfig, LinearizeError, import};
 use pi_model::{Model, arch};
 
 /// Checkpoint tensors by name: shape and values.
@@ -38,22 +39,12 @@ fn snl_tensors(arch_name: &str) -> (Model, Tensors) {
 fn write_safetensors(path: &Path, tensors: &Tensors) {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
-        .map(|(n, (s, d))| {
-            (
-                n.clone(),
-                s.clone(),
-                d.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            )
-        })
+        .map(|(n, (s, d))| (n.clone(), s.clone(), d.iter().flat_map(|v| v.to_le_bytes()).collect()))
         .collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
         .iter()
         .map(|(n, s, b)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                    .unwrap(),
-            )
+            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())
         })
         .collect();
     safetensors::serialize_to_file(views, None, path).unwrap();
@@ -111,8 +102,7 @@ fn write_pt(path: &Path, tensors: &Tensors, prefix: &str) {
 
     let file = std::fs::File::create(path).unwrap();
     let mut zip = zip::ZipWriter::new(file);
-    let opts =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     zip.start_file("archive/data.pkl", opts).unwrap();
     zip.write_all(&pkl).unwrap();
     zip.start_file("archive/byteorder", opts).unwrap();
@@ -127,12 +117,21 @@ fn write_pt(path: &Path, tensors: &Tensors, prefix: &str) {
     zip.finish().unwrap();
 }
 
+/// The error followed by its sources, as `pi` prints it (`{:#}` of an `anyhow::Error`).
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
 fn assert_same(a: &Model, b: &Model) {
     assert_eq!(a.graph, b.graph);
-    assert_eq!(
-        a.tensors.keys().collect::<Vec<_>>(),
-        b.tensors.keys().collect::<Vec<_>>()
-    );
+    assert_eq!(a.tensors.keys().collect::<Vec<_>>(), b.tensors.keys().collect::<Vec<_>>());
     for (k, t) in &a.tensors {
         assert_eq!(t, &b.tensors[k], "{k}");
     }
@@ -173,10 +172,7 @@ fn wrn_without_alphas_keeps_every_relu() {
     let (imported, report) = import_checkpoint("wrn22-8", &path, None, 0.01).unwrap();
     assert!(!report.had_masks);
     assert_eq!(imported.kept_relus(), 1_359_872);
-    assert_eq!(
-        imported.tensors["block1.layer.0.conv1.weight"],
-        model.tensors["block1.layer.0.conv1.weight"]
-    );
+    assert_eq!(imported.tensors["block1.layer.0.conv1.weight"], model.tensors["block1.layer.0.conv1.weight"]);
 }
 
 #[test]
@@ -185,7 +181,8 @@ fn bad_checkpoints_are_clear_errors() {
     let garbage = tmp.path().join("garbage.pt");
     std::fs::write(&garbage, b"this is not a checkpoint").unwrap();
     let err = import_checkpoint("resnet18", &garbage, None, 0.01).unwrap_err();
-    assert!(format!("{err:#}").contains("garbage.pt"), "{err:#}");
+    assert!(matches!(&err, LinearizeError::NotPytorch { path, .. } if *path == garbage), "{err}");
+    assert!(chain(&err).contains("garbage.pt"), "{}", chain(&err));
 
     let (_, mut tensors) = snl_tensors("resnet18");
     tensors.remove("layer2.1.conv2.weight");
@@ -193,8 +190,16 @@ fn bad_checkpoints_are_clear_errors() {
     write_safetensors(&missing, &tensors);
     let err = import_checkpoint("resnet18", &missing, None, 0.01).unwrap_err();
     assert!(
-        format!("{err:#}").contains("layer2.1.conv2.weight"),
-        "{err:#}"
+        matches!(
+            &err,
+            LinearizeError::Import { path, source: CheckpointError::Missing { missing: names, .. } }
+                if *path == missing && names == &["layer2.1.conv2.weight"]
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        chain(&err),
+        format!("importing {}: checkpoint lacks 1 tensor(s) of resnet18: layer2.1.conv2.weight", missing.display())
     );
 
     let (_, mut tensors) = snl_tensors("resnet18");
@@ -203,15 +208,70 @@ fn bad_checkpoints_are_clear_errors() {
     write_safetensors(&shaped, &tensors);
     let err = import_checkpoint("resnet18", &shaped, None, 0.01).unwrap_err();
     assert!(
-        format!("{err:#}").contains("layer1.0.conv1.weight"),
-        "{err:#}"
+        matches!(
+            &err,
+            LinearizeError::Import { source: CheckpointError::Shape { name, got, .. }, .. }
+                if name == "layer1.0.conv1.weight" && got == &[64, 64, 9]
+        ),
+        "{err}"
     );
+    assert!(chain(&err).contains("layer1.0.conv1.weight"), "{}", chain(&err));
 
-    let err = import_checkpoint("resnet18", &tmp.path().join("absent.pt"), None, 0.01).unwrap_err();
-    assert!(format!("{err:#}").contains("absent.pt"), "{err:#}");
+    let absent = tmp.path().join("absent.pt");
+    let err = import_checkpoint("resnet18", &absent, None, 0.01).unwrap_err();
+    assert!(
+        matches!(&err, LinearizeError::OpenCheckpoint { path, source }
+            if *path == absent && source.kind() == std::io::ErrorKind::NotFound),
+        "{err}"
+    );
+    assert!(chain(&err).contains("absent.pt"), "{}", chain(&err));
     let err = import_checkpoint("small-cnn", &shaped, None, 0.01).unwrap_err();
     assert!(
-        format!("{err:#}").contains("unknown architecture"),
-        "{err:#}"
+        matches!(&err, LinearizeError::Import { source: CheckpointError::UnknownArch(a), .. } if a == "small-cnn"),
+        "{err}"
     );
+    assert!(chain(&err).contains("unknown architecture"), "{}", chain(&err));
+}
+
+/// `import` writes the (optionally folded) model and the report file, and returns the report.
+#[test]
+fn import_writes_the_model_and_the_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, tensors) = snl_tensors("resnet18");
+    let checkpoint = tmp.path().join("snl.safetensors");
+    write_safetensors(&checkpoint, &tensors);
+    let out = tmp.path().join("imported.safetensors");
+    let mut config = ImportConfig::new("resnet18", &checkpoint, &out);
+    config.report = Some(tmp.path().join("import.json"));
+    let report = import(&config).unwrap();
+    assert_eq!(report.checkpoint, checkpoint.display().to_string());
+    assert_eq!(report.out, out.display().to_string());
+    assert_eq!(report.relus_kept, model.kept_relus());
+    let written = pi_model::load(&out).unwrap();
+    assert!(!written.is_folded(), "import keeps BatchNorm by default");
+    assert_same(&model, &written);
+    let text = std::fs::read_to_string(tmp.path().join("import.json")).unwrap();
+    assert_eq!(text, serde_json::to_string_pretty(&report).unwrap());
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for key in [
+        "arch",
+        "classes",
+        "checkpoint",
+        "out",
+        "tensors_read",
+        "ignored",
+        "had_masks",
+        "non_binary_alphas",
+        "relus_total",
+        "relus_kept",
+    ] {
+        assert!(json.get(key).is_some(), "{key} missing");
+    }
+
+    config.fold = true;
+    config.report = None;
+    import(&config).unwrap();
+    let folded = pi_model::load(&out).unwrap();
+    assert!(folded.is_folded());
+    assert_eq!(folded.kept_relus(), model.kept_relus());
 }

@@ -3,8 +3,10 @@
 
 use std::path::Path;
 
-use pi_linearizer::snl::{Budget, GranularityArg, Method};
-use pi_linearizer::{LinearizeArgs, TrainArgs, linearize, train};
+use pi_linearizer::{
+    Budget, LinearizeConfig, LinearizeError, Method, NoProgress, Progress, Schedule, TrainConfig, linearize, train,
+};
+use pi_model::Granularity;
 
 /// Writes `n` 28x28 images whose class `k` is a bright band at rows `2k..2k+3` plus noise.
 fn write_idx(dir: &Path, prefix: &str, n: usize, seed: u32) {
@@ -26,11 +28,7 @@ fn write_idx(dir: &Path, prefix: &str, n: usize, seed: u32) {
         labels.push(k as u8);
         for r in 0..28 {
             for _ in 0..28 {
-                let base = if (2 * k..2 * k + 3).contains(&r) {
-                    200
-                } else {
-                    20
-                };
+                let base = if (2 * k..2 * k + 3).contains(&r) { 200 } else { 20 };
                 images.push((base + (next() % 40) as i32 - 20).clamp(0, 255) as u8);
             }
         }
@@ -39,20 +37,14 @@ fn write_idx(dir: &Path, prefix: &str, n: usize, seed: u32) {
     std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
 }
 
-fn linearize_args(
-    dir: &Path,
-    model: &Path,
-    out: &Path,
-    budgets: &[usize],
-    method: Method,
-) -> LinearizeArgs {
-    LinearizeArgs {
+fn linearize_config(dir: &Path, model: &Path, out: &Path, budgets: &[usize], method: Method) -> LinearizeConfig {
+    LinearizeConfig {
         model: model.to_path_buf(),
         data: Some(dir.to_path_buf()),
-        budget: budgets.iter().map(|&b| Budget::Count(b)).collect(),
+        budgets: budgets.iter().map(|&b| Budget::Count(b)).collect(),
         out: out.to_path_buf(),
         method,
-        granularity: GranularityArg::Pixel,
+        granularity: Granularity::Pixel,
         lambda: 1e-3,
         lambda_growth: 1.1,
         min_decrease: 0.0,
@@ -64,17 +56,40 @@ fn linearize_args(
         kd_weight: 1.0,
         finetune_epochs: 1,
         finetune_lr: 0.01,
-        finetune_schedule: pi_linearizer::optim::Schedule::Cosine,
+        finetune_schedule: Schedule::Cosine,
         momentum: 0.9,
         weight_decay: 5e-4,
         batch: 32,
         val_size: 32,
         train_limit: None,
         seed: 1,
-        no_fold: false,
+        fold: true,
         report: Some(out.with_extension("json")),
-        json: false,
-        no_progress: true,
+    }
+}
+
+/// Records what a run reports through [`Progress`].
+#[derive(Default)]
+struct Recorder {
+    /// Label and batch count of each epoch, and the batches reported in it.
+    epochs: Vec<(String, usize, usize)>,
+    finished: usize,
+    last_loss: f64,
+}
+
+impl Progress for Recorder {
+    fn start(&mut self, label: &str, batches: usize) {
+        self.epochs.push((label.to_string(), batches, 0));
+    }
+    fn batch(&mut self, step: usize, loss: f64, accuracy: f64) {
+        let epoch = self.epochs.last_mut().expect("batch before start");
+        assert_eq!(step, epoch.2, "steps are reported in order");
+        assert!((0.0..=1.0).contains(&accuracy), "{accuracy}");
+        epoch.2 += 1;
+        self.last_loss = loss;
+    }
+    fn finish(&mut self) {
+        self.finished += 1;
     }
 }
 
@@ -85,94 +100,77 @@ fn train_then_linearize_meets_the_budget_exactly() {
     write_idx(dir, "train", 160, 1);
     write_idx(dir, "t10k", 40, 2);
     let base = dir.join("base.safetensors");
-    let targs = TrainArgs {
-        arch: "small-cnn".into(),
+    let tconfig = TrainConfig {
         data: Some(dir.to_path_buf()),
-        init: None,
-        out: base.clone(),
         epochs: 3,
         batch: 16,
-        lr: 0.05,
-        momentum: 0.9,
-        weight_decay: 5e-4,
-        schedule: pi_linearizer::optim::Schedule::Cosine,
         val_size: 32,
-        train_limit: None,
-        seed: 0,
-        fold: false,
         report: Some(dir.join("train.json")),
-        json: false,
-        no_progress: true,
+        ..TrainConfig::new(&base)
     };
-    train(&targs).unwrap();
-    let rep: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("train.json")).unwrap()).unwrap();
+    let mut recorder = Recorder::default();
+    let report = train(&tconfig, &mut recorder).unwrap();
+    // 128 training images (160 minus 32 held out) in batches of 16: 8 batches per epoch.
+    let labels: Vec<&str> = recorder.epochs.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(labels, ["epoch 1/3", "epoch 2/3", "epoch 3/3"]);
+    assert!(recorder.epochs.iter().all(|e| e.1 == 8 && e.2 == 8), "{:?}", recorder.epochs);
+    assert_eq!(recorder.finished, 3);
+    assert!(recorder.last_loss > 0.0);
+    let text = std::fs::read_to_string(dir.join("train.json")).unwrap();
+    // The returned report is what the file holds.
+    assert_eq!(text, serde_json::to_string_pretty(&report).unwrap());
+    let rep: serde_json::Value = serde_json::from_str(&text).unwrap();
     let epochs = rep["epochs"].as_array().unwrap();
     assert_eq!(epochs.len(), 3);
     let first = epochs[0]["loss"].as_f64().unwrap();
     let last = epochs[2]["loss"].as_f64().unwrap();
-    assert!(
-        last < first,
-        "training loss did not decrease: {first} -> {last}"
-    );
+    assert!(last < first, "training loss did not decrease: {first} -> {last}");
     assert!(rep["peak_memory_mib"].as_f64().unwrap() > 1.0);
     let trained = pi_model::load(&base).unwrap();
     assert!(!trained.is_folded(), "train keeps BatchNorm by default");
     assert_eq!(trained.kept_relus(), 20_384);
 
     // One SNL run serves two budgets (files get a -{budget} suffix); baselines one each.
-    linearize(&linearize_args(
-        dir,
-        &base,
-        &dir.join("snl.safetensors"),
-        &[1234, 4000],
-        Method::Snl,
-    ))
+    let reports = linearize(
+        &linearize_config(dir, &base, &dir.join("snl.safetensors"), &[1234, 4000], Method::Snl),
+        &mut NoProgress,
+    )
     .unwrap();
-    for (method, budget) in [
-        (Method::Snl, 1234),
-        (Method::Snl, 4000),
-        (Method::Random, 2000),
-        (Method::Layer, 4000),
-    ] {
+    let budgets: Vec<usize> = reports.iter().map(|r| r.budget).collect();
+    assert_eq!(budgets, [4000, 1234], "one report per budget, largest first");
+    for r in &reports {
+        let file = dir.join(format!("snl-{}.json", r.budget));
+        let text = std::fs::read_to_string(file).unwrap();
+        assert_eq!(text, serde_json::to_string_pretty(r).unwrap());
+    }
+    let no_budget = linearize_config(dir, &base, &dir.join("none.safetensors"), &[], Method::Snl);
+    let err = linearize(&no_budget, &mut NoProgress).unwrap_err();
+    assert!(matches!(err, LinearizeError::NoBudget), "{err}");
+    for (method, budget) in [(Method::Snl, 1234), (Method::Snl, 4000), (Method::Random, 2000), (Method::Layer, 4000)] {
         let out = match method {
             Method::Snl => dir.join(format!("snl-{budget}.safetensors")),
             _ => {
                 let out = dir.join(format!("{method:?}.safetensors"));
-                linearize(&linearize_args(dir, &base, &out, &[budget], method)).unwrap();
+                let config = linearize_config(dir, &base, &out, &[budget], method);
+                let reports = linearize(&config, &mut NoProgress).unwrap();
+                assert_eq!(reports.len(), 1);
                 out
             }
         };
         let m = pi_model::load(&out).unwrap();
         assert!(m.is_folded());
-        assert!(
-            m.kept_relus() <= budget,
-            "{method:?}: {} > {budget}",
-            m.kept_relus()
-        );
+        assert!(m.kept_relus() <= budget, "{method:?}: {} > {budget}", m.kept_relus());
         for (name, t) in &m.tensors {
             if name.ends_with(".mask") {
-                assert!(
-                    t.iter().all(|&v| v == 0.0 || v == 1.0),
-                    "{name} is not binary"
-                );
+                assert!(t.iter().all(|&v| v == 0.0 || v == 1.0), "{name} is not binary");
             }
         }
         let rep: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap())
-                .unwrap();
-        assert_eq!(
-            rep["relus_after"].as_u64().unwrap() as usize,
-            m.kept_relus()
-        );
+            serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap()).unwrap();
+        assert_eq!(rep["relus_after"].as_u64().unwrap() as usize, m.kept_relus());
         assert_eq!(rep["relus_before"].as_u64().unwrap(), 20_384);
         assert_eq!(rep["layers"].as_array().unwrap().len(), 4);
-        for key in [
-            "test_acc_before",
-            "test_acc_binarised",
-            "test_acc_finetuned",
-            "train_images_per_second",
-        ] {
+        for key in ["test_acc_before", "test_acc_binarised", "test_acc_finetuned", "train_images_per_second"] {
             assert!(rep[key].as_f64().is_some(), "{key} missing");
         }
         if method == Method::Snl {

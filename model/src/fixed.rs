@@ -112,7 +112,7 @@ mod tests {
     fn encode_decode_and_truncate() {
         let fp = FixedPoint::DEFAULT;
         assert!(fp.validate().is_ok());
-        for x in [0.0f32, 1.5, -1.5, 1234.25, -0.000244140625] {
+        for x in [0.0f32, 1.5, -1.5, 1234.25, -1.0 / 4096.0] {
             assert_eq!(fp.decode(fp.encode(x)), x);
         }
         let y = fp.encode_with(-2.75, 2 * fp.f);

@@ -13,7 +13,8 @@ pub const FORMAT_NAME: &str = "pi-model";
 /// Current format version (metadata key `format_version`).
 pub const FORMAT_VERSION: u32 = 1;
 /// Layer kinds a file may contain.
-pub const LAYER_KINDS: &[&str] = &["conv2d", "batchnorm", "linear", "relu", "add", "avg_pool", "global_avg_pool", "flatten"];
+pub const LAYER_KINDS: &[&str] =
+    &["conv2d", "batchnorm", "linear", "relu", "add", "avg_pool", "global_avg_pool", "flatten"];
 
 /// Why a model file could not be loaded. Each variant names the problem.
 #[derive(Debug, thiserror::Error)]
@@ -80,9 +81,9 @@ pub fn to_bytes(model: &Model) -> Vec<u8> {
         .iter()
         .map(|(k, t)| (k.clone(), t.iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape().to_vec()))
         .collect();
-    let views = data
-        .iter()
-        .map(|(k, bytes, shape)| (k.as_str(), TensorView::new(Dtype::F32, shape.clone(), bytes).expect("consistent view")));
+    let views = data.iter().map(|(k, bytes, shape)| {
+        (k.as_str(), TensorView::new(Dtype::F32, shape.clone(), bytes).expect("consistent view"))
+    });
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), FORMAT_NAME.to_string());
     meta.insert("format_version".to_string(), FORMAT_VERSION.to_string());
@@ -119,7 +120,8 @@ fn map_st(e: SafeTensorError) -> FormatError {
 
 /// Parses the architecture JSON, naming unknown layer kinds precisely.
 fn parse_graph(json: &str) -> Result<Graph, FormatError> {
-    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| FormatError::BadArchitecture(e.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| FormatError::BadArchitecture(e.to_string()))?;
     if let Some(nodes) = value.get("nodes").and_then(|n| n.as_array()) {
         for n in nodes {
             let kind = n.get("op").and_then(|k| k.as_str()).unwrap_or("");
@@ -146,8 +148,8 @@ pub fn load_bytes(bytes: &[u8]) -> Result<Model, FormatError> {
     }
     let arch = meta.get("architecture").ok_or(FormatError::MissingMetadata("architecture"))?;
     let stored_hash = meta.get("hash").ok_or(FormatError::MissingMetadata("hash"))?;
-    let graph = parse_graph(arch)?;
-    let expected = graph.expected_tensors()?;
+    let graph = parse_graph(arch)?.validate()?;
+    let expected = graph.expected_tensors();
 
     let mut tensors = BTreeMap::new();
     for (name, view) in st.iter() {
@@ -165,7 +167,8 @@ pub fn load_bytes(bytes: &[u8]) -> Result<Model, FormatError> {
                 FormatError::WrongShape { name, expected, got }
             });
         }
-        let data: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let data: Vec<f32> =
+            view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         if let Some(index) = data.iter().position(|v| !v.is_finite()) {
             return Err(FormatError::NonFinite { name: name.to_string(), index });
         }
@@ -247,7 +250,10 @@ mod tests {
         let m = small();
         let json = serde_json::to_string(&m.graph).unwrap().replacen("\"op\":\"add\"", "\"op\":\"maxpool\"", 1);
         let err = load_bytes(&write(&json, &m.tensors, "1", None)).unwrap_err();
-        assert!(matches!(&err, FormatError::UnknownLayerKind { kind, node } if kind == "maxpool" && node == "res.add"), "{err}");
+        assert!(
+            matches!(&err, FormatError::UnknownLayerKind { kind, node } if kind == "maxpool" && node == "res.add"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -279,7 +285,9 @@ mod tests {
     fn non_finite_weight() {
         let mut m = small();
         m.tensors.get_mut("res.conv1.weight").unwrap()[[1, 2, 0, 1]] = f32::NAN;
-        assert!(matches!(load_bytes(&rewrite(&m)), Err(FormatError::NonFinite { name, .. }) if name == "res.conv1.weight"));
+        assert!(
+            matches!(load_bytes(&rewrite(&m)), Err(FormatError::NonFinite { name, .. }) if name == "res.conv1.weight")
+        );
         m.tensors.get_mut("res.conv1.weight").unwrap()[[1, 2, 0, 1]] = f32::INFINITY;
         assert!(matches!(load_bytes(&rewrite(&m)), Err(FormatError::NonFinite { .. })));
     }

@@ -106,10 +106,9 @@ pub fn param_shapes(node: &Node, in_shape: &[usize]) -> Vec<(&'static str, Vec<u
             }
             v
         }
-        Op::Batchnorm { channels, .. } => ["weight", "bias", "running_mean", "running_var"]
-            .into_iter()
-            .map(|p| (p, vec![*channels]))
-            .collect(),
+        Op::Batchnorm { channels, .. } => {
+            ["weight", "bias", "running_mean", "running_var"].into_iter().map(|p| (p, vec![*channels])).collect()
+        }
         Op::Linear { in_features, out_features, bias } => {
             let mut v = vec![("weight", vec![*out_features, *in_features])];
             if *bias {
@@ -183,14 +182,24 @@ fn out_shape(node: &Node, ins: &[&Vec<usize>]) -> Result<Vec<usize>, String> {
 const MAX_DIM: usize = 1 << 16;
 
 impl Graph {
+    /// Checks names, topology, arities and dimensions and computes every activation's shape, once:
+    /// the only way to a [`ValidGraph`].
+    pub fn validate(self) -> Result<ValidGraph, GraphError> {
+        let shapes = self.infer_shapes()?;
+        Ok(ValidGraph { graph: self, shapes })
+    }
+
     /// Validates names, topology, arities and shapes; returns the output shape of every node.
-    pub fn shapes(&self) -> Result<HashMap<String, Vec<usize>>, GraphError> {
+    fn infer_shapes(&self) -> Result<HashMap<String, Vec<usize>>, GraphError> {
         if self.nodes.is_empty() {
             return Err(GraphError::Empty);
         }
         let mut shapes: HashMap<String, Vec<usize>> = HashMap::new();
         if self.input_shape.len() != 3 || self.input_shape.iter().any(|&d| d == 0 || d > MAX_DIM) {
-            return Err(GraphError::Shape { node: INPUT.into(), reason: format!("bad input shape {:?}", self.input_shape) });
+            return Err(GraphError::Shape {
+                node: INPUT.into(),
+                reason: format!("bad input shape {:?}", self.input_shape),
+            });
         }
         shapes.insert(INPUT.to_string(), self.input_shape.clone());
         for node in &self.nodes {
@@ -207,7 +216,11 @@ impl Graph {
             }
             let mut ins = Vec::new();
             for i in &node.inputs {
-                ins.push(shapes.get(i).ok_or_else(|| GraphError::UnknownInput { node: node.name.clone(), input: i.clone() })?);
+                ins.push(
+                    shapes
+                        .get(i)
+                        .ok_or_else(|| GraphError::UnknownInput { node: node.name.clone(), input: i.clone() })?,
+                );
             }
             let too_big = |n: &usize| *n > MAX_DIM;
             let dims_ok = match &node.op {
@@ -232,11 +245,6 @@ impl Graph {
         Ok(shapes)
     }
 
-    /// Shape of a node's (first) input.
-    pub fn input_shape_of<'a>(&self, shapes: &'a HashMap<String, Vec<usize>>, node: &Node) -> &'a [usize] {
-        &shapes[&node.inputs[0]]
-    }
-
     /// Index of each node by name.
     pub fn index(&self) -> HashMap<&str, usize> {
         self.nodes.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect()
@@ -255,28 +263,85 @@ impl Graph {
         }
         out
     }
+}
+
+/// A graph that passed [`Graph::validate`], with the shape of every activation computed once.
+/// Read-only: it dereferences to the [`Graph`]; serialises as the graph and validates when
+/// deserialised, so a graph read from a file or a peer is checked before anything uses it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidGraph {
+    graph: Graph,
+    shapes: HashMap<String, Vec<usize>>,
+}
+
+impl std::ops::Deref for ValidGraph {
+    type Target = Graph;
+    fn deref(&self) -> &Graph {
+        &self.graph
+    }
+}
+
+impl ValidGraph {
+    /// The shapes of the input (under [`INPUT`]) and of every node's output, by name.
+    pub fn shapes(&self) -> &HashMap<String, Vec<usize>> {
+        &self.shapes
+    }
+
+    /// Shape of a node's (first) input.
+    pub fn input_shape_of(&self, node: &Node) -> &[usize] {
+        &self.shapes[&node.inputs[0]]
+    }
+
+    /// The underlying graph description.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    pub fn into_graph(self) -> Graph {
+        self.graph
+    }
+
+    /// A graph with the same input, output and node shapes, rewired by BatchNorm folding: every
+    /// kept node keeps its output shape and reads nodes of the same shapes, so validity carries over.
+    pub(crate) fn rewired(&self, nodes: Vec<Node>) -> ValidGraph {
+        let graph = Graph { nodes, ..self.graph.clone() };
+        let mut shapes: HashMap<String, Vec<usize>> =
+            graph.nodes.iter().map(|n| (n.name.clone(), self.shapes[&n.name].clone())).collect();
+        shapes.insert(INPUT.to_string(), self.shapes[INPUT].clone());
+        debug_assert_eq!(graph.infer_shapes().as_ref(), Ok(&shapes));
+        ValidGraph { graph, shapes }
+    }
 
     /// ReLU elements per ReLU node (all of them, regardless of masks): `(name, count)`.
-    pub fn relu_sites(&self) -> Result<Vec<(String, usize)>, GraphError> {
-        let shapes = self.shapes()?;
-        Ok(self
-            .nodes
+    pub fn relu_sites(&self) -> Vec<(String, usize)> {
+        self.nodes
             .iter()
             .filter(|n| matches!(n.op, Op::Relu { .. }))
-            .map(|n| (n.name.clone(), shapes[&n.inputs[0]].iter().product()))
-            .collect())
+            .map(|n| (n.name.clone(), self.input_shape_of(n).iter().product()))
+            .collect()
     }
 
     /// Required parameter tensors and their shapes, `"{node}.{param}" -> shape`.
-    pub fn expected_tensors(&self) -> Result<BTreeMap<String, Vec<usize>>, GraphError> {
-        let shapes = self.shapes()?;
+    pub fn expected_tensors(&self) -> BTreeMap<String, Vec<usize>> {
         let mut out = BTreeMap::new();
         for n in &self.nodes {
-            for (p, s) in param_shapes(n, &shapes[&n.inputs[0]]) {
+            for (p, s) in param_shapes(n, self.input_shape_of(n)) {
                 out.insert(format!("{}.{}", n.name, p), s);
             }
         }
-        Ok(out)
+        out
+    }
+}
+
+impl Serialize for ValidGraph {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.graph.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ValidGraph {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Graph::deserialize(d)?.validate().map_err(serde::de::Error::custom)
     }
 }
 
@@ -297,9 +362,15 @@ impl GraphBuilder {
         name
     }
 
-    /// A bias-free convolution, arguments in PyTorch's `Conv2d(in, out, kernel, stride, padding)` order.
-    #[allow(clippy::too_many_arguments)]
-    pub fn conv(&mut self, name: &str, input: &str, cin: usize, cout: usize, k: usize, s: usize, p: usize) -> String {
+    /// A bias-free convolution: `(in, out)` channels and `(kernel, stride, padding)`, in PyTorch's
+    /// `Conv2d(in, out, kernel, stride, padding)` order.
+    pub fn conv(
+        &mut self,
+        name: &str,
+        input: &str,
+        (cin, cout): (usize, usize),
+        (k, s, p): (usize, usize, usize),
+    ) -> String {
         let op = Op::Conv2d { in_channels: cin, out_channels: cout, kernel: k, stride: s, padding: p, bias: false };
         self.add(name, op, &[input])
     }
@@ -313,8 +384,7 @@ impl GraphBuilder {
     }
 
     /// Validates and returns the graph.
-    pub fn finish(self) -> Result<Graph, GraphError> {
-        self.graph.shapes()?;
-        Ok(self.graph)
+    pub fn finish(self) -> Result<ValidGraph, GraphError> {
+        self.graph.validate()
     }
 }

@@ -1,6 +1,6 @@
 //! A graph together with its weights and masks; random initialisation and BatchNorm folding.
 
-use crate::graph::{Granularity, Graph, GraphError, Node, Op};
+use crate::graph::{Granularity, GraphError, Node, Op, ValidGraph};
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng, seq::SliceRandom};
 use rand_chacha::ChaCha20Rng;
@@ -12,7 +12,7 @@ pub type Tensor = ArrayD<f32>;
 /// A mask-annotated network: architecture plus named tensors (`"{node}.{param}"`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Model {
-    pub graph: Graph,
+    pub graph: ValidGraph,
     pub tensors: BTreeMap<String, Tensor>,
 }
 
@@ -29,8 +29,8 @@ pub struct ReluCount {
 impl Model {
     /// Random weights (Kaiming-uniform), randomised BatchNorm statistics (so folding is exercised)
     /// and masks that keep a random `keep` fraction of each layer's ReLUs (all when `keep` is `None`).
-    pub fn random(graph: Graph, seed: u64, keep: Option<f64>) -> Result<Model, GraphError> {
-        let shapes = graph.shapes()?;
+    pub fn random(graph: ValidGraph, seed: u64, keep: Option<f64>) -> Result<Model, GraphError> {
+        let shapes = graph.shapes();
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let mut tensors = BTreeMap::new();
         for node in &graph.nodes {
@@ -63,7 +63,10 @@ impl Model {
                     }
                     _ => vec![0.0; n],
                 };
-                tensors.insert(format!("{}.{param}", node.name), ArrayD::from_shape_vec(IxDyn(&shape), data).expect("shape"));
+                tensors.insert(
+                    format!("{}.{param}", node.name),
+                    ArrayD::from_shape_vec(IxDyn(&shape), data).expect("shape"),
+                );
             }
         }
         Ok(Model { graph, tensors })
@@ -81,7 +84,7 @@ impl Model {
 
     /// Kept and total ReLUs per ReLU node.
     pub fn relu_counts(&self) -> Vec<ReluCount> {
-        let shapes = self.graph.shapes().expect("validated graph");
+        let shapes = self.graph.shapes();
         self.graph
             .nodes
             .iter()
@@ -152,9 +155,8 @@ impl Model {
                 tensors.remove(&format!("{}.{p}", node.name));
             }
             let prev = index.get(node.inputs[0].as_str()).copied();
-            let foldable = prev.is_some_and(|p| {
-                matches!(self.graph.nodes[p].op, Op::Conv2d { .. }) && consumers[p] == [i]
-            });
+            let foldable =
+                prev.is_some_and(|p| matches!(self.graph.nodes[p].op, Op::Conv2d { .. }) && consumers[p] == [i]);
             if let (true, Some(p)) = (foldable, prev) {
                 let conv = &self.graph.nodes[p].name;
                 let w = tensors.get_mut(&format!("{conv}.weight")).expect("conv weight");
@@ -167,7 +169,8 @@ impl Model {
                     Some(b) => (0..channels).map(|c| b[c] * scale[c] + shift[c]).collect(),
                     None => shift,
                 };
-                tensors.insert(format!("{conv}.bias"), ArrayD::from_shape_vec(IxDyn(&[channels]), bias).expect("shape"));
+                tensors
+                    .insert(format!("{conv}.bias"), ArrayD::from_shape_vec(IxDyn(&[channels]), bias).expect("shape"));
                 dropped[i] = true;
                 renamed.insert(node.name.clone(), conv.clone());
             } else {
@@ -176,7 +179,10 @@ impl Model {
                     w[[c, c, 0, 0]] = scale[c];
                 }
                 tensors.insert(format!("{}.weight", node.name), w);
-                tensors.insert(format!("{}.bias", node.name), ArrayD::from_shape_vec(IxDyn(&[channels]), shift).expect("shape"));
+                tensors.insert(
+                    format!("{}.bias", node.name),
+                    ArrayD::from_shape_vec(IxDyn(&[channels]), shift).expect("shape"),
+                );
             }
         }
         for (i, node) in self.graph.nodes.iter().enumerate() {
@@ -199,7 +205,7 @@ impl Model {
             }
             nodes.push(n);
         }
-        Model { graph: Graph { nodes, ..self.graph.clone() }, tensors }
+        Model { graph: self.graph.rewired(nodes), tensors }
     }
 
     /// True when the model has no BatchNorm left (what the engines and the protocol run).

@@ -70,7 +70,7 @@ fn folding_batchnorm_preserves_the_function() {
 /// diagonal-conv form for *all* of them (no folding into convs), which is a different code path.
 fn unfolded_reference(m: &Model, x: &[f32]) -> Vec<f32> {
     use pi_model::Op;
-    let mut g = m.graph.clone();
+    let mut g = m.graph.clone().into_graph();
     let mut t = m.tensors.clone();
     for node in g.nodes.iter_mut() {
         if let Op::Batchnorm { channels, eps } = node.op {
@@ -88,8 +88,15 @@ fn unfolded_reference(m: &Model, x: &[f32]) -> Vec<f32> {
             }
             t.insert(format!("{}.weight", node.name), w);
             t.insert(format!("{}.bias", node.name), b);
-            node.op = Op::Conv2d { in_channels: channels, out_channels: channels, kernel: 1, stride: 1, padding: 0, bias: true };
+            node.op = Op::Conv2d {
+                in_channels: channels,
+                out_channels: channels,
+                kernel: 1,
+                stride: 1,
+                padding: 0,
+                bias: true,
+            };
         }
     }
-    run_f32(&Model { graph: g, tensors: t }, x).unwrap()
+    run_f32(&Model { graph: g.validate().unwrap(), tensors: t }, x).unwrap()
 }

@@ -1,14 +1,16 @@
 //! The server party: loads and prepares a model, accepts clients over TCP and runs one private
 //! inference session per connection. A failing session is logged and ends alone.
 
-use anyhow::Context;
+#![forbid(unsafe_code)]
+
+use pi_channel::Channel;
+use pi_inference::{InferenceError, PublicModel, PublicModelError, ServedModel, ServerSession};
+use pi_inference::{calibrate_relu_bits, tell_peer};
 use pi_model::data::{self, Split};
 use pi_model::engine::RingModel;
 use pi_model::{FixedPoint, format};
-use pi_protocol::Channel;
-use pi_protocol::inference::server::{ServedModel, ServerSession};
-use pi_protocol::public::{PublicModel, calibrate_relu_bits};
 use rand::{Rng, SeedableRng};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,9 +56,26 @@ impl Default for PrepareOptions {
     }
 }
 
+/// Why a model could not be prepared or the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("loading {path}: {source}")]
+    Load { path: PathBuf, source: pi_model::format::FormatError },
+    #[error(transparent)]
+    Engine(#[from] pi_model::engine::EngineError),
+    #[error("calibration data {path}: {source}")]
+    Calibration { path: PathBuf, source: pi_model::data::DataError },
+    #[error("calibration images are {images:?}, the model takes {model:?}")]
+    CalibrationShape { images: Vec<usize>, model: Vec<usize> },
+    #[error(transparent)]
+    PublicModel(#[from] PublicModelError),
+    #[error("binding {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+}
+
 /// Loads a model file and prepares it for serving: fold, encode, choose circuit widths.
-pub fn prepare(path: &Path, opts: &PrepareOptions) -> anyhow::Result<ServedModel> {
-    let model = format::load(path).with_context(|| format!("loading {}", path.display()))?;
+pub fn prepare(path: &Path, opts: &PrepareOptions) -> Result<ServedModel, ServerError> {
+    let model = format::load(path).map_err(|source| ServerError::Load { path: path.to_path_buf(), source })?;
     let hash = format::content_hash(&model);
     let ring = RingModel::new(&model.fold_batchnorm(), opts.fp)?;
     let bits = match opts.relu_bits {
@@ -78,11 +97,14 @@ pub fn prepare(path: &Path, opts: &PrepareOptions) -> anyhow::Result<ServedModel
     Ok(ServedModel { ring, public })
 }
 
-fn calibration_inputs(ring: &RingModel, dir: Option<&Path>) -> anyhow::Result<Vec<Vec<f32>>> {
+fn calibration_inputs(ring: &RingModel, dir: Option<&Path>) -> Result<Vec<Vec<f32>>, ServerError> {
     let shape = &ring.model.graph.input_shape;
     if let Some(dir) = dir {
-        let ds = data::load_dir(dir, Split::Train).with_context(|| format!("calibration data {}", dir.display()))?;
-        anyhow::ensure!(ds.shape.as_slice() == shape.as_slice(), "calibration images are {:?}, the model takes {shape:?}", ds.shape);
+        let ds = data::load_dir(dir, Split::Train)
+            .map_err(|source| ServerError::Calibration { path: dir.to_path_buf(), source })?;
+        if ds.shape.as_slice() != shape.as_slice() {
+            return Err(ServerError::CalibrationShape { images: ds.shape.to_vec(), model: shape.clone() });
+        }
         return Ok((0..ds.len().min(64)).map(|i| ds.image(i).to_vec()).collect());
     }
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(0);
@@ -106,7 +128,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_frame: pi_protocol::channel::DEFAULT_MAX_FRAME,
+            max_frame: pi_channel::DEFAULT_MAX_FRAME,
             read_timeout: Duration::from_secs(60),
             max_sessions: 32,
             max_inferences_per_session: 10_000,
@@ -114,19 +136,64 @@ impl Default for Limits {
     }
 }
 
-/// What the client is told when its session fails: protocol errors it caused are named; the
-/// server's internal errors (which could describe the weights) are not.
-fn client_reason(e: &anyhow::Error) -> String {
-    use pi_protocol::inference::InferenceError;
-    match e.downcast_ref::<InferenceError>() {
-        Some(InferenceError::He(_) | InferenceError::Gc(_) | InferenceError::Task(_)) => "internal server error".into(),
-        Some(other) => other.to_string(),
-        None => "internal server error".into(),
+/// A bound server: a prepared model behind a TCP listener.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), pi_server::ServerError> {
+/// let model = pi_server::prepare("model.safetensors".as_ref(), &Default::default())?;
+/// let server = pi_server::Server::bind(model, &pi_server::ServerOptions::default()).await?;
+/// println!("listening on {}", server.local_addr());
+/// server.run().await;
+/// # Ok(()) }
+/// ```
+pub struct Server {
+    listener: TcpListener,
+    model: Arc<ServedModel>,
+    limits: Limits,
+}
+
+/// Where and how to serve.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Address to listen on (`HOST:PORT`; port 0 picks a free port).
+    pub listen: String,
+    pub limits: Limits,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:0".into(), limits: Limits::default() }
     }
 }
 
-/// Serves clients forever (until the task is dropped). Each connection is its own task.
-pub async fn serve(listener: TcpListener, model: Arc<ServedModel>, limits: Limits) -> anyhow::Result<()> {
+impl Server {
+    /// Binds the listener.
+    pub async fn bind(model: ServedModel, options: &ServerOptions) -> Result<Server, ServerError> {
+        let bind_err = |source| ServerError::Bind { addr: options.listen.clone(), source };
+        let listener = TcpListener::bind(&options.listen).await.map_err(bind_err)?;
+        listener.local_addr().map_err(bind_err)?;
+        Ok(Server { listener, model: Arc::new(model), limits: options.limits.clone() })
+    }
+
+    /// The bound address (with the port the OS chose for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("checked in bind")
+    }
+
+    /// The model being served (its public view holds the hash clients may pin).
+    pub fn model(&self) -> &ServedModel {
+        &self.model
+    }
+
+    /// Serves clients until the task is dropped. Each connection is its own task; a failing
+    /// session is logged and ends alone.
+    pub async fn run(self) {
+        serve(self.listener, self.model, self.limits).await
+    }
+}
+
+/// Serves clients on `listener` until the task is dropped (see [`Server::run`]).
+pub async fn serve(listener: TcpListener, model: Arc<ServedModel>, limits: Limits) {
     let counter = AtomicU64::new(0);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_sessions));
     loop {
@@ -147,29 +214,29 @@ pub async fn serve(listener: TcpListener, model: Arc<ServedModel>, limits: Limit
             let mut ch = Channel::new(stream).with_max_frame(limits.max_frame).with_timeout(limits.read_timeout);
             let Ok(_slot) = slot else {
                 tracing::warn!(session = id, %peer, "refused: {} sessions already running", limits.max_sessions);
-                ch.send_error("server busy: too many sessions, try again later").await;
+                let busy = InferenceError::Limit("server busy: too many sessions, try again later".into());
+                tell_peer(&mut ch, &busy).await;
                 return;
             };
             tracing::info!(session = id, %peer, "client connected");
+            // The session has told the client why it failed; here it is only logged.
             match session(&mut ch, model, id, limits.max_inferences_per_session).await {
                 Ok(n) => tracing::info!(session = id, inferences = n, "session ended"),
-                Err(e) => {
-                    tracing::warn!(session = id, "session failed: {e:#}");
-                    ch.send_error(&client_reason(&e)).await;
-                }
+                Err(e) => tracing::warn!(session = id, "session failed: {e}"),
             }
         });
     }
 }
 
-async fn session(ch: &mut Channel, model: Arc<ServedModel>, id: u64, max_inferences: usize) -> anyhow::Result<usize> {
-    let mut s = ServerSession::handshake(ch, model).await?;
+async fn session(
+    ch: &mut Channel,
+    model: Arc<ServedModel>,
+    id: u64,
+    max_inferences: usize,
+) -> Result<usize, InferenceError> {
+    let mut s = ServerSession::handshake(ch, model, max_inferences).await?;
     let mut served = 0;
     while s.next_request(ch).await?.is_some() {
-        if served >= max_inferences {
-            let reason = format!("session limit of {max_inferences} inferences reached");
-            return Err(pi_protocol::inference::InferenceError::Limit(reason).into());
-        }
         let stats = s.serve_inference(ch).await?;
         served += 1;
         tracing::info!(

@@ -15,11 +15,7 @@ const CIFAR100_COARSE: usize = 20;
 
 /// The normalisation [`load_cifar_bin`] applies: the training-set channel statistics.
 pub(crate) fn default_normalization(cifar100: bool) -> Normalization {
-    if cifar100 {
-        Normalization::cifar100()
-    } else {
-        Normalization::cifar10()
-    }
+    if cifar100 { Normalization::cifar100() } else { Normalization::cifar10() }
 }
 
 /// Reads and concatenates CIFAR binary files with the set's channel normalisation.
@@ -55,21 +51,11 @@ pub fn load_cifar_bin_with<P: AsRef<Path>>(
             let (head, image) = rec.split_at(label_bytes);
             if cifar100 && usize::from(head[0]) >= CIFAR100_COARSE {
                 let (label, classes) = (head[0], CIFAR100_COARSE);
-                return Err(DataError::LabelOutOfRange {
-                    path: path.to_path_buf(),
-                    index,
-                    label,
-                    classes,
-                });
+                return Err(DataError::LabelOutOfRange { path: path.to_path_buf(), index, label, classes });
             }
             let label = head[label_bytes - 1];
             if usize::from(label) >= classes {
-                return Err(DataError::LabelOutOfRange {
-                    path: path.to_path_buf(),
-                    index,
-                    label,
-                    classes,
-                });
+                return Err(DataError::LabelOutOfRange { path: path.to_path_buf(), index, label, classes });
             }
             labels.push(label);
             pixels.extend_from_slice(image);
@@ -86,9 +72,7 @@ pub(crate) fn find(dir: &Path, split: Split) -> Option<(Vec<PathBuf>, bool)> {
     for d in [dir.to_path_buf(), dir.join("cifar-10-batches-bin")] {
         if d.join("data_batch_1.bin").is_file() || d.join("test_batch.bin").is_file() {
             let paths = match split {
-                Split::Train => (1..=5)
-                    .map(|i| d.join(format!("data_batch_{i}.bin")))
-                    .collect(),
+                Split::Train => (1..=5).map(|i| d.join(format!("data_batch_{i}.bin"))).collect(),
                 Split::Test => vec![d.join("test_batch.bin")],
             };
             return Some((paths, false));
@@ -130,10 +114,7 @@ mod tests {
             for (p, &x) in ds.image(i).iter().enumerate() {
                 let c = p / 1024;
                 let want = (((r * 31 + p) % 256) as f32 / 255.0 - norm.mean[c]) / norm.std[c];
-                assert!(
-                    (x - want).abs() < 1e-5,
-                    "image {i} pixel {p}: {x} vs {want}"
-                );
+                assert!((x - want).abs() < 1e-5, "image {i} pixel {p}: {x} vs {want}");
             }
         }
     }
@@ -144,11 +125,7 @@ mod tests {
         let sub = tmp.path().join("cifar-10-batches-bin");
         std::fs::create_dir(&sub).unwrap();
         for i in 1..=5u8 {
-            write(
-                &sub,
-                &format!("data_batch_{i}.bin"),
-                &records(&[&[i], &[9]]),
-            );
+            write(&sub, &format!("data_batch_{i}.bin"), &records(&[&[i], &[9]]));
         }
         write(&sub, "test_batch.bin", &records(&[&[3], &[0], &[7]]));
         let train = load_dir(tmp.path(), Split::Train).unwrap();
@@ -189,29 +166,16 @@ mod tests {
     fn missing_batch() {
         let tmp = tempfile::tempdir().unwrap();
         for i in [1, 2, 4, 5] {
-            write(
-                tmp.path(),
-                &format!("data_batch_{i}.bin"),
-                &records(&[&[0]]),
-            );
+            write(tmp.path(), &format!("data_batch_{i}.bin"), &records(&[&[0]]));
         }
         let err = load_dir(tmp.path(), Split::Train).unwrap_err();
-        assert!(
-            matches!(&err, DataError::MissingFile { path } if path.ends_with("data_batch_3.bin")),
-            "{err}"
-        );
+        assert!(matches!(&err, DataError::MissingFile { path } if path.ends_with("data_batch_3.bin")), "{err}");
         let err = load_dir(tmp.path(), Split::Test).unwrap_err();
-        assert!(
-            matches!(&err, DataError::MissingFile { path } if path.ends_with("test_batch.bin")),
-            "{err}"
-        );
+        assert!(matches!(&err, DataError::MissingFile { path } if path.ends_with("test_batch.bin")), "{err}");
         let tmp2 = tempfile::tempdir().unwrap();
         write(tmp2.path(), "test.bin", &records(&[&[0, 0]]));
         let err = load_dir(tmp2.path(), Split::Train).unwrap_err();
-        assert!(
-            matches!(&err, DataError::MissingFile { path } if path.ends_with("train.bin")),
-            "{err}"
-        );
+        assert!(matches!(&err, DataError::MissingFile { path } if path.ends_with("train.bin")), "{err}");
     }
 
     #[test]
@@ -220,44 +184,14 @@ mod tests {
         let bytes = records(&[&[1], &[2]]);
         let p = write(tmp.path(), "short.bin", &bytes[..bytes.len() - 1]);
         let err = load_cifar_bin(&[&p], false).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DataError::Truncated {
-                    expected: 6146,
-                    found: 6145,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, DataError::Truncated { expected: 6146, found: 6145, .. }), "{err}");
         let p = write(tmp.path(), "empty.bin", &[]);
         let err = load_cifar_bin(&[&p], false).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DataError::Truncated {
-                    expected: 3073,
-                    found: 0,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, DataError::Truncated { expected: 3073, found: 0, .. }), "{err}");
         // A CIFAR-10 file read as CIFAR-100 has the wrong record size.
         let p = write(tmp.path(), "ten.bin", &records(&[&[1]]));
         let err = load_cifar_bin(&[&p], true).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DataError::Truncated {
-                    expected: 3074,
-                    found: 3073,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, DataError::Truncated { expected: 3074, found: 3073, .. }), "{err}");
     }
 
     #[test]
@@ -265,45 +199,13 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let p = write(tmp.path(), "a.bin", &records(&[&[1], &[10]]));
         let err = load_cifar_bin(&[&p], false).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DataError::LabelOutOfRange {
-                    index: 1,
-                    label: 10,
-                    classes: 10,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, DataError::LabelOutOfRange { index: 1, label: 10, classes: 10, .. }), "{err}");
         let p = write(tmp.path(), "b.bin", &records(&[&[3, 100]]));
         let err = load_cifar_bin(&[&p], true).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DataError::LabelOutOfRange {
-                    index: 0,
-                    label: 100,
-                    classes: 100,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, DataError::LabelOutOfRange { index: 0, label: 100, classes: 100, .. }), "{err}");
         let p = write(tmp.path(), "c.bin", &records(&[&[20, 5]]));
         let err = load_cifar_bin(&[&p], true).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DataError::LabelOutOfRange {
-                    label: 20,
-                    classes: 20,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, DataError::LabelOutOfRange { label: 20, classes: 20, .. }), "{err}");
     }
 
     #[test]

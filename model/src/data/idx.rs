@@ -45,65 +45,37 @@ pub fn load_idx_with(
             labels: label_dims[0] as u64,
         });
     }
-    Dataset::from_raw(&pixels, labels, [1, rows, cols], IDX_CLASSES, normalization)
-        .map_err(|e| e.at(labels_path))
+    Dataset::from_raw(&pixels, labels, [1, rows, cols], IDX_CLASSES, normalization).map_err(|e| e.at(labels_path))
 }
 
 /// Parses one unsigned-byte IDX file held in `file` (gzip is detected by its magic bytes).
 ///
 /// Returns the dimensions and the payload; the payload buffer only grows with bytes actually
 /// present, so a header claiming huge sizes cannot trigger a huge allocation.
-pub(crate) fn parse(
-    path: &Path,
-    file: &[u8],
-    magic: u32,
-) -> Result<(Vec<usize>, Vec<u8>), DataError> {
+pub(crate) fn parse(path: &Path, file: &[u8], magic: u32) -> Result<(Vec<usize>, Vec<u8>), DataError> {
     let gzip = file.starts_with(&[0x1f, 0x8b]);
-    let mut reader: Box<dyn Read + '_> = if gzip {
-        Box::new(MultiGzDecoder::new(file))
-    } else {
-        Box::new(file)
-    };
+    let mut reader: Box<dyn Read + '_> = if gzip { Box::new(MultiGzDecoder::new(file)) } else { Box::new(file) };
     let read_err = |e: std::io::Error| {
-        if gzip {
-            DataError::Gzip {
-                path: path.to_path_buf(),
-                source: e,
-            }
-        } else {
-            DataError::io(path, e)
-        }
+        if gzip { DataError::Gzip { path: path.to_path_buf(), source: e } } else { DataError::io(path, e) }
     };
 
     let ndim = (magic & 0xff) as usize;
     let header_len = 4 + 4 * ndim;
     let mut header = Vec::with_capacity(header_len);
-    (&mut reader)
-        .take(4)
-        .read_to_end(&mut header)
-        .map_err(read_err)?;
+    (&mut reader).take(4).read_to_end(&mut header).map_err(read_err)?;
     if header.len() < 4 {
         return Err(truncated(path, header_len as u64, header.len() as u64));
     }
     let found = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
     if found != magic {
-        return Err(DataError::BadMagic {
-            path: path.to_path_buf(),
-            found,
-            expected: magic,
-        });
+        return Err(DataError::BadMagic { path: path.to_path_buf(), found, expected: magic });
     }
-    (&mut reader)
-        .take(4 * ndim as u64)
-        .read_to_end(&mut header)
-        .map_err(read_err)?;
+    (&mut reader).take(4 * ndim as u64).read_to_end(&mut header).map_err(read_err)?;
     if header.len() < header_len {
         return Err(truncated(path, header_len as u64, header.len() as u64));
     }
-    let dims: Vec<usize> = header[4..]
-        .chunks_exact(4)
-        .map(|d| u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize)
-        .collect();
+    let dims: Vec<usize> =
+        header[4..].chunks_exact(4).map(|d| u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize).collect();
 
     // At most 3 factors of at most 32 bits each: the product fits in u128.
     let size = dims.iter().fold(1u128, |acc, &d| acc * d as u128);
@@ -111,44 +83,27 @@ pub(crate) fn parse(
     if size > (isize::MAX as u128) / 4 {
         return Err(DataError::WrongDimensions {
             path: path.to_path_buf(),
-            detail: format!(
-                "header dimensions {dims:?} describe {size} bytes, more than can be addressed"
-            ),
+            detail: format!("header dimensions {dims:?} describe {size} bytes, more than can be addressed"),
         });
     }
     let size = size as u64;
     let mut payload = Vec::new();
-    (&mut reader)
-        .take(size.saturating_add(1))
-        .read_to_end(&mut payload)
-        .map_err(read_err)?;
+    (&mut reader).take(size.saturating_add(1)).read_to_end(&mut payload).map_err(read_err)?;
     let got = payload.len() as u64;
     if got < size {
-        return Err(truncated(
-            path,
-            header_len as u64 + size,
-            header_len as u64 + got,
-        ));
+        return Err(truncated(path, header_len as u64 + size, header_len as u64 + got));
     }
     if got > size {
         // Count the rest without keeping it (for gzip this decompresses but stores nothing).
         let extra = 1 + std::io::copy(&mut reader, &mut std::io::sink()).map_err(read_err)?;
-        return Err(DataError::TrailingBytes {
-            path: path.to_path_buf(),
-            expected: header_len as u64 + size,
-            extra,
-        });
+        return Err(DataError::TrailingBytes { path: path.to_path_buf(), expected: header_len as u64 + size, extra });
     }
     Ok((dims, payload))
 }
 
 /// A `Truncated` error for `path`.
 fn truncated(path: &Path, expected: u64, found: u64) -> DataError {
-    DataError::Truncated {
-        path: path.to_path_buf(),
-        expected,
-        found,
-    }
+    DataError::Truncated { path: path.to_path_buf(), expected, found }
 }
 
 /// The (images, labels) paths of `split` if `dir` holds IDX files of either split.
@@ -179,14 +134,11 @@ pub(crate) fn find(dir: &Path, split: Split) -> Option<(PathBuf, PathBuf)> {
 /// The first existing file among `{prefix}-{kind}-ubyte[.gz]` and `{prefix}-{kind with '.'}-ubyte[.gz]`.
 fn existing(dir: &Path, prefix: &str, kind: &str) -> Option<PathBuf> {
     let dotted = kind.replacen('-', ".", 1);
-    [
-        format!("{prefix}-{kind}-ubyte"),
-        format!("{prefix}-{dotted}-ubyte"),
-    ]
-    .into_iter()
-    .flat_map(|base| [format!("{base}.gz"), base])
-    .map(|name| dir.join(name))
-    .find(|p| p.is_file())
+    [format!("{prefix}-{kind}-ubyte"), format!("{prefix}-{dotted}-ubyte")]
+        .into_iter()
+        .flat_map(|base| [format!("{base}.gz"), base])
+        .map(|name| dir.join(name))
+        .find(|p| p.is_file())
 }
 
 #[cfg(test)]
@@ -236,18 +188,9 @@ mod tests {
         let (images, labels) = sample();
         let ip = write(tmp.path(), "train-images-idx3-ubyte", &images);
         let lp = write(tmp.path(), "train-labels-idx1-ubyte", &labels);
-        check_sample(
-            &load_idx(&ip, &lp).unwrap(),
-            &Normalization::fashion_mnist(),
-        );
-        check_sample(
-            &load_idx_with(&ip, &lp, Normalization::mnist()).unwrap(),
-            &Normalization::mnist(),
-        );
-        check_sample(
-            &load_dir(tmp.path(), Split::Train).unwrap(),
-            &Normalization::fashion_mnist(),
-        );
+        check_sample(&load_idx(&ip, &lp).unwrap(), &Normalization::fashion_mnist());
+        check_sample(&load_idx_with(&ip, &lp, Normalization::mnist()).unwrap(), &Normalization::mnist());
+        check_sample(&load_dir(tmp.path(), Split::Train).unwrap(), &Normalization::fashion_mnist());
         let ds = load_dir_with(tmp.path(), Split::Train, Some(Normalization::unit())).unwrap();
         check_sample(&ds, &Normalization::unit());
         // Train present, test missing: the test images file is named.
@@ -264,27 +207,18 @@ mod tests {
         let (images, labels) = sample();
         write(tmp.path(), "t10k-images-idx3-ubyte.gz", &gz(&images));
         write(tmp.path(), "t10k-labels-idx1-ubyte.gz", &gz(&labels));
-        check_sample(
-            &load_dir(tmp.path(), Split::Test).unwrap(),
-            &Normalization::fashion_mnist(),
-        );
+        check_sample(&load_dir(tmp.path(), Split::Test).unwrap(), &Normalization::fashion_mnist());
         // Mixed: gzip images, raw labels under the dotted MNIST-mirror naming.
         let tmp2 = tempfile::tempdir().unwrap();
         write(tmp2.path(), "train-images.idx3-ubyte.gz", &gz(&images));
         write(tmp2.path(), "train-labels.idx1-ubyte", &labels);
-        check_sample(
-            &load_dir(tmp2.path(), Split::Train).unwrap(),
-            &Normalization::fashion_mnist(),
-        );
+        check_sample(&load_dir(tmp2.path(), Split::Train).unwrap(), &Normalization::fashion_mnist());
         // Multi-member gzip (e.g. concatenated .gz files) is read completely.
         let mut multi = gz(&images[..10]);
         multi.extend(gz(&images[10..]));
         let ip = write(tmp.path(), "multi.gz", &multi);
         let lp = write(tmp.path(), "labels", &labels);
-        check_sample(
-            &load_idx(&ip, &lp).unwrap(),
-            &Normalization::fashion_mnist(),
-        );
+        check_sample(&load_idx(&ip, &lp).unwrap(), &Normalization::fashion_mnist());
     }
 
     /// Loads `images` and `labels` written to a fresh directory.
@@ -301,10 +235,7 @@ mod tests {
         let (images, _) = sample();
         let ip = write(tmp.path(), "train-images-idx3-ubyte", &images);
         let err = load_idx(&ip, &tmp.path().join("labels")).unwrap_err();
-        assert!(
-            matches!(&err, DataError::MissingFile { path } if path.ends_with("labels")),
-            "{err}"
-        );
+        assert!(matches!(&err, DataError::MissingFile { path } if path.ends_with("labels")), "{err}");
         let err = load_dir(tmp.path(), Split::Train).unwrap_err();
         assert!(
             matches!(&err, DataError::MissingFile { path } if path.ends_with("train-labels-idx1-ubyte.gz")),
@@ -317,37 +248,14 @@ mod tests {
         let (images, labels) = sample();
         // Labels given where images are expected, and vice versa.
         let err = load_bytes(&labels, &images).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DataError::BadMagic {
-                    found: 0x801,
-                    expected: 0x803,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, DataError::BadMagic { found: 0x801, expected: 0x803, .. }), "{err}");
         let err = load_bytes(&images, &images).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DataError::BadMagic {
-                    found: 0x803,
-                    expected: 0x801,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, DataError::BadMagic { found: 0x803, expected: 0x801, .. }), "{err}");
         // Float data type.
         let mut float = images.clone();
         float[2] = 0x0d;
         let err = load_bytes(&float, &labels).unwrap_err();
-        assert!(
-            matches!(err, DataError::BadMagic { found: 0x0d03, .. }),
-            "{err}"
-        );
+        assert!(matches!(err, DataError::BadMagic { found: 0x0d03, .. }), "{err}");
         assert!(err.to_string().contains("0x00000d03"), "{err}");
         // Magic of a gzip-compressed file is checked after decompression.
         let err = load_bytes(&gz(b"PK\x03\x04 not idx"), &labels).unwrap_err();
@@ -358,65 +266,15 @@ mod tests {
     fn truncated() {
         let (images, labels) = sample();
         let err = load_bytes(&images[..images.len() - 1], &labels).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DataError::Truncated {
-                    expected: 34,
-                    found: 33,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, DataError::Truncated { expected: 34, found: 33, .. }), "{err}");
         let err = load_bytes(&images[..6], &labels).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DataError::Truncated {
-                    expected: 16,
-                    found: 6,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, DataError::Truncated { expected: 16, found: 6, .. }), "{err}");
         let err = load_bytes(&[], &labels).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DataError::Truncated {
-                    expected: 16,
-                    found: 0,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, DataError::Truncated { expected: 16, found: 0, .. }), "{err}");
         let err = load_bytes(&images, &gz(&labels[..labels.len() - 2])).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DataError::Truncated {
-                    expected: 11,
-                    found: 9,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, DataError::Truncated { expected: 11, found: 9, .. }), "{err}");
         let err = load_bytes(&images, &[labels.clone(), vec![1, 2]].concat()).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DataError::TrailingBytes {
-                    expected: 11,
-                    extra: 2,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, DataError::TrailingBytes { expected: 11, extra: 2, .. }), "{err}");
         let err = load_bytes(&gz(&[images.clone(), vec![0]].concat()), &labels).unwrap_err();
         assert!(matches!(err, DataError::TrailingBytes { .. }), "{err}");
     }
@@ -426,15 +284,9 @@ mod tests {
         let (_, labels) = sample();
         // About 3.3 TB claimed, a few bytes present: must fail on length, not on allocation.
         let err = load_bytes(&idx(&[u32::MAX, 28, 28], &[1, 2, 3]), &labels).unwrap_err();
-        assert!(
-            matches!(err, DataError::Truncated { found: 19, .. }),
-            "{err}"
-        );
+        assert!(matches!(err, DataError::Truncated { found: 19, .. }), "{err}");
         let err = load_bytes(&gz(&idx(&[u32::MAX, 28, 28], &[0; 1000])), &labels).unwrap_err();
-        assert!(
-            matches!(err, DataError::Truncated { found: 1016, .. }),
-            "{err}"
-        );
+        assert!(matches!(err, DataError::Truncated { found: 1016, .. }), "{err}");
         // More than the address space.
         let err = load_bytes(&idx(&[u32::MAX; 3], &[]), &labels).unwrap_err();
         assert!(matches!(err, DataError::WrongDimensions { .. }), "{err}");
@@ -444,17 +296,7 @@ mod tests {
     fn count_mismatch() {
         let (images, _) = sample();
         let err = load_bytes(&images, &idx(&[2], &[1, 2])).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DataError::CountMismatch {
-                    images: 3,
-                    labels: 2,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, DataError::CountMismatch { images: 3, labels: 2, .. }), "{err}");
         assert!(err.to_string().contains("3 images"), "{err}");
     }
 
@@ -470,12 +312,7 @@ mod tests {
         let (images, _) = sample();
         let err = load_bytes(&images, &idx(&[3], &[1, 10, 2])).unwrap_err();
         match err {
-            DataError::LabelOutOfRange {
-                path,
-                index: 1,
-                label: 10,
-                classes: 10,
-            } => assert!(path.ends_with("labels")),
+            DataError::LabelOutOfRange { path, index: 1, label: 10, classes: 10 } => assert!(path.ends_with("labels")),
             other => panic!("{other}"),
         }
     }
@@ -490,12 +327,7 @@ mod tests {
         let err = load_bytes(&corrupt, &labels).unwrap_err();
         // Corrupting deflate data either breaks the stream or the CRC; some flips decode to other lengths.
         assert!(
-            matches!(
-                err,
-                DataError::Gzip { .. }
-                    | DataError::Truncated { .. }
-                    | DataError::TrailingBytes { .. }
-            ),
+            matches!(err, DataError::Gzip { .. } | DataError::Truncated { .. } | DataError::TrailingBytes { .. }),
             "{err}"
         );
         // A bad CRC over correct-length data is a gzip error.
@@ -507,10 +339,7 @@ mod tests {
         assert!(err.to_string().contains("gzip error"), "{err}");
         // Only the gzip magic: a header error.
         let err = load_bytes(&[0x1f, 0x8b, 8], &labels).unwrap_err();
-        assert!(
-            matches!(err, DataError::Gzip { .. } | DataError::Truncated { .. }),
-            "{err}"
-        );
+        assert!(matches!(err, DataError::Gzip { .. } | DataError::Truncated { .. }), "{err}");
     }
 
     proptest! {

@@ -40,42 +40,27 @@ pub struct Normalization {
 impl Normalization {
     /// Fashion-MNIST training-set statistics; the default for IDX files.
     pub fn fashion_mnist() -> Self {
-        Self {
-            mean: vec![0.2860],
-            std: vec![0.3530],
-        }
+        Self { mean: vec![0.2860], std: vec![0.3530] }
     }
 
     /// MNIST training-set statistics.
     pub fn mnist() -> Self {
-        Self {
-            mean: vec![0.1307],
-            std: vec![0.3081],
-        }
+        Self { mean: vec![0.1307], std: vec![0.3081] }
     }
 
     /// CIFAR-10 training-set channel statistics (R, G, B).
     pub fn cifar10() -> Self {
-        Self {
-            mean: vec![0.4914, 0.4822, 0.4465],
-            std: vec![0.2470, 0.2435, 0.2616],
-        }
+        Self { mean: vec![0.4914, 0.4822, 0.4465], std: vec![0.2470, 0.2435, 0.2616] }
     }
 
     /// CIFAR-100 training-set channel statistics (R, G, B).
     pub fn cifar100() -> Self {
-        Self {
-            mean: vec![0.5071, 0.4865, 0.4409],
-            std: vec![0.2673, 0.2564, 0.2762],
-        }
+        Self { mean: vec![0.5071, 0.4865, 0.4409], std: vec![0.2673, 0.2564, 0.2762] }
     }
 
     /// Only scale to [0, 1] (mean 0, std 1).
     pub fn unit() -> Self {
-        Self {
-            mean: vec![0.0],
-            std: vec![1.0],
-        }
+        Self { mean: vec![0.0], std: vec![1.0] }
     }
 
     /// Mean and std of channel `c`, broadcasting single-value statistics.
@@ -94,9 +79,7 @@ impl Normalization {
                 self.std.len()
             )));
         }
-        if self.mean.iter().any(|m| !m.is_finite())
-            || self.std.iter().any(|s| !s.is_finite() || *s <= 0.0)
-        {
+        if self.mean.iter().any(|m| !m.is_finite()) || self.std.iter().any(|s| !s.is_finite() || *s <= 0.0) {
             return Err(DataError::BadNormalization(format!(
                 "means {:?} and stds {:?} must be finite with positive stds",
                 self.mean, self.std
@@ -151,34 +134,15 @@ impl Dataset {
         if per_image.and_then(|p| p.checked_mul(n)) != Some(pixels.len()) {
             return Err(DataError::WrongDimensions {
                 path: PathBuf::new(),
-                detail: format!(
-                    "{} pixel bytes do not hold {n} images of shape {shape:?}",
-                    pixels.len()
-                ),
+                detail: format!("{} pixel bytes do not hold {n} images of shape {shape:?}", pixels.len()),
             });
         }
-        if let Some((index, &label)) = labels
-            .iter()
-            .enumerate()
-            .find(|(_, l)| usize::from(**l) >= classes)
-        {
-            return Err(DataError::LabelOutOfRange {
-                path: PathBuf::new(),
-                index,
-                label,
-                classes,
-            });
+        if let Some((index, &label)) = labels.iter().enumerate().find(|(_, l)| usize::from(**l) >= classes) {
+            return Err(DataError::LabelOutOfRange { path: PathBuf::new(), index, label, classes });
         }
         normalization.validate(shape[0])?;
         let images = normalization.apply(pixels, shape);
-        Ok(Self {
-            images,
-            labels,
-            n,
-            shape,
-            classes,
-            normalization,
-        })
+        Ok(Self { images, labels, n, shape, classes, normalization })
     }
 
     /// Number of images.
@@ -226,12 +190,7 @@ impl Dataset {
             images.extend_from_slice(self.image(i));
             labels.push(self.labels[i]);
         }
-        Dataset {
-            images,
-            labels,
-            n: indices.len(),
-            ..self.clone_meta()
-        }
+        Dataset { images, labels, n: indices.len(), ..self.clone_meta() }
     }
 
     /// Number of images of each class.
@@ -270,49 +229,21 @@ pub enum DataError {
     )]
     UnknownFormat { dir: PathBuf },
     #[error("cannot read {}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{}: bad magic number {found:#010x}, expected {expected:#010x}", path.display())]
-    BadMagic {
-        path: PathBuf,
-        found: u32,
-        expected: u32,
-    },
+    BadMagic { path: PathBuf, found: u32, expected: u32 },
     #[error("{}: truncated, needs {expected} bytes but has {found}", path.display())]
-    Truncated {
-        path: PathBuf,
-        expected: u64,
-        found: u64,
-    },
+    Truncated { path: PathBuf, expected: u64, found: u64 },
     #[error("{}: {extra} unexpected bytes after the {expected} bytes the header describes", path.display())]
-    TrailingBytes {
-        path: PathBuf,
-        expected: u64,
-        extra: u64,
-    },
+    TrailingBytes { path: PathBuf, expected: u64, extra: u64 },
     #[error("{} holds {images} images but {} holds {labels} labels", images_path.display(), labels_path.display())]
-    CountMismatch {
-        images_path: PathBuf,
-        images: u64,
-        labels_path: PathBuf,
-        labels: u64,
-    },
+    CountMismatch { images_path: PathBuf, images: u64, labels_path: PathBuf, labels: u64 },
     #[error("{}: wrong dimensions: {detail}", path.display())]
     WrongDimensions { path: PathBuf, detail: String },
     #[error("{}: label {label} of example {index} is out of range for {classes} classes", path.display())]
-    LabelOutOfRange {
-        path: PathBuf,
-        index: usize,
-        label: u8,
-        classes: usize,
-    },
+    LabelOutOfRange { path: PathBuf, index: usize, label: u8, classes: usize },
     #[error("{}: gzip error: {source}", path.display())]
-    Gzip {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Gzip { path: PathBuf, source: std::io::Error },
     #[error("bad normalisation: {0}")]
     BadNormalization(String),
 }
@@ -321,14 +252,9 @@ impl DataError {
     /// Maps an I/O error on `path` to `MissingFile` when it is "not found", else to `Io`.
     fn io(path: &Path, source: std::io::Error) -> Self {
         if source.kind() == std::io::ErrorKind::NotFound {
-            DataError::MissingFile {
-                path: path.to_path_buf(),
-            }
+            DataError::MissingFile { path: path.to_path_buf() }
         } else {
-            DataError::Io {
-                path: path.to_path_buf(),
-                source,
-            }
+            DataError::Io { path: path.to_path_buf(), source }
         }
     }
 
@@ -336,22 +262,11 @@ impl DataError {
     fn at(self, file: &Path) -> Self {
         match self {
             DataError::WrongDimensions { path, detail } if path.as_os_str().is_empty() => {
-                DataError::WrongDimensions {
-                    path: file.to_path_buf(),
-                    detail,
-                }
+                DataError::WrongDimensions { path: file.to_path_buf(), detail }
             }
-            DataError::LabelOutOfRange {
-                path,
-                index,
-                label,
-                classes,
-            } if path.as_os_str().is_empty() => DataError::LabelOutOfRange {
-                path: file.to_path_buf(),
-                index,
-                label,
-                classes,
-            },
+            DataError::LabelOutOfRange { path, index, label, classes } if path.as_os_str().is_empty() => {
+                DataError::LabelOutOfRange { path: file.to_path_buf(), index, label, classes }
+            }
             other => other,
         }
     }
@@ -363,11 +278,7 @@ pub fn load_dir(dir: &Path, split: Split) -> Result<Dataset, DataError> {
 }
 
 /// Like [`load_dir`], with an explicit normalisation (`None` picks the format's default).
-pub fn load_dir_with(
-    dir: &Path,
-    split: Split,
-    normalization: Option<Normalization>,
-) -> Result<Dataset, DataError> {
+pub fn load_dir_with(dir: &Path, split: Split, normalization: Option<Normalization>) -> Result<Dataset, DataError> {
     if let Some((images, labels)) = idx::find(dir, split) {
         let norm = normalization.unwrap_or_else(Normalization::fashion_mnist);
         return load_idx_with(&images, &labels, norm);
@@ -377,13 +288,9 @@ pub fn load_dir_with(
         return load_cifar_bin_with(&paths, cifar100, norm);
     }
     if !dir.is_dir() {
-        return Err(DataError::MissingFile {
-            path: dir.to_path_buf(),
-        });
+        return Err(DataError::MissingFile { path: dir.to_path_buf() });
     }
-    Err(DataError::UnknownFormat {
-        dir: dir.to_path_buf(),
-    })
+    Err(DataError::UnknownFormat { dir: dir.to_path_buf() })
 }
 
 /// The full Fashion-MNIST set when the Debian package is installed, else the subset bundled in `data/`.
@@ -417,34 +324,16 @@ mod tests {
 
     fn tiny() -> Dataset {
         let pixels: Vec<u8> = (0..4 * 2 * 3 * 2).map(|i| i as u8 * 10).collect();
-        Dataset::from_raw(
-            &pixels,
-            vec![0, 1, 2, 1],
-            [2, 3, 2],
-            3,
-            Normalization::unit(),
-        )
-        .unwrap()
+        Dataset::from_raw(&pixels, vec![0, 1, 2, 1], [2, 3, 2], 3, Normalization::unit()).unwrap()
     }
 
     #[test]
     fn normalisation_per_channel() {
-        let norm = Normalization {
-            mean: vec![0.5, 0.0],
-            std: vec![0.5, 2.0],
-        };
-        let ds =
-            Dataset::from_raw(&[255, 0, 255, 51], vec![0], [2, 1, 2], 1, norm.clone()).unwrap();
+        let norm = Normalization { mean: vec![0.5, 0.0], std: vec![0.5, 2.0] };
+        let ds = Dataset::from_raw(&[255, 0, 255, 51], vec![0], [2, 1, 2], 1, norm.clone()).unwrap();
         assert_eq!(ds.images, vec![1.0, -1.0, 0.5, 0.1]);
         assert_eq!(ds.normalization, norm);
-        let fm = Dataset::from_raw(
-            &[0, 255],
-            vec![0],
-            [1, 1, 2],
-            10,
-            Normalization::fashion_mnist(),
-        )
-        .unwrap();
+        let fm = Dataset::from_raw(&[0, 255], vec![0], [1, 1, 2], 10, Normalization::fashion_mnist()).unwrap();
         assert!((fm.images[0] - (-0.2860 / 0.3530)).abs() < 1e-6);
         assert!((fm.images[1] - ((1.0 - 0.2860) / 0.3530)).abs() < 1e-6);
     }
@@ -452,18 +341,9 @@ mod tests {
     #[test]
     fn bad_normalisation_rejected() {
         for norm in [
-            Normalization {
-                mean: vec![0.0; 2],
-                std: vec![1.0],
-            },
-            Normalization {
-                mean: vec![0.0],
-                std: vec![0.0],
-            },
-            Normalization {
-                mean: vec![f32::NAN],
-                std: vec![1.0],
-            },
+            Normalization { mean: vec![0.0; 2], std: vec![1.0] },
+            Normalization { mean: vec![0.0], std: vec![0.0] },
+            Normalization { mean: vec![f32::NAN], std: vec![1.0] },
         ] {
             let err = Dataset::from_raw(&[0; 3], vec![0], [3, 1, 1], 1, norm).unwrap_err();
             assert!(matches!(err, DataError::BadNormalization(_)), "{err}");
@@ -491,17 +371,11 @@ mod tests {
 
     #[test]
     fn from_raw_checks() {
-        let err =
-            Dataset::from_raw(&[0; 5], vec![0], [1, 2, 2], 10, Normalization::unit()).unwrap_err();
+        let err = Dataset::from_raw(&[0; 5], vec![0], [1, 2, 2], 10, Normalization::unit()).unwrap_err();
         assert!(matches!(err, DataError::WrongDimensions { .. }), "{err}");
-        let err =
-            Dataset::from_raw(&[0; 4], vec![10], [1, 2, 2], 10, Normalization::unit()).unwrap_err();
-        assert!(
-            matches!(err, DataError::LabelOutOfRange { label: 10, .. }),
-            "{err}"
-        );
-        let err = Dataset::from_raw(&[], vec![0], [usize::MAX, 2, 1], 10, Normalization::unit())
-            .unwrap_err();
+        let err = Dataset::from_raw(&[0; 4], vec![10], [1, 2, 2], 10, Normalization::unit()).unwrap_err();
+        assert!(matches!(err, DataError::LabelOutOfRange { label: 10, .. }), "{err}");
+        let err = Dataset::from_raw(&[], vec![0], [usize::MAX, 2, 1], 10, Normalization::unit()).unwrap_err();
         assert!(matches!(err, DataError::WrongDimensions { .. }), "{err}");
     }
 
@@ -520,24 +394,14 @@ mod tests {
     fn bundled_subset_loads() {
         let dir = bundled_fashion_mnist_dir();
         let train = load_dir(&dir, Split::Train).unwrap();
-        assert_eq!(
-            (train.n, train.shape, train.classes),
-            (6000, [1, 28, 28], 10)
-        );
-        assert_eq!(
-            train.class_counts(),
-            vec![560, 643, 608, 612, 584, 594, 590, 617, 590, 602]
-        );
+        assert_eq!((train.n, train.shape, train.classes), (6000, [1, 28, 28], 10));
+        assert_eq!(train.class_counts(), vec![560, 643, 608, 612, 584, 594, 590, 617, 590, 602]);
         assert_eq!(train.normalization, Normalization::fashion_mnist());
         let test = load_dir(&dir, Split::Test).unwrap();
         assert_eq!((test.n, test.images.len()), (1000, 1000 * 784));
-        assert_eq!(
-            test.class_counts(),
-            vec![107, 105, 111, 93, 115, 87, 97, 95, 95, 95]
-        );
+        assert_eq!(test.class_counts(), vec![107, 105, 111, 93, 115, 87, 97, 95, 95, 95]);
         // Subset statistics are close to the full-set normalisation (mean ~0, std ~1).
-        let mean =
-            train.images.iter().map(|&x| f64::from(x)).sum::<f64>() / train.images.len() as f64;
+        let mean = train.images.iter().map(|&x| f64::from(x)).sum::<f64>() / train.images.len() as f64;
         assert!(mean.abs() < 0.05, "mean {mean}");
     }
 
@@ -545,12 +409,7 @@ mod tests {
     fn default_dir_loads() {
         let dir = default_fashion_mnist_dir();
         let test = load_dir(&dir, Split::Test).unwrap();
-        assert!(
-            test.n == 1000 || test.n == 10_000,
-            "{} test images in {}",
-            test.n,
-            dir.display()
-        );
+        assert!(test.n == 1000 || test.n == 10_000, "{} test images in {}", test.n, dir.display());
         if Path::new(SYSTEM_FASHION_MNIST_DIR).is_dir() {
             assert_eq!(dir, Path::new(SYSTEM_FASHION_MNIST_DIR));
             // The bundled subset is the head of the full set.

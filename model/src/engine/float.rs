@@ -2,7 +2,7 @@
 
 use super::EngineError;
 use super::kernels::{self, ConvGeometry, Scalar};
-use crate::graph::{Graph, Op};
+use crate::graph::{Op, ValidGraph};
 use crate::model::Model;
 
 /// What an engine supplies for the operations that differ between number systems.
@@ -37,8 +37,8 @@ pub fn conv_geometry(op: &Op, in_shape: &[usize]) -> Option<ConvGeometry> {
 }
 
 /// Runs a folded graph, returning every node's output (indexed like `graph.nodes`).
-pub fn execute<B: Backend>(graph: &Graph, b: &B, input: Vec<B::T>) -> Result<Vec<Vec<B::T>>, EngineError> {
-    let shapes = graph.shapes()?;
+pub fn execute<B: Backend>(graph: &ValidGraph, b: &B, input: Vec<B::T>) -> Result<Vec<Vec<B::T>>, EngineError> {
+    let shapes = graph.shapes();
     let expected: usize = graph.input_shape.iter().product();
     if input.len() != expected {
         return Err(EngineError::InputSize { expected, got: input.len() });
@@ -72,7 +72,6 @@ pub fn execute<B: Backend>(graph: &Graph, b: &B, input: Vec<B::T>) -> Result<Vec
 
 struct FloatBackend<'a> {
     model: &'a Model,
-    shapes: std::collections::HashMap<String, Vec<usize>>,
 }
 
 impl Backend for FloatBackend<'_> {
@@ -85,7 +84,7 @@ impl Backend for FloatBackend<'_> {
         let mut out = match node.op {
             Op::Linear { out_features, .. } => kernels::linear(input, w, out_features),
             _ => {
-                let g = conv_geometry(&node.op, &self.shapes[&node.inputs[0]]).expect("conv node");
+                let g = conv_geometry(&node.op, self.model.graph.input_shape_of(node)).expect("conv node");
                 kernels::conv2d(&g, input, w)
             }
         };
@@ -100,7 +99,7 @@ impl Backend for FloatBackend<'_> {
 
     fn relu(&self, i: usize, mut x: Vec<f32>) -> Vec<f32> {
         let node = &self.model.graph.nodes[i];
-        let mask = self.model.pixel_mask(node, &self.shapes[&node.inputs[0]]);
+        let mask = self.model.pixel_mask(node, self.model.graph.input_shape_of(node));
         x.iter_mut().zip(mask).for_each(|(v, keep)| {
             if keep && *v < 0.0 {
                 *v = 0.0
@@ -117,8 +116,7 @@ impl Backend for FloatBackend<'_> {
 
 /// Runs the f32 engine on a folded model; returns the logits.
 pub fn run_f32(model: &Model, input: &[f32]) -> Result<Vec<f32>, EngineError> {
-    let shapes = model.graph.shapes()?;
-    let b = FloatBackend { model, shapes };
+    let b = FloatBackend { model };
     let mut outs = execute(&model.graph, &b, input.to_vec())?;
     Ok(outs.pop().expect("non-empty graph"))
 }

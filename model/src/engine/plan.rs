@@ -5,7 +5,7 @@
 //! after the node unless every consumer is a ReLU (the ReLU truncates: exactly inside the garbled
 //! circuit for kept neurons, locally for linearized ones) or it is the network output (decoded at `2f`).
 
-use crate::graph::{Graph, GraphError, Op};
+use crate::graph::{GraphError, Op, ValidGraph};
 
 /// Scale facts of one node (scales in units of `f` fractional bits: 1 or 2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,23 +26,21 @@ pub struct ScalePlan {
 
 impl ScalePlan {
     /// Computes the plan of a folded graph.
-    pub fn new(graph: &Graph) -> Result<Self, GraphError> {
-        graph.shapes()?;
+    pub fn new(graph: &ValidGraph) -> Result<Self, GraphError> {
         let consumers = graph.consumers();
         let index = graph.index();
         let last = graph.nodes.len() - 1;
         let mut nodes: Vec<NodePlan> = Vec::with_capacity(graph.nodes.len());
         for (i, node) in graph.nodes.iter().enumerate() {
-            let in_scale = |k: usize| -> u32 {
-                index.get(node.inputs[k].as_str()).map(|&p| nodes[p].out_scale).unwrap_or(1)
-            };
+            let in_scale =
+                |k: usize| -> u32 { index.get(node.inputs[k].as_str()).map(|&p| nodes[p].out_scale).unwrap_or(1) };
             let natural = match node.op {
                 Op::Conv2d { .. } | Op::Linear { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool => 2,
                 Op::Flatten | Op::Batchnorm { .. } => in_scale(0),
                 Op::Relu { .. } | Op::Add => 1,
             };
-            let only_relus = !consumers[i].is_empty()
-                && consumers[i].iter().all(|&c| matches!(graph.nodes[c].op, Op::Relu { .. }));
+            let only_relus =
+                !consumers[i].is_empty() && consumers[i].iter().all(|&c| matches!(graph.nodes[c].op, Op::Relu { .. }));
             let truncate_after = natural == 2 && i != last && !only_relus;
             let relu_shift_units = if matches!(node.op, Op::Relu { .. }) { in_scale(0) - 1 } else { 0 };
             nodes.push(NodePlan { out_scale: natural - truncate_after as u32, truncate_after, relu_shift_units });

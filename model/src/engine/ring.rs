@@ -38,14 +38,13 @@ impl RingModel {
     pub fn new(model: &Model, fp: FixedPoint) -> Result<Self, EngineError> {
         fp.validate().map_err(EngineError::Params)?;
         let model = if model.is_folded() { model.clone() } else { model.fold_batchnorm() };
-        let shapes = model.graph.shapes()?;
         let plan = ScalePlan::new(&model.graph)?;
         let layers = model
             .graph
             .nodes
             .iter()
             .map(|node| {
-                let in_shape = &shapes[&node.inputs[0]];
+                let in_shape = model.graph.input_shape_of(node);
                 let mut l = RingLayer { conv: conv_geometry(&node.op, in_shape), ..Default::default() };
                 match node.op {
                     Op::Conv2d { .. } | Op::Linear { .. } => {

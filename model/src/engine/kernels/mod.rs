@@ -1,0 +1,238 @@
+//! Linear kernels shared by both engines (and by the PI server's online linear layers): im2col
+//! convolution, fully connected layers, pooling sums. Generic over f32 and wrapping `u64`.
+
+use rayon::prelude::*;
+
+mod simd;
+
+/// The arithmetic the kernels need. For `u64` it is wrapping arithmetic mod `2^64`, which reduces
+/// to `Z_{2^l}` by masking once at the end.
+pub trait Scalar: Copy + Send + Sync + PartialEq + 'static {
+    const ZERO: Self;
+    fn add(self, o: Self) -> Self;
+    fn mul(self, o: Self) -> Self;
+}
+
+impl Scalar for f32 {
+    const ZERO: Self = 0.0;
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        self + o
+    }
+    #[inline(always)]
+    fn mul(self, o: Self) -> Self {
+        self * o
+    }
+}
+
+impl Scalar for u64 {
+    const ZERO: Self = 0;
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        self.wrapping_add(o)
+    }
+    #[inline(always)]
+    fn mul(self, o: Self) -> Self {
+        self.wrapping_mul(o)
+    }
+}
+
+/// Geometry of a convolution (groups = 1, square kernel, symmetric zero padding).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeometry {
+    pub in_channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl ConvGeometry {
+    pub fn out_height(&self) -> usize {
+        (self.height + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+    pub fn out_width(&self) -> usize {
+        (self.width + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+    pub fn out_len(&self) -> usize {
+        self.out_channels * self.out_height() * self.out_width()
+    }
+}
+
+/// Output channels per register tile of the convolution micro-kernel.
+const MR: usize = 4;
+/// Output positions per register tile (one 64-byte cache line of `u64`).
+const NR: usize = 8;
+
+/// `out[m, y, x] = sum_{c,u,v} w[m, c, u, v] * in[c, y*s + u - p, x*s + v - p]` (no bias).
+///
+/// im2col into tiles of `NR` output positions (each tile's `K x NR` patch matrix is contiguous and
+/// stays in cache), then a register-tiled `MR x NR` micro-kernel over all output channels; tiles run
+/// in parallel.
+pub fn conv2d<T: Scalar>(g: &ConvGeometry, input: &[T], weight: &[T]) -> Vec<T> {
+    let (ho, wo) = (g.out_height(), g.out_width());
+    let p = ho * wo;
+    let kk = g.in_channels * g.kernel * g.kernel;
+    let m = g.out_channels;
+    let tiles = p.div_ceil(NR);
+    let tile_out: Vec<Vec<T>> = (0..tiles)
+        .into_par_iter()
+        .map(|t| {
+            // Patch matrix of this tile: patch[k * NR + j] = input seen by position t*NR + j at row k.
+            let mut patch = vec![T::ZERO; kk * NR];
+            for j in 0..NR.min(p - t * NR) {
+                let pos = t * NR + j;
+                let (y, x) = (pos / wo, pos % wo);
+                for c in 0..g.in_channels {
+                    for u in 0..g.kernel {
+                        let iy = (y * g.stride + u) as isize - g.padding as isize;
+                        if iy < 0 || iy >= g.height as isize {
+                            continue;
+                        }
+                        let src = &input[(c * g.height + iy as usize) * g.width..][..g.width];
+                        for v in 0..g.kernel {
+                            let ix = (x * g.stride + v) as isize - g.padding as isize;
+                            if ix >= 0 && (ix as usize) < g.width {
+                                patch[((c * g.kernel + u) * g.kernel + v) * NR + j] = src[ix as usize];
+                            }
+                        }
+                    }
+                }
+            }
+            let mut out = vec![T::ZERO; m * NR];
+            let mut m0 = 0;
+            while m0 < m {
+                let rows = MR.min(m - m0);
+                let acc = simd::micro_kernel(weight, kk, m0, rows, &patch);
+                for (i, row) in acc.iter().enumerate().take(rows) {
+                    out[(m0 + i) * NR..(m0 + i + 1) * NR].copy_from_slice(row);
+                }
+                m0 += MR;
+            }
+            out
+        })
+        .collect();
+    let mut out = vec![T::ZERO; m * p];
+    for (t, tile) in tile_out.iter().enumerate() {
+        let n = NR.min(p - t * NR);
+        for ch in 0..m {
+            out[ch * p + t * NR..][..n].copy_from_slice(&tile[ch * NR..][..n]);
+        }
+    }
+    out
+}
+
+/// `MR x NR` block of `W[m0.., :] * patch`, accumulated in registers (rows beyond `rows` are zero).
+#[inline(always)]
+pub(super) fn micro_kernel<T: Scalar>(weight: &[T], kk: usize, m0: usize, rows: usize, patch: &[T]) -> [[T; NR]; MR] {
+    let mut acc = [[T::ZERO; NR]; MR];
+    let w: [&[T]; MR] =
+        std::array::from_fn(|i| if i < rows { &weight[(m0 + i) * kk..][..kk] } else { &weight[m0 * kk..][..kk] });
+    for k in 0..kk {
+        let c: &[T; NR] = patch[k * NR..][..NR].try_into().expect("NR values");
+        for i in 0..MR {
+            let wi = w[i][k];
+            for j in 0..NR {
+                acc[i][j] = acc[i][j].add(wi.mul(c[j]));
+            }
+        }
+    }
+    acc
+}
+
+/// `out[i] = sum_j w[i, j] * x[j]` (no bias).
+pub fn linear<T: Scalar>(input: &[T], weight: &[T], out_features: usize) -> Vec<T> {
+    let n = input.len();
+    (0..out_features)
+        .into_par_iter()
+        .map(|i| weight[i * n..(i + 1) * n].iter().zip(input).fold(T::ZERO, |a, (&w, &x)| a.add(w.mul(x))))
+        .collect()
+}
+
+/// Window sums of average pooling (the caller scales by `1 / kernel^2`).
+pub fn pool_sum<T: Scalar>(input: &[T], shape: [usize; 3], kernel: usize, stride: usize) -> Vec<T> {
+    let [c, h, w] = shape;
+    let (ho, wo) = ((h - kernel) / stride + 1, (w - kernel) / stride + 1);
+    let mut out = vec![T::ZERO; c * ho * wo];
+    for ch in 0..c {
+        for y in 0..ho {
+            for x in 0..wo {
+                let mut s = T::ZERO;
+                for u in 0..kernel {
+                    for v in 0..kernel {
+                        s = s.add(input[(ch * h + y * stride + u) * w + x * stride + v]);
+                    }
+                }
+                out[(ch * ho + y) * wo + x] = s;
+            }
+        }
+    }
+    out
+}
+
+/// Per-channel sums over the whole spatial extent (global average pooling before scaling).
+pub fn channel_sum<T: Scalar>(input: &[T], channels: usize) -> Vec<T> {
+    let per = input.len() / channels;
+    input.chunks(per).map(|ch| ch.iter().fold(T::ZERO, |a, &x| a.add(x))).collect()
+}
+
+/// Element-wise sum.
+pub fn add<T: Scalar>(a: &[T], b: &[T]) -> Vec<T> {
+    a.iter().zip(b).map(|(&x, &y)| x.add(y)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Direct, loop-for-loop convolution as the independent reference.
+    fn naive(g: &ConvGeometry, x: &[i64], w: &[i64]) -> Vec<i64> {
+        let (ho, wo) = (g.out_height(), g.out_width());
+        let mut out = vec![0; g.out_channels * ho * wo];
+        for m in 0..g.out_channels {
+            for y in 0..ho {
+                for xo in 0..wo {
+                    let mut s = 0;
+                    for c in 0..g.in_channels {
+                        for u in 0..g.kernel {
+                            for v in 0..g.kernel {
+                                let iy = (y * g.stride + u) as i64 - g.padding as i64;
+                                let ix = (xo * g.stride + v) as i64 - g.padding as i64;
+                                if iy >= 0 && ix >= 0 && (iy as usize) < g.height && (ix as usize) < g.width {
+                                    s += w[((m * g.in_channels + c) * g.kernel + u) * g.kernel + v]
+                                        * x[(c * g.height + iy as usize) * g.width + ix as usize];
+                                }
+                            }
+                        }
+                    }
+                    out[(m * ho + y) * wo + xo] = s;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn im2col_conv_matches_direct_convolution() {
+        for (cin, h, cout, k, s, p) in [(3, 7, 4, 3, 1, 1), (2, 8, 3, 3, 2, 1), (4, 6, 5, 1, 2, 0), (1, 5, 2, 5, 1, 2)]
+        {
+            let g = ConvGeometry {
+                in_channels: cin,
+                height: h,
+                width: h,
+                out_channels: cout,
+                kernel: k,
+                stride: s,
+                padding: p,
+            };
+            let x: Vec<i64> = (0..cin * h * h).map(|i| (i as i64 * 7919 % 23) - 11).collect();
+            let w: Vec<i64> = (0..cout * cin * k * k).map(|i| (i as i64 * 104729 % 17) - 8).collect();
+            let xr: Vec<u64> = x.iter().map(|&v| v as u64).collect();
+            let wr: Vec<u64> = w.iter().map(|&v| v as u64).collect();
+            let got: Vec<i64> = conv2d(&g, &xr, &wr).into_iter().map(|v| v as i64).collect();
+            assert_eq!(got, naive(&g, &x, &w));
+        }
+    }
+}

@@ -1,0 +1,440 @@
+//! Length-prefixed, versioned frames over any async byte stream (tokio TCP or an in-memory pipe),
+//! with hard size limits, read timeouts and byte counters per direction.
+//!
+//! Frame layout (little endian): `len: u32 | version: u16 | kind: u8 | payload[len]`.
+//!
+//! [`link`] emulates a slower network as a stream adapter under the channel.
+
+#![forbid(unsafe_code)]
+
+pub mod link;
+
+pub use link::{Link, Shaped};
+
+use serde::{Serialize, de::DeserializeOwned};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+
+/// Wire protocol version; bumped on any incompatible change of a message.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Bytes of the frame header.
+pub const HEADER_LEN: usize = 7;
+/// Default upper bound on a single frame's payload (bulk data is streamed in many frames).
+pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
+/// Default read timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What a frame carries. The numeric values are part of the wire format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum MsgKind {
+    /// Server greeting: protocol version, model hash, architecture (bincode).
+    Hello = 1,
+    /// Client's answer to the greeting.
+    HelloAck = 2,
+    /// A fatal error description (UTF-8); ends the session.
+    Error = 3,
+    /// Client asks for one inference (offline phase starts).
+    Begin = 4,
+    /// Base-OT messages.
+    OtBase = 10,
+    /// OT-extension matrix / correction messages.
+    OtExtension = 11,
+    /// Garbled tables (bulk, streamed).
+    GarbledTables = 20,
+    /// Wire labels for the garbler's own inputs.
+    GarblerLabels = 21,
+    /// Output decoding information.
+    OutputDecoding = 22,
+    /// HE: client's public material (e.g. public key for flooding).
+    HeKeys = 30,
+    /// HE: client's encrypted mask.
+    HeQuery = 31,
+    /// HE: server's masked, flooded reply.
+    HeReply = 32,
+    /// Online: client's masked input `x - r`.
+    OnlineInput = 40,
+    /// Online: the client's masked ReLU outputs, sent back to the server.
+    OnlineReluOutput = 41,
+    /// Online: server's share of the logits.
+    OnlineLogits = 42,
+    /// Generic bulk payload for tests and benchmarks.
+    Data = 50,
+}
+
+impl MsgKind {
+    fn from_u8(b: u8) -> Option<Self> {
+        use MsgKind::*;
+        Some(match b {
+            1 => Hello,
+            2 => HelloAck,
+            3 => Error,
+            4 => Begin,
+            10 => OtBase,
+            11 => OtExtension,
+            20 => GarbledTables,
+            21 => GarblerLabels,
+            22 => OutputDecoding,
+            30 => HeKeys,
+            31 => HeQuery,
+            32 => HeReply,
+            40 => OnlineInput,
+            41 => OnlineReluOutput,
+            42 => OnlineLogits,
+            50 => Data,
+            _ => return None,
+        })
+    }
+}
+
+/// bincode with a decoding limit, so a length prefix inside a message cannot make us allocate more
+/// than a frame could carry.
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<DEFAULT_MAX_FRAME>()
+}
+
+/// Longest peer error text kept (the rest is cut), so a peer cannot flood logs.
+const MAX_ERROR_TEXT: usize = 1024;
+
+/// Why a channel operation failed. Every variant is a clean, reportable error: nothing from the peer panics.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("peer closed the connection")]
+    Closed,
+    #[error("no data from peer for {0:?}")]
+    Timeout(Duration),
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    FrameTooLarge { len: usize, max: usize },
+    #[error("peer speaks protocol version {got}, this build speaks {expected}")]
+    WrongVersion { got: u16, expected: u16 },
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+    #[error("expected a {expected:?} message, got {got:?}")]
+    UnexpectedKind { expected: MsgKind, got: MsgKind },
+    #[error("malformed {kind:?} message: {reason}")]
+    Malformed { kind: MsgKind, reason: String },
+    #[error("peer reported an error: {0}")]
+    Remote(String),
+}
+
+/// A blocking background task panicked or was cancelled (one type for every crate that offloads
+/// work with [`blocking`]).
+#[derive(Debug, thiserror::Error)]
+#[error("background task failed: {0}")]
+pub struct TaskFailed(String);
+
+impl From<tokio::task::JoinError> for TaskFailed {
+    fn from(e: tokio::task::JoinError) -> Self {
+        TaskFailed(e.to_string())
+    }
+}
+
+/// Runs CPU-bound work on tokio's blocking pool, so a session's task does not stall the runtime.
+pub async fn blocking<T, F>(f: F) -> Result<T, TaskFailed>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    Ok(tokio::task::spawn_blocking(f).await?)
+}
+
+/// Bytes moved through a channel, per direction (headers included).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counters {
+    pub sent: u64,
+    pub received: u64,
+}
+
+impl Counters {
+    /// Bytes moved since `earlier`.
+    pub fn since(&self, earlier: Counters) -> Counters {
+        Counters { sent: self.sent - earlier.sent, received: self.received - earlier.received }
+    }
+    pub fn total(&self) -> u64 {
+        self.sent + self.received
+    }
+}
+
+type Reader = Box<dyn AsyncRead + Unpin + Send>;
+type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// A framed, counted, size-limited and time-limited duplex byte channel.
+pub struct Channel {
+    reader: BufReader<Reader>,
+    writer: BufWriter<Writer>,
+    counters: Counters,
+    max_frame: usize,
+    timeout: Duration,
+}
+
+impl Channel {
+    /// Wraps any bidirectional async stream (a `TcpStream`, a `DuplexStream`, ...).
+    pub fn new<S>(stream: S) -> Self
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (r, w) = tokio::io::split(stream);
+        Self {
+            reader: BufReader::with_capacity(1 << 16, Box::new(r) as Reader),
+            writer: BufWriter::with_capacity(1 << 16, Box::new(w) as Writer),
+            counters: Counters::default(),
+            max_frame: DEFAULT_MAX_FRAME,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Two channels connected back to back in memory (for tests and single-process benchmarks).
+    pub fn memory_pair() -> (Channel, Channel) {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        (Channel::new(a), Channel::new(b))
+    }
+
+    pub fn with_max_frame(mut self, max: usize) -> Self {
+        self.max_frame = max;
+        self
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// Bytes sent and received so far.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Queues one frame; call [`Channel::flush`] before waiting for an answer.
+    pub async fn send(&mut self, kind: MsgKind, payload: &[u8]) -> Result<(), ChannelError> {
+        if payload.len() > self.max_frame {
+            return Err(ChannelError::FrameTooLarge { len: payload.len(), max: self.max_frame });
+        }
+        let mut header = [0u8; HEADER_LEN];
+        header[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        header[4..6].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        header[6] = kind as u8;
+        let r = self
+            .timed(|w| {
+                Box::pin(async move {
+                    w.write_all(&header).await?;
+                    w.write_all(payload).await
+                })
+            })
+            .await;
+        self.write_outcome(r).await?;
+        self.counters.sent += (HEADER_LEN + payload.len()) as u64;
+        Ok(())
+    }
+
+    /// Sends everything queued.
+    pub async fn flush(&mut self) -> Result<(), ChannelError> {
+        let r = self.timed(|w| Box::pin(w.flush())).await;
+        self.write_outcome(r).await
+    }
+
+    /// Sends one frame and flushes.
+    pub async fn send_now(&mut self, kind: MsgKind, payload: &[u8]) -> Result<(), ChannelError> {
+        self.send(kind, payload).await?;
+        self.flush().await
+    }
+
+    /// Serialises a small control message with bincode and sends it (flushed).
+    pub async fn send_msg<T: Serialize>(&mut self, kind: MsgKind, msg: &T) -> Result<(), ChannelError> {
+        let bytes = bincode::serde::encode_to_vec(msg, bincode_config())
+            .map_err(|e| ChannelError::Malformed { kind, reason: e.to_string() })?;
+        self.send_now(kind, &bytes).await
+    }
+
+    /// Tells the peer why this side gives up (best effort, within a few seconds; errors are ignored).
+    pub async fn send_error(&mut self, reason: &str) {
+        let reason = &reason.as_bytes()[..reason.len().min(MAX_ERROR_TEXT)];
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.send_now(MsgKind::Error, reason)).await;
+    }
+
+    /// Runs a write under the channel's timeout (`None` when it timed out): a peer that stops reading
+    /// cannot stall us forever.
+    async fn timed<'a, F>(&'a mut self, op: F) -> Option<std::io::Result<()>>
+    where
+        F: FnOnce(
+            &'a mut BufWriter<Writer>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send + 'a>>,
+    {
+        tokio::time::timeout(self.timeout, op(&mut self.writer)).await.ok()
+    }
+
+    /// Turns the outcome of a timed write into the channel's error.
+    async fn write_outcome(&mut self, r: Option<std::io::Result<()>>) -> Result<(), ChannelError> {
+        match r {
+            None => Err(ChannelError::Timeout(self.timeout)),
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(self.explain(e).await),
+        }
+    }
+
+    /// A write failed because the peer hung up: if it said why first, report that instead.
+    async fn explain(&mut self, e: std::io::Error) -> ChannelError {
+        let saved = self.timeout;
+        self.timeout = Duration::from_millis(200);
+        let reason = loop {
+            match self.recv_any().await {
+                Err(ChannelError::Remote(r)) => break Some(r),
+                Ok(_) => continue,
+                Err(_) => break None,
+            }
+        };
+        self.timeout = saved;
+        reason.map(ChannelError::Remote).unwrap_or(ChannelError::Io(e))
+    }
+
+    async fn read_exact_timed(&mut self, buf: &mut [u8]) -> Result<(), ChannelError> {
+        match tokio::time::timeout(self.timeout, self.reader.read_exact(buf)).await {
+            Err(_) => Err(ChannelError::Timeout(self.timeout)),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ChannelError::Closed),
+            Ok(Err(e)) => Err(e.into()),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+
+    /// Receives the next frame, whatever its kind. An `Error` frame from the peer becomes `Err(Remote)`.
+    pub async fn recv_any(&mut self) -> Result<(MsgKind, Vec<u8>), ChannelError> {
+        let mut header = [0u8; HEADER_LEN];
+        self.read_exact_timed(&mut header).await?;
+        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+        let version = u16::from_le_bytes([header[4], header[5]]);
+        if version != PROTOCOL_VERSION {
+            return Err(ChannelError::WrongVersion { got: version, expected: PROTOCOL_VERSION });
+        }
+        let kind = MsgKind::from_u8(header[6]).ok_or(ChannelError::UnknownKind(header[6]))?;
+        if len > self.max_frame {
+            return Err(ChannelError::FrameTooLarge { len, max: self.max_frame });
+        }
+        let mut payload = vec![0u8; len];
+        self.read_exact_timed(&mut payload).await?;
+        self.counters.received += (HEADER_LEN + len) as u64;
+        if kind == MsgKind::Error {
+            let text = String::from_utf8_lossy(&payload[..payload.len().min(MAX_ERROR_TEXT)]);
+            return Err(ChannelError::Remote(text.escape_debug().to_string()));
+        }
+        Ok((kind, payload))
+    }
+
+    /// Receives the next frame and checks that it has the expected kind.
+    pub async fn recv(&mut self, expected: MsgKind) -> Result<Vec<u8>, ChannelError> {
+        let (got, payload) = self.recv_any().await?;
+        if got != expected {
+            return Err(ChannelError::UnexpectedKind { expected, got });
+        }
+        Ok(payload)
+    }
+
+    /// Receives a frame of the expected kind whose payload must be exactly `len` bytes (the one
+    /// place that checks a fixed-size message's length).
+    pub async fn recv_exact_len(&mut self, expected: MsgKind, len: usize) -> Result<Vec<u8>, ChannelError> {
+        let payload = self.recv(expected).await?;
+        if payload.len() != len {
+            return Err(ChannelError::Malformed {
+                kind: expected,
+                reason: format!("expected {len} bytes, got {}", payload.len()),
+            });
+        }
+        Ok(payload)
+    }
+
+    /// Receives exactly `n` little-endian `u64` words in one frame of the expected kind.
+    pub async fn recv_u64s(&mut self, expected: MsgKind, n: usize) -> Result<Vec<u64>, ChannelError> {
+        let len = n.checked_mul(8).ok_or(ChannelError::FrameTooLarge { len: usize::MAX, max: self.max_frame })?;
+        let bytes = self.recv_exact_len(expected, len).await?;
+        Ok(bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8-byte chunk"))).collect())
+    }
+
+    /// Sends `u64` words little-endian in one frame (flushed).
+    pub async fn send_u64s(&mut self, kind: MsgKind, words: &[u64]) -> Result<(), ChannelError> {
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        self.send_now(kind, &bytes).await
+    }
+
+    /// Receives a bincode control message of the expected kind.
+    pub async fn recv_msg<T: DeserializeOwned>(&mut self, expected: MsgKind) -> Result<T, ChannelError> {
+        let bytes = self.recv(expected).await?;
+        let (msg, used) = bincode::serde::decode_from_slice(&bytes, bincode_config())
+            .map_err(|e| ChannelError::Malformed { kind: expected, reason: e.to_string() })?;
+        if used != bytes.len() {
+            return Err(ChannelError::Malformed { kind: expected, reason: "trailing bytes".into() });
+        }
+        Ok(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_are_counted() {
+        let (mut a, mut b) = Channel::memory_pair();
+        a.send_now(MsgKind::Data, b"hello").await.unwrap();
+        assert_eq!(b.recv(MsgKind::Data).await.unwrap(), b"hello");
+        assert_eq!(a.counters().sent, (HEADER_LEN + 5) as u64);
+        assert_eq!(b.counters().received, (HEADER_LEN + 5) as u64);
+        a.send_msg(MsgKind::Hello, &(7u32, String::from("x"))).await.unwrap();
+        let got: (u32, String) = b.recv_msg(MsgKind::Hello).await.unwrap();
+        assert_eq!(got, (7, "x".to_string()));
+    }
+
+    #[tokio::test]
+    async fn bad_frames_are_clean_errors() {
+        use tokio::io::AsyncWriteExt;
+        // Oversized length prefix.
+        let (mut raw, other) = tokio::io::duplex(1024);
+        let mut ch = Channel::new(other).with_max_frame(100);
+        let mut h = vec![];
+        h.extend_from_slice(&1_000_000u32.to_le_bytes());
+        h.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        h.push(MsgKind::Data as u8);
+        raw.write_all(&h).await.unwrap();
+        assert!(matches!(ch.recv_any().await, Err(ChannelError::FrameTooLarge { .. })));
+        // Wrong version.
+        let (mut raw, other) = tokio::io::duplex(1024);
+        let mut ch = Channel::new(other);
+        raw.write_all(&[1, 0, 0, 0, 99, 0, 50, 0]).await.unwrap();
+        assert!(matches!(ch.recv_any().await, Err(ChannelError::WrongVersion { got: 99, .. })));
+        // Unknown kind.
+        let (mut raw, other) = tokio::io::duplex(1024);
+        let mut ch = Channel::new(other);
+        let mut h = vec![0, 0, 0, 0];
+        h.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        h.push(250);
+        raw.write_all(&h).await.unwrap();
+        assert!(matches!(ch.recv_any().await, Err(ChannelError::UnknownKind(250))));
+        // Peer vanishes mid-frame.
+        let (mut raw, other) = tokio::io::duplex(1024);
+        let mut ch = Channel::new(other);
+        raw.write_all(&[10, 0]).await.unwrap();
+        drop(raw);
+        assert!(matches!(ch.recv_any().await, Err(ChannelError::Closed)));
+        // Timeout.
+        let (_raw, other) = tokio::io::duplex(1024);
+        let mut ch = Channel::new(other).with_timeout(Duration::from_millis(20));
+        assert!(matches!(ch.recv_any().await, Err(ChannelError::Timeout(_))));
+        // A bincode length prefix far beyond the frame is refused without allocating it.
+        let (mut a, mut b) = Channel::memory_pair();
+        let mut evil = vec![0xfd];
+        evil.extend_from_slice(&(1u64 << 45).to_le_bytes());
+        a.send_now(MsgKind::Hello, &evil).await.unwrap();
+        assert!(matches!(b.recv_msg::<String>(MsgKind::Hello).await, Err(ChannelError::Malformed { .. })));
+        // A peer that never reads: writes time out instead of blocking forever.
+        let (_raw, other) = tokio::io::duplex(1024);
+        let mut ch = Channel::new(other).with_timeout(Duration::from_millis(50));
+        assert!(matches!(ch.send_now(MsgKind::Data, &vec![0u8; 1 << 20]).await, Err(ChannelError::Timeout(_))));
+        // Garbage bincode.
+        let (mut a, mut b) = Channel::memory_pair();
+        a.send_now(MsgKind::Hello, &[0xff; 3]).await.unwrap();
+        assert!(matches!(b.recv_msg::<(u64, String)>(MsgKind::Hello).await, Err(ChannelError::Malformed { .. })));
+    }
+}

@@ -1,0 +1,446 @@
+//! The two-party protocol for one ReLU layer of `n` neurons (server = garbler, client = evaluator).
+//!
+//! The server holds `a[i]`, the client `b[i]`; `y = a + b` (mod `2^l`, with `|y| < 2^(k-1)`). The
+//! client picks fresh masks `r[i]`. Afterwards the server holds `z[i] - r[i]` and the client `r[i]`,
+//! where `z = relu(y) >> shift`: the masked value goes to the server, the client learns nothing.
+//!
+//! Offline (client inputs known): `G → E` header; OT extension for the bits of `b` (`E → G`, 16 bytes
+//! per bit); garbled tables and output ciphertexts (`G → E`, streamed). Online: `G → E` the labels of
+//! `a` (16 bytes per bit); the client evaluates, gets `V = R + z`, and sends `V - r` (8 bytes per
+//! ReLU); the server subtracts its `R`. One round trip per layer.
+//!
+//! A session ([`GarblerSession`]/[`EvaluatorSession`]) runs the base OTs once; every layer's offline
+//! material ([`GarblerOffline`]/[`EvaluatorOffline`]) is consumed by value online, so it cannot be reused.
+
+use crate::batch::{ArithCircuit, evaluate_batch, garble_batch, input_bits};
+use crate::ot::{CotReceiver, CotSender};
+use crate::prg::AesPrg;
+use crate::relu::relu_arith_circuit;
+use crate::{Delta, GcError, LANES, Label, ReluParams, malformed, pipeline};
+use pi_channel::{Channel, MsgKind, TaskFailed};
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha12Rng;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use zeroize::Zeroize;
+
+/// Target size of one online label frame; tables are chunked by the same number of ReLUs.
+const ONLINE_FRAME_BYTES: usize = 1 << 20;
+
+/// ReLUs per frame (tables, online labels and results alike): a multiple of [`LANES`].
+pub fn chunk_relus(p: &ReluParams) -> usize {
+    let per = 16 * p.k as usize;
+    ((ONLINE_FRAME_BYTES / per) / LANES * LANES).max(LANES)
+}
+
+fn chunk_ranges(n: usize, chunk: usize) -> Vec<(usize, usize)> {
+    (0..n.div_ceil(chunk)).map(|c| (c * chunk, ((c + 1) * chunk).min(n))).collect()
+}
+
+/// First message of a layer's offline phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct OfflineHeader {
+    params: ReluParams,
+    n: u64,
+    first_id: u64,
+}
+
+/// The server's side of a session: base OTs done, delta fixed, circuit ids counted.
+pub struct GarblerSession {
+    cot: CotSender,
+    next_id: u64,
+    rng: ChaCha12Rng,
+}
+
+impl GarblerSession {
+    /// Runs the base OTs (128 Chou-Orlandi OTs) with OS randomness.
+    pub async fn setup(ch: &mut Channel) -> Result<Self, GcError> {
+        let mut rng = ChaCha12Rng::from_os_rng();
+        let cot = CotSender::setup(ch, &mut rng).await?;
+        Ok(Self { cot, next_id: 0, rng })
+    }
+
+    /// Offline phase of one layer of `n` ReLUs: OT for the client's share bits, then garbling streamed
+    /// to the client.
+    pub async fn offline(&mut self, ch: &mut Channel, params: ReluParams, n: usize) -> Result<GarblerOffline, GcError> {
+        params.validate().map_err(GcError::Params)?;
+        let first_id = self.next_id;
+        self.next_id += n as u64;
+        ch.send_msg(MsgKind::GarbledTables, &OfflineHeader { params, n: n as u64, first_id }).await?;
+        let k = params.k as usize;
+        let ein = self.cot.extend(ch, n * k).await?;
+
+        let ac = relu_arith_circuit(&params);
+        let chunk = chunk_relus(&params);
+        let ranges = chunk_ranges(n, chunk);
+        let mut seeds: Vec<[u8; 16]> = ranges
+            .iter()
+            .map(|_| {
+                let mut s = [0u8; 16];
+                self.rng.fill_bytes(&mut s);
+                s
+            })
+            .collect();
+        let delta = self.cot.delta().clone();
+        let (a_zero, r_sum) = {
+            let delta = delta.clone();
+            pipeline::stream(ch, MsgKind::GarbledTables, move |frames| {
+                let mut a_zero = vec![Label::default(); n * k];
+                let mut r_sum = vec![0u64; n];
+                let mut raw = Vec::<u128>::new();
+                for (c, &(lo, hi)) in ranges.iter().enumerate() {
+                    let gin = &mut a_zero[lo * k..hi * k];
+                    raw.resize(gin.len(), 0);
+                    AesPrg::new(seeds[c]).fill(0, &mut raw);
+                    for (g, &x) in gin.iter_mut().zip(&raw) {
+                        *g = Label(x);
+                    }
+                    let mut records = frames.buffer();
+                    records.resize((hi - lo) * ac.record_bytes(), 0);
+                    let ein = &ein[lo * k..hi * k];
+                    garble_batch(&ac, &delta, first_id + lo as u64, gin, ein, &mut records, &mut r_sum[lo..hi]);
+                    if !frames.send(records) {
+                        break; // the async side failed and reports why
+                    }
+                }
+                seeds.zeroize();
+                raw.zeroize();
+                (a_zero, r_sum)
+            })
+            .await?
+        };
+        Ok(GarblerOffline { params, first_id, delta, a_zero, r_sum })
+    }
+}
+
+/// The server's material for one layer, used once online.
+pub struct GarblerOffline {
+    params: ReluParams,
+    first_id: u64,
+    delta: Delta,
+    /// Zero-labels of the server-share input wires, `k` per ReLU.
+    a_zero: Vec<Label>,
+    /// The server's output offsets `R` per ReLU.
+    r_sum: Vec<u64>,
+}
+
+impl Drop for GarblerOffline {
+    /// With delta, the zero-labels give every input label pair; `R` unmasks the outputs.
+    fn drop(&mut self) {
+        self.a_zero.iter_mut().for_each(|l| l.0.zeroize());
+        self.r_sum.zeroize();
+    }
+}
+
+impl GarblerOffline {
+    /// Number of ReLUs.
+    pub fn len(&self) -> usize {
+        self.r_sum.len()
+    }
+
+    /// Whether the layer has no ReLUs.
+    pub fn is_empty(&self) -> bool {
+        self.r_sum.is_empty()
+    }
+
+    /// The layer's parameters.
+    pub fn params(&self) -> ReluParams {
+        self.params
+    }
+
+    /// Circuit id of the first ReLU (ids are unique per session).
+    pub fn first_id(&self) -> u64 {
+        self.first_id
+    }
+
+    /// Online phase: sends the labels of the server's shares `a` and returns the server's share of the
+    /// output, `(relu(a + b) >> shift) - r mod 2^l` per ReLU.
+    pub async fn online(self, ch: &mut Channel, a: &[u64]) -> Result<Vec<u64>, GcError> {
+        let n = self.len();
+        if a.len() != n {
+            return Err(GcError::Params(format!("{} server shares for a layer of {n} ReLUs", a.len())));
+        }
+        let k = self.params.k as usize;
+        let chunk = chunk_relus(&self.params);
+        let d = self.delta.as_u128();
+        let mut frame = Vec::with_capacity(chunk * k * 16);
+        for &(lo, hi) in &chunk_ranges(n, chunk) {
+            frame.clear();
+            // Chunks hold whole groups, so the layer's batch order restricted to a chunk is the chunk's.
+            for (zero, bit) in self.a_zero[lo * k..hi * k].iter().zip(input_bits(&a[lo..hi], k)) {
+                let label = zero.0 ^ (0u128.wrapping_sub(bit as u128) & d);
+                frame.extend_from_slice(&label.to_le_bytes());
+            }
+            ch.send(MsgKind::GarblerLabels, &frame).await?;
+        }
+        ch.flush().await?;
+        let mask = self.params.mask();
+        let mut out = Vec::with_capacity(n);
+        for &(lo, hi) in &chunk_ranges(n, chunk) {
+            let masked = ch.recv_u64s(MsgKind::OnlineReluOutput, hi - lo).await?;
+            out.extend(masked.iter().zip(&self.r_sum[lo..hi]).map(|(&u, &r)| u.wrapping_sub(r) & mask));
+        }
+        Ok(out)
+    }
+}
+
+/// The client's side of a session.
+pub struct EvaluatorSession {
+    cot: CotReceiver,
+    next_id: u64,
+}
+
+impl EvaluatorSession {
+    /// Runs the base OTs with OS randomness.
+    pub async fn setup(ch: &mut Channel) -> Result<Self, GcError> {
+        let mut rng = ChaCha12Rng::from_os_rng();
+        let cot = CotReceiver::setup(ch, &mut rng).await?;
+        Ok(Self { cot, next_id: 0 })
+    }
+
+    /// Offline phase of one layer: the client's shares `b` and fresh masks `r` (one per ReLU).
+    pub async fn offline(
+        &mut self,
+        ch: &mut Channel,
+        params: ReluParams,
+        b: &[u64],
+        r: &[u64],
+    ) -> Result<EvaluatorOffline, GcError> {
+        params.validate().map_err(GcError::Params)?;
+        if b.len() != r.len() {
+            return Err(GcError::Params(format!("{} shares but {} masks", b.len(), r.len())));
+        }
+        let n = b.len();
+        let header: OfflineHeader = ch.recv_msg(MsgKind::GarbledTables).await?;
+        let expected = OfflineHeader { params, n: n as u64, first_id: self.next_id };
+        if header != expected {
+            return Err(malformed(MsgKind::GarbledTables, format!("offline header {header:?}, expected {expected:?}")));
+        }
+        self.next_id += n as u64;
+        let k = params.k as usize;
+        let choices: Vec<bool> = input_bits(b, k).collect();
+        let b_labels = self.cot.extend(ch, &choices).await?;
+
+        let ac = relu_arith_circuit(&params);
+        let rec = ac.record_bytes();
+        let mut records = Vec::new();
+        for (lo, hi) in chunk_ranges(n, chunk_relus(&params)) {
+            records.push(ch.recv_exact_len(MsgKind::GarbledTables, (hi - lo) * rec).await?);
+        }
+        let mask = params.mask();
+        Ok(EvaluatorOffline {
+            params,
+            first_id: header.first_id,
+            ac: Arc::new(ac),
+            b_labels: Arc::new(b_labels),
+            records: Arc::new(records),
+            r: r.iter().map(|&x| x & mask).collect(),
+        })
+    }
+}
+
+/// The client's material for one layer, used once online.
+pub struct EvaluatorOffline {
+    params: ReluParams,
+    first_id: u64,
+    ac: Arc<ArithCircuit>,
+    b_labels: Arc<Vec<Label>>,
+    /// Garbled records, one frame per chunk.
+    records: Arc<Vec<Vec<u8>>>,
+    r: Vec<u64>,
+}
+
+impl Drop for EvaluatorOffline {
+    /// The client's next-layer masks.
+    fn drop(&mut self) {
+        self.r.zeroize();
+    }
+}
+
+impl EvaluatorOffline {
+    /// Number of ReLUs.
+    pub fn len(&self) -> usize {
+        self.r.len()
+    }
+
+    /// Whether the layer has no ReLUs.
+    pub fn is_empty(&self) -> bool {
+        self.r.is_empty()
+    }
+
+    /// The layer's parameters.
+    pub fn params(&self) -> ReluParams {
+        self.params
+    }
+
+    /// Online phase: receives the server's labels, evaluates, sends the masked outputs. Returns the
+    /// client's share of the layer output, which is its mask `r`.
+    pub async fn online(mut self, ch: &mut Channel) -> Result<Vec<u64>, GcError> {
+        let n = self.len();
+        let k = self.params.k as usize;
+        let mask = self.params.mask();
+        let ranges = chunk_ranges(n, chunk_relus(&self.params));
+        let r = Arc::new(std::mem::take(&mut self.r));
+        let mut results: Vec<Vec<u8>> = Vec::with_capacity(ranges.len());
+        let mut pending: Option<tokio::task::JoinHandle<Vec<u8>>> = None;
+        for (c, &(lo, hi)) in ranges.iter().enumerate() {
+            let frame = ch.recv_exact_len(MsgKind::GarblerLabels, (hi - lo) * k * 16).await?;
+            if let Some(h) = pending.take() {
+                results.push(h.await.map_err(TaskFailed::from)?);
+            }
+            let (ac, b_labels, records, r) = (self.ac.clone(), self.b_labels.clone(), self.records.clone(), r.clone());
+            let id = self.first_id + lo as u64;
+            pending = Some(tokio::task::spawn_blocking(move || {
+                let gin: Vec<Label> = frame
+                    .chunks_exact(16)
+                    .map(|x| Label(u128::from_le_bytes(x.try_into().expect("16 bytes"))))
+                    .collect();
+                let mut v = vec![0u64; hi - lo];
+                evaluate_batch(&ac, id, &gin, &b_labels[lo * k..hi * k], &records[c], &mut v);
+                let mut out = Vec::with_capacity(8 * (hi - lo));
+                for (i, vi) in (lo..hi).zip(v) {
+                    out.extend_from_slice(&(vi.wrapping_sub(r[i]) & mask).to_le_bytes());
+                }
+                out
+            }));
+        }
+        if let Some(h) = pending.take() {
+            results.push(h.await.map_err(TaskFailed::from)?);
+        }
+        for msg in &results {
+            ch.send(MsgKind::OnlineReluOutput, msg).await?;
+        }
+        ch.flush().await?;
+        Ok(Arc::try_unwrap(r).unwrap_or_else(|r| (*r).clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pi_channel::HEADER_LEN;
+    use pi_model::fixed::FixedPoint;
+    use rand::Rng;
+
+    /// Independent plaintext formula with `FixedPoint`: reconstruct, ReLU, truncate, mask.
+    fn expected(p: &ReluParams, a: u64, b: u64, r: u64) -> u64 {
+        let fp = FixedPoint { l: p.l, f: p.shift };
+        let y = a.wrapping_add(b) & fp.mask();
+        fp.truncate(fp.relu(y), p.shift).wrapping_sub(r) & fp.mask()
+    }
+
+    /// Shares of in-range activations `|y| < 2^(k-1)`, including the extremes.
+    fn shares(p: &ReluParams, n: usize, rng: &mut impl Rng) -> (Vec<u64>, Vec<u64>, Vec<u64>) {
+        let fp = FixedPoint { l: p.l, f: p.shift };
+        let (max, min) = (i64::MAX >> (64 - p.k), i64::MIN >> (64 - p.k));
+        let mut ys = vec![0i64, 1, -1, max, min, max - 1, min + 1];
+        while ys.len() < n {
+            ys.push(rng.random::<i64>() >> (64 - p.k));
+        }
+        ys.truncate(n);
+        let a: Vec<u64> = (0..n).map(|_| rng.random::<u64>() & p.mask()).collect();
+        let b = ys.iter().zip(&a).map(|(&y, &a)| fp.from_i64(y).wrapping_sub(a) & p.mask()).collect();
+        let r = (0..n).map(|_| rng.random::<u64>() & p.mask()).collect();
+        (a, b, r)
+    }
+
+    /// Runs layers over a channel pair; checks results and online bytes.
+    async fn run_layers(mut server: Channel, mut client: Channel, layers: Vec<(ReluParams, usize)>) {
+        let mut rng = ChaCha12Rng::seed_from_u64(42);
+        let data: Vec<_> = layers.iter().map(|&(p, n)| (p, shares(&p, n, &mut rng))).collect();
+        let server_data: Vec<_> = data.iter().map(|(p, (a, _, _))| (*p, a.clone())).collect();
+        let client_data: Vec<_> = data.iter().map(|(p, (_, b, r))| (*p, b.clone(), r.clone())).collect();
+        let srv = tokio::spawn(async move {
+            let mut s = GarblerSession::setup(&mut server).await.unwrap();
+            let mut outs = vec![];
+            for (p, a) in server_data {
+                let off = s.offline(&mut server, p, a.len()).await.unwrap();
+                let before = server.counters();
+                let out = off.online(&mut server, &a).await.unwrap();
+                outs.push((out, server.counters().since(before)));
+            }
+            outs
+        });
+        let mut c = EvaluatorSession::setup(&mut client).await.unwrap();
+        let mut client_outs = vec![];
+        for (p, b, r) in client_data {
+            let off = c.offline(&mut client, p, &b, &r).await.unwrap();
+            client_outs.push(off.online(&mut client).await.unwrap());
+        }
+        let server_outs = srv.await.unwrap();
+        for (((p, (a, b, r)), (out, bytes)), cr) in data.iter().zip(&server_outs).zip(&client_outs) {
+            let n = a.len();
+            assert_eq!(cr, r, "the client's share is its mask");
+            for i in 0..n {
+                assert_eq!(out[i], expected(p, a[i], b[i], r[i]), "p={p:?} i={i}");
+                // Shares reconstruct the truncated ReLU.
+                let fp = FixedPoint { l: p.l, f: p.shift };
+                assert_eq!(
+                    (out[i].wrapping_add(cr[i])) & p.mask(),
+                    fp.truncate(fp.relu(a[i].wrapping_add(b[i]) & p.mask()), p.shift)
+                );
+            }
+            let frames = n.div_ceil(chunk_relus(p)) as u64;
+            let k = p.k as u64;
+            assert_eq!(bytes.sent, n as u64 * 16 * k + frames * HEADER_LEN as u64, "server -> client online bytes");
+            assert_eq!(bytes.received, n as u64 * 8 + frames * HEADER_LEN as u64, "client -> server online bytes");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn layers_over_memory_channel() {
+        let (s, c) = Channel::memory_pair();
+        let layers = vec![
+            (ReluParams { l: 59, k: 32, shift: 12 }, 5000), // spans several frames, ragged last group
+            (ReluParams { l: 59, k: 59, shift: 12 }, 37),   // full width
+            (ReluParams { l: 64, k: 64, shift: 0 }, 9),
+            (ReluParams { l: 16, k: 10, shift: 3 }, 1),
+            (ReluParams { l: 59, k: 20, shift: 0 }, 0),
+        ];
+        run_layers(s, c, layers).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn layers_over_tcp_loopback() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accept = tokio::spawn(async move { listener.accept().await.unwrap().0 });
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let server = accept.await.unwrap();
+        let layers = vec![(ReluParams { l: 59, k: 32, shift: 12 }, 3000), (ReluParams { l: 40, k: 24, shift: 8 }, 100)];
+        run_layers(Channel::new(server), Channel::new(client), layers).await;
+    }
+
+    #[tokio::test]
+    async fn mismatches_are_clean_errors() {
+        let (mut server, mut client) = Channel::memory_pair();
+        let p = ReluParams { l: 59, k: 32, shift: 12 };
+        let srv = tokio::spawn(async move {
+            let mut s = GarblerSession::setup(&mut server).await.unwrap();
+            let _ = s.offline(&mut server, p, 10).await;
+        });
+        let mut c = EvaluatorSession::setup(&mut client).await.unwrap();
+        // The client expects 11 ReLUs: the header check refuses.
+        let e = c.offline(&mut client, p, &[0; 11], &[0; 11]).await;
+        assert!(matches!(e, Err(GcError::Channel(pi_channel::ChannelError::Malformed { .. }))));
+        drop(client);
+        srv.await.unwrap();
+
+        // Bad parameters and lengths are refused before anything is sent; a wrong online length too.
+        assert!(ReluParams { l: 59, k: 13, shift: 12 }.validate().is_err());
+        assert!(ReluParams { l: 30, k: 31, shift: 0 }.validate().is_err());
+        let (mut server, mut client) = Channel::memory_pair();
+        let srv = tokio::spawn(async move {
+            let mut s = GarblerSession::setup(&mut server).await.unwrap();
+            let bad = s.offline(&mut server, ReluParams { l: 59, k: 12, shift: 12 }, 4).await;
+            assert!(matches!(bad, Err(GcError::Params(_))));
+            let off = s.offline(&mut server, p, 4).await.unwrap();
+            let e = off.online(&mut server, &[1, 2, 3]).await;
+            assert!(matches!(e, Err(GcError::Params(_))));
+        });
+        let mut c = EvaluatorSession::setup(&mut client).await.unwrap();
+        assert!(matches!(c.offline(&mut client, p, &[0; 4], &[0; 3]).await, Err(GcError::Params(_))));
+        let _off = c.offline(&mut client, p, &[0; 4], &[0; 4]).await.unwrap();
+        srv.await.unwrap();
+    }
+}

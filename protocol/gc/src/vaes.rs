@@ -1,0 +1,152 @@
+//! The fixed-key permutation with VAES: AES-128 on four blocks per instruction (one 512-bit
+//! register), eight registers in flight so that the rounds pipeline. The `aes` crate (0.8) encrypts
+//! one block per instruction, half this rate, so where the CPU has VAES the garbler, the evaluator
+//! and the benchmark's AES bound all use this code; elsewhere they use the crate. Checked against the
+//! crate block for block. Crate-private: [`RoundKeys`] exist only with the `cpu` module's VAES proof.
+
+#![cfg(target_arch = "x86_64")]
+
+use crate::cpu::Vaes;
+use std::arch::x86_64::*;
+
+/// AES-128 round keys of the fixed key (public: the permutation's key is not a secret), with the
+/// proof that this CPU has VAES: holding a `RoundKeys` is what lets code run the VAES rounds.
+#[derive(Clone, Copy)]
+pub(crate) struct RoundKeys {
+    k: [__m128i; 11],
+    cpu: Vaes,
+}
+
+impl RoundKeys {
+    /// The expanded `key` (on a CPU that `cpu` proves has VAES, AVX-512F and AES-NI).
+    pub(crate) fn new(cpu: Vaes, key: &[u8; 16]) -> Self {
+        // SAFETY: `cpu` proves AES-NI, the one feature `expand` is compiled with beyond the baseline.
+        RoundKeys { k: unsafe { expand(key) }, cpu }
+    }
+
+    /// The VAES proof these keys were made with.
+    #[inline(always)]
+    pub(crate) fn cpu(&self) -> Vaes {
+        self.cpu
+    }
+
+    /// Round key `r` (0..=10).
+    #[inline(always)]
+    pub(crate) fn key(&self, r: usize) -> __m128i {
+        self.k[r]
+    }
+
+    /// `π` in place on `blocks`.
+    #[inline]
+    pub(crate) fn permute(&self, blocks: &mut [aes::Block]) {
+        // SAFETY: `self.cpu` proves AVX-512F, VAES and AES-NI; `blocks` is valid for reads and writes
+        // of its `16 * len` bytes (`aes::Block` is `[u8; 16]`).
+        unsafe { permute_raw(&self.k, blocks.as_mut_ptr() as *mut u8, blocks.len()) }
+    }
+}
+
+/// FIPS-197 key expansion with `AESKEYGENASSIST`.
+#[target_feature(enable = "aes")]
+fn expand(key: &[u8; 16]) -> [__m128i; 11] {
+    // A closure, so that it has the function's target features (AES-NI, which implies SSE2).
+    let next = |k: __m128i, assist: __m128i| -> __m128i {
+        let t = _mm_shuffle_epi32::<0xff>(assist);
+        let k = _mm_xor_si128(k, _mm_slli_si128::<4>(k));
+        let k = _mm_xor_si128(k, _mm_slli_si128::<4>(k));
+        let k = _mm_xor_si128(k, _mm_slli_si128::<4>(k));
+        _mm_xor_si128(k, t)
+    };
+    let mut rk = [_mm_setzero_si128(); 11];
+    // SAFETY: an unaligned 16-byte load from a 16-byte array.
+    rk[0] = unsafe { _mm_loadu_si128(key.as_ptr() as *const __m128i) };
+    macro_rules! round {
+        ($i:literal, $rcon:literal) => {
+            rk[$i] = next(rk[$i - 1], _mm_aeskeygenassist_si128::<$rcon>(rk[$i - 1]));
+        };
+    }
+    round!(1, 0x01);
+    round!(2, 0x02);
+    round!(3, 0x04);
+    round!(4, 0x08);
+    round!(5, 0x10);
+    round!(6, 0x20);
+    round!(7, 0x40);
+    round!(8, 0x80);
+    round!(9, 0x1b);
+    round!(10, 0x36);
+    rk
+}
+
+/// `π` in place on `n` 16-byte blocks at `p` (any alignment) with round keys `rk`.
+///
+/// # Safety
+/// The CPU has AVX-512F, VAES and AES-NI, and `p` is valid for reads and writes of `16 * n` bytes.
+#[target_feature(enable = "avx512f,vaes,aes")]
+unsafe fn permute_raw(rk: &[__m128i; 11], p: *mut u8, n: usize) {
+    let k: [__m512i; 11] = std::array::from_fn(|r| _mm512_broadcast_i32x4(rk[r]));
+    // SAFETY: every load and store below is an unaligned access to one of the `n` blocks at `p`,
+    // which the caller guarantees are valid; the features are the caller's guarantee too.
+    unsafe {
+        // Eight registers (32 blocks) per step: enough in flight to hide the 5-cycle round latency.
+        let full = n / 32;
+        for c in 0..full {
+            let q = p.add(c * 512) as *mut __m512i;
+            let mut s: [__m512i; 8] = std::array::from_fn(|i| _mm512_xor_si512(_mm512_loadu_si512(q.add(i)), k[0]));
+            for key in &k[1..10] {
+                for x in s.iter_mut() {
+                    *x = _mm512_aesenc_epi128(*x, *key);
+                }
+            }
+            for (i, x) in s.iter().enumerate() {
+                _mm512_storeu_si512(q.add(i), _mm512_aesenclast_epi128(*x, k[10]));
+            }
+        }
+        // Tail: one register (4 blocks) at a time, then single blocks.
+        let mut done = full * 32;
+        while done + 4 <= n {
+            let q = p.add(done * 16) as *mut __m512i;
+            let mut x = _mm512_xor_si512(_mm512_loadu_si512(q), k[0]);
+            for key in &k[1..10] {
+                x = _mm512_aesenc_epi128(x, *key);
+            }
+            _mm512_storeu_si512(q, _mm512_aesenclast_epi128(x, k[10]));
+            done += 4;
+        }
+        while done < n {
+            let q = p.add(done * 16) as *mut __m128i;
+            let mut x = _mm_xor_si128(_mm_loadu_si128(q), rk[0]);
+            for key in &rk[1..10] {
+                x = _mm_aesenc_si128(x, *key);
+            }
+            _mm_storeu_si128(q, _mm_aesenclast_si128(x, rk[10]));
+            done += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aes::Aes128;
+    use aes::cipher::{BlockEncrypt, KeyInit};
+
+    #[test]
+    #[ignore = "needs AVX-512F/VL/BW + VAES; .ci/run runs every `simd_` test where the CPU has them"]
+    fn simd_vaes_matches_the_aes_crate_for_every_batch_shape() {
+        let key = *b"pi-protocol:gc:1";
+        let rk = RoundKeys::new(crate::cpu::require_vaes(), &key);
+        let crate_aes = Aes128::new(&key.into());
+        for n in (0..80).chain([255, 256, 257]) {
+            let xs: Vec<aes::Block> = (0..n as u128)
+                .map(|i| {
+                    aes::Block::from((i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835) ^ 77).to_le_bytes())
+                })
+                .collect();
+            let mut got = xs.clone();
+            rk.permute(&mut got);
+            let mut want = xs.clone();
+            crate_aes.encrypt_blocks(&mut want);
+            assert_eq!(got, want, "{n} blocks");
+        }
+    }
+}

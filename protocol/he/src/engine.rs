@@ -1,0 +1,308 @@
+//! The CPU side of HE preprocessing (no I/O): the client's encryption of its packed mask, the server's
+//! packed products with flooding and modulus switching, and the client's decryption. Every function
+//! here runs on rayon inside `spawn_blocking`.
+//!
+//! Wire formats (all residues bit-packed by `wire`, per prime in chain order):
+//! - query / public key: `seed[32] | c0 at level 0 (NTT form)`; `c1` is regenerated from the seed;
+//! - reply: `c1 at the reply level (NTT form) | c0 at the useful coefficients (coefficient form)`.
+
+use super::HeError;
+use super::pack::Plan;
+use super::params::HeContext;
+use super::wire::{pack, unpack_checked};
+use fhe::bfv::{Ciphertext, Encoding, Plaintext, SecretKey};
+use fhe::proto::bfv::Ciphertext as CiphertextProto;
+use fhe_math::rq::{Poly, Representation, traits::TryConvertFrom};
+use fhe_traits::{FheDecoder, FheDecrypter, FheEncrypter};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use rayon::prelude::*;
+
+/// Error variance of the secret key, encryption and re-randomisation noise (centred binomial, as `fhe`).
+pub(crate) const VARIANCE: usize = 10;
+
+/// One serialised reply and the server's share of its outputs as `(output index, share)`.
+type Reply = (Vec<u8>, Vec<(usize, u64)>);
+
+/// A ciphertext at level 0 as the server holds it (both components in NTT form).
+pub(crate) struct LevelZeroCt {
+    pub c0: Poly,
+    pub c1: Poly,
+}
+
+/// Encrypts one packed polynomial under the secret key and writes the seeded wire form.
+///
+/// `fhe` 0.1.1 computes its scaling factor `Delta` wrongly when `t` exceeds one of the ciphertext primes
+/// (it negates `t` modulo a smaller prime), so we let it encrypt zero (randomness, secret, error) and add
+/// `Delta * m` ourselves with `Delta = floor(q / t)` computed exactly.
+fn encrypt_packed(ctx: &HeContext, sk: &SecretKey, values: &[u64], rng: &mut ChaCha20Rng) -> Result<Vec<u8>, HeError> {
+    let zero = Plaintext::zero(Encoding::poly(), &ctx.bfv)?;
+    let mut ct: Ciphertext = sk.try_encrypt(&zero, rng)?;
+    let n = ctx.degree();
+    let mut m = vec![0u64; ctx.moduli.len() * n];
+    for (i, (&p, &d)) in ctx.moduli.iter().zip(&ctx.delta0).enumerate() {
+        for (dst, &v) in m[i * n..(i + 1) * n].iter_mut().zip(values) {
+            *dst = ((d as u128 * v as u128) % p as u128) as u64;
+        }
+    }
+    let mut m = Poly::try_convert_from(m, ctx.bfv.context_at_level(0)?, false, Representation::PowerBasis)?;
+    m.change_representation(Representation::Ntt);
+    ct[0] += &m;
+    seeded_bytes(ctx, &ct)
+}
+
+/// `seed | c0` of a fresh secret-key ciphertext.
+fn seeded_bytes(ctx: &HeContext, ct: &Ciphertext) -> Result<Vec<u8>, HeError> {
+    let seed = CiphertextProto::from(ct).seed;
+    if seed.len() != 32 || ct.len() != 2 {
+        return Err(HeError::Fhe("fresh ciphertext is not seeded".into()));
+    }
+    let n = ctx.degree();
+    let c0: Vec<u64> = Vec::from(&ct[0]);
+    let mut out = Vec::with_capacity(ctx.query_bytes());
+    out.extend_from_slice(&seed);
+    for (i, (&p, &b)) in ctx.moduli.iter().zip(&ctx.bits).enumerate() {
+        let row: Vec<u64> = c0[i * n..(i + 1) * n].iter().map(|&v| v % p).collect();
+        pack(&row, b, &mut out);
+    }
+    debug_assert_eq!(out.len(), ctx.query_bytes());
+    Ok(out)
+}
+
+/// The client's public key for re-randomisation: a seeded encryption of zero, in query form.
+pub(crate) fn public_key_bytes(ctx: &HeContext, sk: &SecretKey, rng: &mut ChaCha20Rng) -> Result<Vec<u8>, HeError> {
+    let zero = Plaintext::zero(Encoding::poly(), &ctx.bfv)?;
+    let ct: Ciphertext = sk.try_encrypt(&zero, rng)?;
+    seeded_bytes(ctx, &ct)
+}
+
+/// Parses a seeded level-0 ciphertext (query or public key) received from the peer.
+pub(crate) fn parse_seeded(ctx: &HeContext, bytes: &[u8]) -> Result<LevelZeroCt, HeError> {
+    if bytes.len() != ctx.query_bytes() {
+        return Err(HeError::Malformed(format!("ciphertext of {} bytes, expected {}", bytes.len(), ctx.query_bytes())));
+    }
+    let seed: [u8; 32] = bytes[..32].try_into().map_err(|_| HeError::Malformed("seed".into()))?;
+    let n = ctx.degree();
+    let mut coeffs = Vec::with_capacity(n * ctx.moduli.len());
+    let mut pos = 32;
+    for (&p, &b) in ctx.moduli.iter().zip(&ctx.bits) {
+        let (v, used) = unpack_checked(&bytes[pos..], n, b, p)?;
+        coeffs.extend_from_slice(&v);
+        pos += used;
+    }
+    let ctx0 = ctx.bfv.context_at_level(0)?;
+    let c0 = Poly::try_convert_from(coeffs, ctx0, false, Representation::Ntt)?;
+    let c1 = Poly::random_from_seed(ctx0, Representation::Ntt, seed);
+    Ok(LevelZeroCt { c0, c1 })
+}
+
+/// Client: encrypts the canonical input tensor, one ciphertext per (channel block, tile).
+pub(crate) fn client_queries(ctx: &HeContext, sk: &SecretKey, plan: &Plan, t: &[u64]) -> Result<Vec<Vec<u8>>, HeError> {
+    (0..plan.n_queries())
+        .into_par_iter()
+        .map_init(ChaCha20Rng::from_os_rng, |rng, i| {
+            let block = plan.input_block(t, i / plan.tiles(), i % plan.tiles());
+            encrypt_packed(ctx, sk, &block, rng)
+        })
+        .collect()
+}
+
+/// `floor(log2(x)) + 1` for `x > 0`, 0 for 0.
+fn bit_len(x: u128) -> u32 {
+    128 - x.leading_zeros()
+}
+
+/// Server: checks that the flooding noise swamps the product noise for these weights by
+/// `stat_sec` bits; returns the margin in bits.
+pub(crate) fn check_noise(ctx: &HeContext, plan: &Plan, kernel: &[i64]) -> Result<u32, HeError> {
+    let wmax = kernel.iter().map(|w| w.unsigned_abs()).max().unwrap_or(0).max(1) as u128;
+    let terms = (plan.n_cb * plan.kernel_nnz()) as u128;
+    // |noise| <= terms * wmax * (t + B_e) plus the fresh public-key noise: below 2^(l + 2 + bits(terms * wmax)).
+    let noise_bits = ctx.l() + 2 + bit_len(terms.saturating_mul(wmax));
+    let need = noise_bits + ctx.params.stat_sec;
+    if ctx.flood_bits < need {
+        return Err(HeError::Noise(format!(
+            "product noise up to 2^{noise_bits} (weights up to {wmax}) leaves less than {} bits of flooding margin (flood 2^{})",
+            ctx.params.stat_sec, ctx.flood_bits
+        )));
+    }
+    Ok(ctx.flood_bits - noise_bits)
+}
+
+/// Server: all products of one layer, re-randomised, flooded, switched down and masked by a fresh
+/// uniform share. Returns the reply ciphertexts (in (group, tile) order) and the server's share of
+/// the output (`[M][Ho][Wo]`).
+pub(crate) fn server_replies(
+    ctx: &HeContext,
+    plan: &Plan,
+    queries: &[LevelZeroCt],
+    pk: &LevelZeroCt,
+    kernel: &[i64],
+) -> Result<(Vec<Vec<u8>>, Vec<u64>), HeError> {
+    let tiles = plan.tiles();
+    let per_group: Vec<Result<Vec<Reply>, HeError>> = (0..plan.n_g)
+        .into_par_iter()
+        .map_init(ChaCha20Rng::from_os_rng, |rng, g| {
+            let ctx0 = ctx.bfv.context_at_level(0)?;
+            let mut acc: Vec<(Poly, Poly)> = (0..tiles)
+                .map(|_| (Poly::zero(ctx0, Representation::Ntt), Poly::zero(ctx0, Representation::Ntt)))
+                .collect();
+            for cbi in 0..plan.n_cb {
+                let kb = plan.kernel_block(kernel, cbi, g);
+                let mut kp = Poly::try_convert_from(kb.as_slice(), ctx0, false, Representation::PowerBasis)?;
+                kp.change_representation(Representation::Ntt);
+                for (tile, (a0, a1)) in acc.iter_mut().enumerate() {
+                    let q = &queries[cbi * tiles + tile];
+                    let mut p0 = q.c0.clone();
+                    p0 *= &kp;
+                    *a0 += &p0;
+                    let mut p1 = q.c1.clone();
+                    p1 *= &kp;
+                    *a1 += &p1;
+                }
+            }
+            acc.into_iter()
+                .enumerate()
+                .map(|(tile, product)| finish_reply(ctx, plan, pk, (g, tile), product, rng))
+                .collect()
+        })
+        .collect();
+    let mut replies = Vec::with_capacity(plan.n_replies());
+    let mut share = vec![0u64; plan.cn.m * plan.cn.ho * plan.cn.wo];
+    for group in per_group {
+        for (bytes, s) in group? {
+            replies.push(bytes);
+            for (idx, v) in s {
+                share[idx] = v;
+            }
+        }
+    }
+    Ok((replies, share))
+}
+
+/// Re-randomises one accumulated product with the client's public key, adds flooding noise minus the
+/// encoded share at the useful coefficients, switches down to the reply level and serialises.
+/// `(g, tile)` says which output block `product = (a0, a1)` holds.
+fn finish_reply(
+    ctx: &HeContext,
+    plan: &Plan,
+    pk: &LevelZeroCt,
+    (g, tile): (usize, usize),
+    (mut a0, mut a1): (Poly, Poly),
+    rng: &mut ChaCha20Rng,
+) -> Result<Reply, HeError> {
+    let ctx0 = ctx.bfv.context_at_level(0)?;
+    let n = ctx.degree();
+    let outs = plan.outputs(g, tile);
+    // Encryption of zero under the public key: (u*b + e1, u*a + e2); e1 is the flooding term below.
+    let u = Poly::small(ctx0, Representation::Ntt, VARIANCE, rng)?;
+    let e2 = Poly::small(ctx0, Representation::Ntt, VARIANCE, rng)?;
+    let mut ub = pk.c0.clone();
+    ub *= &u;
+    a0 += &ub;
+    let mut ua = pk.c1.clone();
+    ua *= &u;
+    a1 += &ua;
+    a1 += &e2;
+    // Flooding noise uniform in [-2^fb, 2^fb) minus Delta_0 * share, at the useful coefficients only:
+    // no other coefficient of the first component leaves the server.
+    let np = ctx.moduli.len();
+    let mut extra = vec![0u64; np * n];
+    let limbs = (ctx.flood_bits as usize + 1).div_ceil(64);
+    let top_mask = match (ctx.flood_bits + 1) % 64 {
+        0 => u64::MAX,
+        r => (1u64 << r) - 1,
+    };
+    let ring = super::layer::ring_mask(ctx.l());
+    let mut shares = Vec::with_capacity(outs.len());
+    let mut big = vec![0u64; limbs];
+    for &(coef, idx) in &outs {
+        big.iter_mut().for_each(|x| *x = rng.random());
+        big[limbs - 1] &= top_mask;
+        let s = rng.random::<u64>() & ring;
+        shares.push((idx, s));
+        for i in 0..np {
+            let p = ctx.moduli[i] as u128;
+            let r = big.iter().rev().fold(0u128, |acc, &limb| ((acc << 64) | limb as u128) % p);
+            let flood = (r + p - ctx.flood_offset[i] as u128) % p;
+            let enc_share = (ctx.delta0[i] as u128 * (s as u128 % p)) % p;
+            extra[i * n + coef] = ((flood + p - enc_share) % p) as u64;
+        }
+    }
+    let mut extra = Poly::try_convert_from(extra, ctx0, false, Representation::PowerBasis)?;
+    extra.change_representation(Representation::Ntt);
+    a0 += &extra;
+    let mut ct = Ciphertext::new(vec![a0, a1], &ctx.bfv)?;
+    ct.switch_to_level(ctx.params.reply_level)?;
+    let mut c0 = ct[0].clone();
+    c0.change_representation(Representation::PowerBasis);
+    let c0: Vec<u64> = Vec::from(&c0);
+    let c1: Vec<u64> = Vec::from(&ct[1]);
+    let mut out = Vec::with_capacity(ctx.reply_bytes(outs.len()));
+    for i in 0..ctx.reply_primes {
+        pack(&c1[i * n..(i + 1) * n], ctx.bits[i], &mut out);
+    }
+    let mut vals = Vec::with_capacity(outs.len());
+    for i in 0..ctx.reply_primes {
+        vals.clear();
+        vals.extend(outs.iter().map(|&(coef, _)| c0[i * n + coef]));
+        pack(&vals, ctx.bits[i], &mut out);
+    }
+    Ok((out, shares))
+}
+
+/// Client: decrypts the replies and returns its share of the output (`[M][Ho][Wo]`).
+pub(crate) fn client_decrypt(
+    ctx: &HeContext,
+    sk: &SecretKey,
+    plan: &Plan,
+    replies: &[&[u8]],
+) -> Result<Vec<u64>, HeError> {
+    let tiles = plan.tiles();
+    let n = ctx.degree();
+    let level = ctx.params.reply_level;
+    let parts: Vec<Result<Vec<(usize, u64)>, HeError>> = replies
+        .par_iter()
+        .enumerate()
+        .map(|(i, bytes)| {
+            let outs = plan.outputs(i / tiles, i % tiles);
+            if bytes.len() != ctx.reply_bytes(outs.len()) {
+                return Err(HeError::Malformed(format!(
+                    "reply of {} bytes, expected {}",
+                    bytes.len(),
+                    ctx.reply_bytes(outs.len())
+                )));
+            }
+            let ctx_r = ctx.bfv.context_at_level(level)?;
+            let mut pos = 0;
+            let mut c1 = Vec::with_capacity(ctx.reply_primes * n);
+            for i in 0..ctx.reply_primes {
+                let (v, used) = unpack_checked(&bytes[pos..], n, ctx.bits[i], ctx.moduli[i])?;
+                c1.extend_from_slice(&v);
+                pos += used;
+            }
+            let mut c0 = vec![0u64; ctx.reply_primes * n];
+            for i in 0..ctx.reply_primes {
+                let (v, used) = unpack_checked(&bytes[pos..], outs.len(), ctx.bits[i], ctx.moduli[i])?;
+                for (&(coef, _), x) in outs.iter().zip(v) {
+                    c0[i * n + coef] = x;
+                }
+                pos += used;
+            }
+            let mut c0 = Poly::try_convert_from(c0, ctx_r, false, Representation::PowerBasis)?;
+            c0.change_representation(Representation::Ntt);
+            let c1 = Poly::try_convert_from(c1, ctx_r, false, Representation::Ntt)?;
+            let ct = Ciphertext::new(vec![c0, c1], &ctx.bfv)?;
+            let pt = sk.try_decrypt(&ct)?;
+            let m = Vec::<u64>::try_decode(&pt, Encoding::poly_at_level(level))?;
+            Ok(outs.iter().map(|&(coef, idx)| (idx, m[coef])).collect())
+        })
+        .collect();
+    let mut share = vec![0u64; plan.cn.m * plan.cn.ho * plan.cn.wo];
+    for part in parts {
+        for (idx, v) in part? {
+            share[idx] = v;
+        }
+    }
+    Ok(share)
+}

@@ -1,0 +1,258 @@
+//! The two-party offline exchange for one linear layer over a [`Channel`]:
+//!
+//! 1. once per session the client sends its parameters and a public key (`HeKeys`);
+//! 2. per layer the client sends a header and its encrypted, packed mask `r` (`HeQuery`);
+//! 3. the server multiplies by its packed weights, re-randomises, floods, subtracts a fresh random share
+//!    `s`, switches down and replies (`HeReply`);
+//! 4. the client decrypts `L(r) - s`; the server keeps `s`. The two shares add up to `L(r)` mod `2^l`.
+//!
+//! Heavy work runs on rayon inside `tokio::task::spawn_blocking`, never on the async threads.
+
+use super::HeError;
+use super::engine::{self, LevelZeroCt};
+use super::layer::{LayerShape, ring_mask};
+use super::pack::{Plan, WireCost};
+use super::params::{HeContext, HeParams};
+use fhe::bfv::SecretKey;
+use pi_channel::{Channel, MsgKind};
+use rand::{CryptoRng, RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Ciphertexts are grouped into frames of at most this many bytes.
+const FRAME_BYTES: usize = 8 << 20;
+
+/// Per-layer header the client sends before its query, so that a mismatch between the parties'
+/// layer sequences is a clean error rather than garbage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct LayerHeader {
+    shape: LayerShape,
+    queries: u64,
+}
+
+/// Where the client's time went for one layer.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct ClientTimings {
+    /// Packing and encrypting the mask.
+    pub encrypt: Duration,
+    /// Decrypting the replies and extracting the share.
+    pub decrypt: Duration,
+}
+
+/// Where the server's time went for one layer.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct ServerTimings {
+    /// Parsing the queries, products, re-randomisation, flooding, switching and serialising.
+    pub compute: Duration,
+    /// Bits by which the flooding noise exceeds the worst-case product noise.
+    pub flood_margin_bits: u32,
+}
+
+fn plan_for(ctx: &HeContext, shape: &LayerShape) -> Result<Plan, HeError> {
+    shape.validate()?;
+    let cost = WireCost {
+        query: ctx.query_bytes(),
+        reply_fixed: ctx.reply_fixed_bytes(),
+        reply_coeff_bits: ctx.reply_coeff_bits(),
+    };
+    Plan::choose(shape.canonical(), ctx.degree(), cost)
+        .ok_or_else(|| HeError::Shape(format!("{shape:?}: a kernel block does not fit in N = {}", ctx.degree())))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, HeError> + Send + 'static) -> Result<T, HeError> {
+    pi_channel::blocking(f).await?
+}
+
+/// Sends ciphertexts back to back, several per frame.
+async fn send_chunked(ch: &mut Channel, kind: MsgKind, cts: &[Vec<u8>]) -> Result<(), HeError> {
+    let mut frame = Vec::new();
+    for ct in cts {
+        if !frame.is_empty() && frame.len() + ct.len() > FRAME_BYTES {
+            ch.send(kind, &frame).await?;
+            frame.clear();
+        }
+        frame.extend_from_slice(ct);
+    }
+    if !frame.is_empty() {
+        ch.send(kind, &frame).await?;
+    }
+    ch.flush().await?;
+    Ok(())
+}
+
+/// Receives frames of `kind` until exactly `total` bytes arrived.
+async fn recv_exact(ch: &mut Channel, kind: MsgKind, total: usize) -> Result<Vec<u8>, HeError> {
+    let mut buf = Vec::with_capacity(total);
+    while buf.len() < total {
+        let frame = ch.recv(kind).await?;
+        if frame.is_empty() || buf.len() + frame.len() > total {
+            return Err(HeError::Malformed(format!(
+                "{kind:?} frame of {} bytes after {} of {total} expected bytes",
+                frame.len(),
+                buf.len()
+            )));
+        }
+        buf.extend_from_slice(&frame);
+    }
+    Ok(buf)
+}
+
+/// The client's side: owns the secret key; obtains `L(r) - s` for its masks `r`.
+pub struct HeClient {
+    ctx: Arc<HeContext>,
+    sk: Arc<SecretKey>,
+    public_key: Vec<u8>,
+}
+
+impl HeClient {
+    /// Creates a fresh secret key and the public key used by the server for re-randomisation.
+    pub fn new<R: RngCore + CryptoRng>(params: HeParams, rng: &mut R) -> Result<Self, HeError> {
+        let ctx = params.context()?;
+        let sk = SecretKey::random(&ctx.bfv, rng);
+        let mut prng = ChaCha20Rng::from_rng(rng);
+        let public_key = engine::public_key_bytes(&ctx, &sk, &mut prng)?;
+        Ok(Self { ctx, sk: Arc::new(sk), public_key })
+    }
+
+    /// [`HeClient::new`] with a ChaCha20 generator seeded from the operating system.
+    pub fn from_os_rng(params: HeParams) -> Result<Self, HeError> {
+        Self::new(params, &mut ChaCha20Rng::from_os_rng())
+    }
+
+    /// The parameters in use.
+    pub fn params(&self) -> &HeParams {
+        &self.ctx.params
+    }
+
+    /// Sends the parameters and the public key (once per session).
+    pub async fn setup(&self, ch: &mut Channel) -> Result<(), HeError> {
+        ch.send_msg(MsgKind::HeKeys, &self.ctx.params).await?;
+        ch.send_now(MsgKind::HeKeys, &self.public_key).await?;
+        Ok(())
+    }
+
+    /// Runs one layer: returns the client's share of `L(r)` (layout of [`LayerShape`]).
+    pub async fn linear(&self, ch: &mut Channel, shape: &LayerShape, r: &[u64]) -> Result<Vec<u64>, HeError> {
+        self.linear_timed(ch, shape, r).await.map(|(share, _)| share)
+    }
+
+    /// [`HeClient::linear`] with the time spent encrypting and decrypting.
+    pub async fn linear_timed(
+        &self,
+        ch: &mut Channel,
+        shape: &LayerShape,
+        r: &[u64],
+    ) -> Result<(Vec<u64>, ClientTimings), HeError> {
+        let plan = plan_for(&self.ctx, shape)?;
+        if r.len() != shape.input_len() {
+            return Err(HeError::Shape(format!("mask of {} elements, layer takes {}", r.len(), shape.input_len())));
+        }
+        let mut timings = ClientTimings::default();
+        let start = Instant::now();
+        let (ctx, sk, shape_c) = (self.ctx.clone(), self.sk.clone(), *shape);
+        let mask = ring_mask(ctx.l());
+        let r: Vec<u64> = r.iter().map(|&x| x & mask).collect();
+        let queries = blocking(move || {
+            let t = shape_c.canonical_input(&r);
+            engine::client_queries(&ctx, &sk, &plan, &t)
+        })
+        .await?;
+        timings.encrypt = start.elapsed();
+        ch.send_msg(MsgKind::HeQuery, &LayerHeader { shape: *shape, queries: queries.len() as u64 }).await?;
+        send_chunked(ch, MsgKind::HeQuery, &queries).await?;
+        drop(queries);
+
+        let sizes: Vec<usize> = (0..plan.n_replies())
+            .map(|i| self.ctx.reply_bytes(plan.outputs(i / plan.tiles(), i % plan.tiles()).len()))
+            .collect();
+        let buf = recv_exact(ch, MsgKind::HeReply, sizes.iter().sum()).await?;
+        let start = Instant::now();
+        let (ctx, sk) = (self.ctx.clone(), self.sk.clone());
+        let share = blocking(move || {
+            let mut parts = Vec::with_capacity(sizes.len());
+            let mut pos = 0;
+            for len in sizes {
+                parts.push(&buf[pos..pos + len]);
+                pos += len;
+            }
+            engine::client_decrypt(&ctx, &sk, &plan, &parts)
+        })
+        .await?;
+        timings.decrypt = start.elapsed();
+        Ok((share, timings))
+    }
+}
+
+/// The server's side: holds the client's public key; contributes its weights and a random share.
+pub struct HeServer {
+    ctx: Arc<HeContext>,
+    public_key: Arc<LevelZeroCt>,
+}
+
+impl HeServer {
+    /// Receives the client's parameters (which must equal `expected`) and public key.
+    pub async fn setup(ch: &mut Channel, expected: &HeParams) -> Result<Self, HeError> {
+        let params: HeParams = ch.recv_msg(MsgKind::HeKeys).await?;
+        if &params != expected {
+            return Err(HeError::Params(format!(
+                "client proposes HE parameters {params:?}, server expects {expected:?}"
+            )));
+        }
+        let ctx = params.context()?;
+        let bytes = ch.recv(MsgKind::HeKeys).await?;
+        let ctx_c = ctx.clone();
+        let public_key = blocking(move || engine::parse_seeded(&ctx_c, &bytes)).await?;
+        Ok(Self { ctx, public_key: Arc::new(public_key) })
+    }
+
+    /// The parameters in use.
+    pub fn params(&self) -> &HeParams {
+        &self.ctx.params
+    }
+
+    /// Runs one layer with the server's weights (ring elements, layout of [`LayerShape`]); returns
+    /// the server's share, uniformly random, such that client share + server share = `L(r)` mod `2^l`.
+    pub async fn linear(&self, ch: &mut Channel, shape: &LayerShape, weights: &[u64]) -> Result<Vec<u64>, HeError> {
+        self.linear_timed(ch, shape, weights).await.map(|(share, _)| share)
+    }
+
+    /// [`HeServer::linear`] with the compute time.
+    pub async fn linear_timed(
+        &self,
+        ch: &mut Channel,
+        shape: &LayerShape,
+        weights: &[u64],
+    ) -> Result<(Vec<u64>, ServerTimings), HeError> {
+        let checked = plan_for(&self.ctx, shape).and_then(|plan| {
+            if weights.len() != shape.weight_len() {
+                return Err(HeError::Shape(format!("{} weights, layer has {}", weights.len(), shape.weight_len())));
+            }
+            let kernel = shape.canonical_kernel(weights, self.ctx.l());
+            let margin = engine::check_noise(&self.ctx, &plan, &kernel)?;
+            Ok((plan, kernel, margin))
+        });
+        // On failure the detail (it may describe the weights) stays in the server's error: the
+        // session boundary tells the peer only that something internal failed.
+        let (plan, kernel, margin) = checked?;
+        let header: LayerHeader = ch.recv_msg(MsgKind::HeQuery).await?;
+        let expected = LayerHeader { shape: *shape, queries: plan.n_queries() as u64 };
+        if header != expected {
+            return Err(HeError::Malformed(format!("client runs {header:?}, server expects {expected:?}")));
+        }
+        let qlen = self.ctx.query_bytes();
+        let buf = recv_exact(ch, MsgKind::HeQuery, plan.n_queries() * qlen).await?;
+        let start = Instant::now();
+        let (ctx, pk) = (self.ctx.clone(), self.public_key.clone());
+        let (replies, share) = blocking(move || {
+            use rayon::prelude::*;
+            let queries = buf.par_chunks(qlen).map(|b| engine::parse_seeded(&ctx, b)).collect::<Result<Vec<_>, _>>()?;
+            engine::server_replies(&ctx, &plan, &queries, &pk, &kernel)
+        })
+        .await?;
+        let timings = ServerTimings { compute: start.elapsed(), flood_margin_bits: margin };
+        send_chunked(ch, MsgKind::HeReply, &replies).await?;
+        Ok((share, timings))
+    }
+}

@@ -1,0 +1,227 @@
+//! The compiled plan both parties walk: one step per graph node, with everything either party needs
+//! decided once from the validated public model (input sources, HE layer shapes, which neurons are
+//! garbled, circuit parameters, truncations). The parties never re-match ops or masks.
+
+use crate::public::{PublicModel, PublicModelError};
+use crate::share::{Role, truncate_shares};
+use pi_gc::ReluParams;
+use pi_he::{ConvShape, FcShape, LayerShape};
+use pi_model::FixedPoint;
+use pi_model::engine::kernels;
+use pi_model::graph::{Node, Op, ValidGraph};
+use std::collections::HashMap;
+
+/// Where a step reads a value: the network input or an earlier step's output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Src {
+    Input,
+    Step(usize),
+}
+
+/// The positions of an activation whose ReLU survives (garbled); the others are linearized.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Kept {
+    positions: Vec<usize>,
+}
+
+impl Kept {
+    fn from_mask(mask: &[bool]) -> Self {
+        Kept { positions: mask.iter().enumerate().filter(|(_, k)| **k).map(|(i, _)| i).collect() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.positions.len()
+    }
+
+    /// The kept elements of `x`, in order.
+    pub fn gather(&self, x: &[u64]) -> Vec<u64> {
+        self.positions.iter().map(|&p| x[p]).collect()
+    }
+
+    /// Writes `values` (one per kept element, in order) into the kept positions of `y`.
+    pub fn scatter(&self, y: &mut [u64], values: impl IntoIterator<Item = u64>) {
+        for (&p, v) in self.positions.iter().zip(values) {
+            y[p] = v;
+        }
+    }
+}
+
+/// A local step on one party's shares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Local {
+    Add,
+    /// Sum-pool over `[C, H, W]` then multiply by the pooling factor of `kernel²`.
+    AvgPool {
+        shape: [usize; 3],
+        kernel: usize,
+        stride: usize,
+    },
+    /// Channel sums over `[C, H*W]` then the pooling factor of `H*W`.
+    GlobalAvgPool {
+        channels: usize,
+        area: usize,
+    },
+    Flatten,
+}
+
+/// What one node does in the protocol.
+#[derive(Clone, Debug)]
+pub(crate) enum StepKind {
+    /// Conv or FC: HE offline (client's share `L(r) - s`), plaintext on the server's share online.
+    Linear {
+        shape: LayerShape,
+    },
+    /// ReLU: every element is truncated locally by `shift`, then the kept ones are replaced by the
+    /// garbled layer's output (`gc` is `None` when the layer is fully linearized).
+    Relu {
+        shift: u32,
+        kept: Kept,
+        gc: Option<ReluParams>,
+        total: usize,
+    },
+    Local(Local),
+}
+
+/// One node of the plan.
+#[derive(Clone, Debug)]
+pub(crate) struct Step {
+    pub name: String,
+    /// The graph op's short name (`conv2d`, `linear`, `relu`, ...), for reports.
+    pub op_kind: &'static str,
+    pub kind: StepKind,
+    pub inputs: Vec<Src>,
+    /// The output is truncated locally by `f` bits after the step.
+    pub truncate_after: bool,
+}
+
+/// The whole network as steps in evaluation order; the last step's output is the logits.
+#[derive(Clone, Debug)]
+pub(crate) struct Plan {
+    pub steps: Vec<Step>,
+    pub fp: FixedPoint,
+    pub input_len: usize,
+    /// Fractional bits of the logits.
+    pub output_frac: u32,
+}
+
+impl Plan {
+    /// Validates a (possibly peer-supplied) public model and compiles it: nothing in it can make a
+    /// party panic later.
+    pub fn compile(public: &PublicModel) -> Result<Self, PublicModelError> {
+        let checked = public.check()?;
+        let (shapes, scale) = (checked.shapes, checked.scale);
+        let index: HashMap<&str, usize> =
+            public.graph.nodes.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
+        let fp = public.fp;
+        let steps = public
+            .graph
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| {
+                let s = &shapes[&node.inputs[0]];
+                let kind = match node.op {
+                    Op::Conv2d { .. } | Op::Linear { .. } => {
+                        StepKind::Linear { shape: layer_shape(node, s).expect("conv/linear node") }
+                    }
+                    Op::Relu { .. } => {
+                        let shift = scale.nodes[i].relu_shift_units * fp.f;
+                        let kept = Kept::from_mask(&public.masks[i]);
+                        let gc = (kept.len() > 0).then_some(ReluParams { l: fp.l, k: public.relu_bits[i], shift });
+                        StepKind::Relu { shift, kept, gc, total: public.masks[i].len() }
+                    }
+                    Op::Add => StepKind::Local(Local::Add),
+                    Op::AvgPool { kernel, stride } => {
+                        StepKind::Local(Local::AvgPool { shape: [s[0], s[1], s[2]], kernel, stride })
+                    }
+                    Op::GlobalAvgPool => StepKind::Local(Local::GlobalAvgPool { channels: s[0], area: s[1] * s[2] }),
+                    Op::Flatten => StepKind::Local(Local::Flatten),
+                    Op::Batchnorm { .. } => unreachable!("validate() refuses unfolded graphs"),
+                };
+                let inputs = node.inputs.iter().map(|n| index.get(n.as_str()).map_or(Src::Input, |&p| Src::Step(p)));
+                Step {
+                    name: node.name.clone(),
+                    op_kind: node.op.kind(),
+                    kind,
+                    inputs: inputs.collect(),
+                    truncate_after: scale.nodes[i].truncate_after,
+                }
+            })
+            .collect();
+        let output_frac = scale.nodes.last().map_or(fp.f, |n| n.out_scale * fp.f);
+        let input_len = public.graph.input_shape.iter().product();
+        Ok(Plan { steps, fp, input_len, output_frac })
+    }
+
+    /// The value a step reads.
+    pub fn arg<'a>(&self, outs: &'a [Vec<u64>], input: &'a [u64], src: Src) -> &'a [u64] {
+        match src {
+            Src::Input => input,
+            Src::Step(p) => &outs[p],
+        }
+    }
+
+    /// Runs a local step on one party's shares.
+    pub fn local(&self, op: Local, args: &[&[u64]]) -> Vec<u64> {
+        let fp = self.fp;
+        let scale = |v: Vec<u64>, area: usize| -> Vec<u64> {
+            let c = fp.pool_factor(area);
+            v.into_iter().map(|x| fp.reduce(x.wrapping_mul(c))).collect()
+        };
+        match op {
+            Local::Add => kernels::add(args[0], args[1]).into_iter().map(|v| fp.reduce(v)).collect(),
+            Local::AvgPool { shape, kernel, stride } => {
+                scale(kernels::pool_sum(args[0], shape, kernel, stride), kernel * kernel)
+            }
+            Local::GlobalAvgPool { channels, area } => scale(kernels::channel_sum(args[0], channels), area),
+            Local::Flatten => args[0].to_vec(),
+        }
+    }
+
+    /// Applies step `i`'s local truncation, if any, to `role`'s share.
+    pub fn finish(&self, i: usize, role: Role, mut out: Vec<u64>) -> Vec<u64> {
+        if self.steps[i].truncate_after {
+            truncate_shares(&self.fp, role, &mut out, self.fp.f);
+        }
+        out
+    }
+}
+
+/// HE shape of a conv or linear node reading an input of shape `s` (`None` for other nodes).
+pub fn layer_shape(node: &Node, s: &[usize]) -> Option<LayerShape> {
+    match node.op {
+        Op::Conv2d { in_channels, out_channels, kernel, stride, padding, .. } => Some(LayerShape::Conv(ConvShape {
+            in_channels,
+            out_channels,
+            height: s[1],
+            width: s[2],
+            kernel,
+            stride,
+            padding,
+        })),
+        Op::Linear { in_features, out_features, .. } => {
+            Some(LayerShape::Fc(FcShape { inputs: in_features, outputs: out_features }))
+        }
+        _ => None,
+    }
+}
+
+/// The linear layers of a graph in evaluation order, by node name (what HE preprocesses).
+pub fn linear_layers(graph: &ValidGraph) -> Vec<(String, LayerShape)> {
+    graph.nodes.iter().filter_map(|n| layer_shape(n, graph.input_shape_of(n)).map(|s| (n.name.clone(), s))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_gathers_and_scatters_in_mask_order() {
+        let kept = Kept::from_mask(&[false, true, true, false, true]);
+        assert_eq!(kept.len(), 3);
+        assert_eq!(kept.gather(&[10, 11, 12, 13, 14]), vec![11, 12, 14]);
+        let mut y = vec![0; 5];
+        kept.scatter(&mut y, [7, 8, 9]);
+        assert_eq!(y, vec![0, 7, 8, 0, 9]);
+    }
+}

@@ -1,0 +1,165 @@
+//! What the server announces about its model: everything the client needs to run the protocol
+//! (architecture, ReLU masks, fixed-point parameters, circuit widths) and nothing about the weights.
+
+use pi_model::engine::ScalePlan;
+use pi_model::graph::{Op, ValidGraph};
+use pi_model::{FixedPoint, Model};
+use serde::{Deserialize, Serialize};
+
+/// The public part of a served model, sent in the server's greeting.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PublicModel {
+    /// Content hash of the model file (`pi inspect` prints it).
+    pub hash: String,
+    /// The folded graph (no weights), carried as its JSON text (the model file's form).
+    #[serde(with = "graph_json")]
+    pub graph: ValidGraph,
+    pub fp: FixedPoint,
+    /// Per graph node: for ReLU nodes the per-element mask (true = real ReLU), else empty.
+    pub masks: Vec<Vec<bool>>,
+    /// Per graph node: for ReLU nodes the garbled circuit's input width `k` (`|y| < 2^(k-1)`), else 0.
+    pub relu_bits: Vec<u32>,
+}
+
+/// Serialises a graph as JSON text inside any serde format (bincode cannot encode its flattened enums).
+mod graph_json {
+    use pi_model::graph::ValidGraph;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(g: &ValidGraph, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&serde_json::to_string(g).map_err(serde::ser::Error::custom)?)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ValidGraph, D::Error> {
+        let text = String::deserialize(d)?;
+        serde_json::from_str(&text).map_err(D::Error::custom)
+    }
+}
+
+/// Largest activation (elements) a peer may announce: bounds the memory a hostile greeting can demand.
+pub const MAX_ACTIVATION: usize = 1 << 26;
+/// Largest sum of all activations a peer may announce (the client keeps every node's share).
+pub const MAX_TOTAL_ACTIVATIONS: usize = 1 << 28;
+
+/// What validation computed: every activation's shape and the fixed-point scale plan.
+pub(crate) struct Checked<'a> {
+    pub shapes: &'a std::collections::HashMap<String, Vec<usize>>,
+    pub scale: ScalePlan,
+}
+
+/// Why a public model is unusable.
+#[derive(Debug, thiserror::Error)]
+#[error("inconsistent public model: {0}")]
+pub struct PublicModelError(pub String);
+
+impl PublicModel {
+    /// Public view of a folded model with the given circuit widths (`None` = full width `l`).
+    pub fn new(
+        model: &Model,
+        hash: String,
+        fp: FixedPoint,
+        relu_bits: Option<Vec<u32>>,
+    ) -> Result<Self, PublicModelError> {
+        let shapes = model.graph.shapes();
+        let masks = model
+            .graph
+            .nodes
+            .iter()
+            .map(|n| match n.op {
+                Op::Relu { .. } => model.pixel_mask(n, &shapes[&n.inputs[0]]),
+                _ => vec![],
+            })
+            .collect();
+        let relu_bits = relu_bits.unwrap_or_else(|| {
+            model.graph.nodes.iter().map(|n| if matches!(n.op, Op::Relu { .. }) { fp.l } else { 0 }).collect()
+        });
+        let p = PublicModel { hash, graph: model.graph.clone(), fp, masks, relu_bits };
+        p.validate()?;
+        Ok(p)
+    }
+
+    /// Checks a (possibly peer-supplied) public model before use: nothing in it may panic us later.
+    pub fn validate(&self) -> Result<(), PublicModelError> {
+        self.check().map(|_| ())
+    }
+
+    /// [`PublicModel::validate`], returning the facts it computed (shapes once, the scale plan).
+    pub(crate) fn check(&self) -> Result<Checked<'_>, PublicModelError> {
+        let err = |s: String| PublicModelError(s);
+        self.fp.validate().map_err(err)?;
+        let shapes = self.graph.shapes();
+        if let Some((name, s)) = shapes.iter().find(|(_, s)| s.iter().product::<usize>() > MAX_ACTIVATION) {
+            return Err(err(format!("activation {name:?} of shape {s:?} exceeds {MAX_ACTIVATION} elements")));
+        }
+        let total: usize = shapes.values().map(|s| s.iter().product::<usize>()).sum();
+        if total > MAX_TOTAL_ACTIVATIONS {
+            return Err(err(format!("activations total {total} elements, more than {MAX_TOTAL_ACTIVATIONS}")));
+        }
+        if self.graph.nodes.iter().any(|n| matches!(n.op, Op::Batchnorm { .. })) {
+            return Err(err("graph is not folded".into()));
+        }
+        if self.masks.len() != self.graph.nodes.len() || self.relu_bits.len() != self.graph.nodes.len() {
+            return Err(err("masks / relu_bits do not cover the graph".into()));
+        }
+        let scale = ScalePlan::new(&self.graph).map_err(|e| err(e.to_string()))?;
+        for (i, n) in self.graph.nodes.iter().enumerate() {
+            let is_relu = matches!(n.op, Op::Relu { .. });
+            let len: usize = shapes[&n.inputs[0]].iter().product();
+            if is_relu && self.masks[i].len() != len {
+                return Err(err(format!(
+                    "mask of {:?} has {} entries, activation has {len}",
+                    n.name,
+                    self.masks[i].len()
+                )));
+            }
+            if !is_relu && !self.masks[i].is_empty() {
+                return Err(err(format!("non-ReLU node {:?} has a mask", n.name)));
+            }
+            let k = self.relu_bits[i];
+            let shift = scale.nodes[i].relu_shift_units * self.fp.f;
+            if is_relu && (k > self.fp.l || k < shift + 2) {
+                return Err(err(format!("ReLU {:?}: circuit width {k} outside {}..={}", n.name, shift + 2, self.fp.l)));
+            }
+        }
+        Ok(Checked { shapes, scale })
+    }
+
+    /// Surviving ReLUs (garbled circuits per inference).
+    pub fn kept_relus(&self) -> usize {
+        self.masks.iter().map(|m| m.iter().filter(|&&b| b).count()).sum()
+    }
+}
+
+/// Circuit width per node from calibration inputs: the widest ReLU input seen, plus a sign bit and
+/// `margin_bits` of headroom, capped at `l`. Non-ReLU nodes get 0.
+pub fn calibrate_relu_bits(ring: &pi_model::engine::RingModel, inputs: &[Vec<f32>], margin_bits: u32) -> Vec<u32> {
+    let graph = &ring.model.graph;
+    let index = graph.index();
+    let mut widest = vec![0u64; graph.nodes.len()];
+    for x in inputs {
+        let Ok(outs) = ring.run_all(ring.encode_input(x)) else { continue };
+        for (i, n) in graph.nodes.iter().enumerate() {
+            if !matches!(n.op, Op::Relu { .. }) {
+                continue;
+            }
+            let src: &[u64] = match index.get(n.inputs[0].as_str()) {
+                Some(&p) => &outs[p],
+                None => continue,
+            };
+            let m = src.iter().map(|&v| ring.fp.to_i64(v).unsigned_abs()).max().unwrap_or(0);
+            widest[i] = widest[i].max(m);
+        }
+    }
+    graph
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| match n.op {
+            Op::Relu { .. } => {
+                let shift = ring.plan.nodes[i].relu_shift_units * ring.fp.f;
+                (64 - widest[i].leading_zeros() + 1 + margin_bits).max(shift + 2).min(ring.fp.l)
+            }
+            _ => 0,
+        })
+        .collect()
+}

@@ -1,0 +1,171 @@
+//! The server party of one session: greeting, key setup, then per inference an offline phase (HE
+//! for every linear layer, garbling for every surviving ReLU) and an online phase on its shares.
+//! Every public method tells the client why it failed, once ([`crate::tell_peer`]).
+
+use crate::error::told;
+use crate::plan::{Plan, StepKind};
+use crate::public::PublicModel;
+use crate::share::{Role, truncate_share};
+use crate::{Hello, HelloAck, InferenceError, Request};
+use pi_channel::{Channel, Counters, MsgKind, PROTOCOL_VERSION};
+use pi_gc::relu_layer::{GarblerOffline, GarblerSession};
+use pi_he::{HeParams, HeServer};
+use pi_model::engine::RingModel;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A model ready to serve: ring-encoded weights and the public view announced to clients.
+pub struct ServedModel {
+    pub ring: RingModel,
+    pub public: PublicModel,
+}
+
+/// What one served inference cost the server.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ServerInferenceStats {
+    pub offline: Duration,
+    pub online: Duration,
+    pub offline_bytes: Counters,
+    pub online_bytes: Counters,
+}
+
+/// The server side of a connected, set-up session.
+pub struct ServerSession {
+    model: Arc<ServedModel>,
+    plan: Plan,
+    he: HeServer,
+    gc: GarblerSession,
+    served: usize,
+    max_inferences: usize,
+}
+
+/// Per-inference offline material, consumed by the online phase.
+struct Offline {
+    /// Per step: the server's HE share term of a linear layer's output.
+    he: Vec<Vec<u64>>,
+    /// Per step: the garbled ReLU layer.
+    gc: Vec<Option<GarblerOffline>>,
+}
+
+impl ServerSession {
+    /// Greets the client, checks its expected hash, and sets up HE keys and base OTs. The session
+    /// serves at most `max_inferences` inferences, so one connection cannot make the server work forever.
+    pub async fn handshake(
+        ch: &mut Channel,
+        model: Arc<ServedModel>,
+        max_inferences: usize,
+    ) -> Result<Self, InferenceError> {
+        let r = Self::handshake_inner(ch, model, max_inferences).await;
+        told(ch, r).await
+    }
+
+    async fn handshake_inner(
+        ch: &mut Channel,
+        model: Arc<ServedModel>,
+        max_inferences: usize,
+    ) -> Result<Self, InferenceError> {
+        let plan = Plan::compile(&model.public)?;
+        ch.send_msg(MsgKind::Hello, &Hello { version: PROTOCOL_VERSION, model: model.public.clone() }).await?;
+        let ack: HelloAck = ch.recv_msg(MsgKind::HelloAck).await?;
+        if ack.hash != model.public.hash {
+            return Err(InferenceError::HashMismatch { served: model.public.hash.clone(), expected: ack.hash });
+        }
+        let he = HeServer::setup(ch, &HeParams::new(model.public.fp.l)?).await?;
+        let gc = GarblerSession::setup(ch).await?;
+        Ok(Self { model, plan, he, gc, served: 0, max_inferences })
+    }
+
+    /// Waits for the client's next request; `None` when it ends the session. A request beyond the
+    /// session's inference limit is refused.
+    pub async fn next_request(&mut self, ch: &mut Channel) -> Result<Option<()>, InferenceError> {
+        let r = match ch.recv_msg::<Request>(MsgKind::Begin).await {
+            Ok(Request::Bye) => Ok(None),
+            Ok(Request::Infer) if self.served >= self.max_inferences => {
+                Err(InferenceError::Limit(format!("session limit of {} inferences reached", self.max_inferences)))
+            }
+            Ok(Request::Infer) => Ok(Some(())),
+            Err(e) => Err(e.into()),
+        };
+        told(ch, r).await
+    }
+
+    /// Serves one inference (offline then online).
+    pub async fn serve_inference(&mut self, ch: &mut Channel) -> Result<ServerInferenceStats, InferenceError> {
+        let r = self.serve_inference_inner(ch).await;
+        told(ch, r).await
+    }
+
+    async fn serve_inference_inner(&mut self, ch: &mut Channel) -> Result<ServerInferenceStats, InferenceError> {
+        let c0 = ch.counters();
+        let t0 = Instant::now();
+        let offline = self.offline(ch).await?;
+        let (offline_time, c1) = (t0.elapsed(), ch.counters());
+        let t1 = Instant::now();
+        self.online(ch, offline).await?;
+        self.served += 1;
+        Ok(ServerInferenceStats {
+            offline: offline_time,
+            online: t1.elapsed(),
+            offline_bytes: c1.since(c0),
+            online_bytes: ch.counters().since(c1),
+        })
+    }
+
+    async fn offline(&mut self, ch: &mut Channel) -> Result<Offline, InferenceError> {
+        let n = self.plan.steps.len();
+        let mut he = vec![Vec::new(); n];
+        let mut gc: Vec<Option<GarblerOffline>> = (0..n).map(|_| None).collect();
+        for (i, step) in self.plan.steps.iter().enumerate() {
+            match &step.kind {
+                StepKind::Linear { shape } => {
+                    he[i] = self.he.linear(ch, shape, &self.model.ring.layers[i].weight).await?
+                }
+                StepKind::Relu { gc: Some(params), kept, .. } => {
+                    gc[i] = Some(self.gc.offline(ch, *params, kept.len()).await?)
+                }
+                StepKind::Relu { gc: None, .. } | StepKind::Local(_) => {}
+            }
+        }
+        Ok(Offline { he, gc })
+    }
+
+    async fn online(&mut self, ch: &mut Channel, mut offline: Offline) -> Result<(), InferenceError> {
+        let plan = &self.plan;
+        let fp = plan.fp;
+        let input: Vec<u64> =
+            ch.recv_u64s(MsgKind::OnlineInput, plan.input_len).await?.into_iter().map(|v| fp.reduce(v)).collect();
+        let mut outs: Vec<Vec<u64>> = Vec::with_capacity(plan.steps.len());
+        for (i, step) in plan.steps.iter().enumerate() {
+            let out = match &step.kind {
+                StepKind::Linear { .. } => {
+                    let x = plan.arg(&outs, &input, step.inputs[0]).to_vec();
+                    let model = self.model.clone();
+                    let he_share = std::mem::take(&mut offline.he[i]);
+                    pi_channel::blocking(move || {
+                        let mut y = model.ring.linear_no_bias(i, &x);
+                        model.ring.add_bias(i, &mut y);
+                        y.iter_mut().zip(&he_share).for_each(|(v, s)| *v = fp.reduce(v.wrapping_add(*s)));
+                        y
+                    })
+                    .await?
+                }
+                StepKind::Relu { shift, kept, .. } => {
+                    let x = plan.arg(&outs, &input, step.inputs[0]);
+                    let mut y: Vec<u64> = x.iter().map(|&v| truncate_share(&fp, Role::Server, v, *shift)).collect();
+                    if let Some(g) = offline.gc[i].take() {
+                        kept.scatter(&mut y, g.online(ch, &kept.gather(x)).await?);
+                    }
+                    y
+                }
+                StepKind::Local(op) => {
+                    let args: Vec<&[u64]> = step.inputs.iter().map(|&s| plan.arg(&outs, &input, s)).collect();
+                    plan.local(*op, &args)
+                }
+            };
+            outs.push(plan.finish(i, Role::Server, out));
+        }
+        let logits = outs.pop().unwrap_or_default();
+        ch.send_u64s(MsgKind::OnlineLogits, &logits).await?;
+        Ok(())
+    }
+}

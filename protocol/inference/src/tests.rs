@@ -1,0 +1,76 @@
+//! Whole-network private inference over an in-memory channel against the fixed-point engine.
+
+use crate::client::ClientSession;
+use crate::public::{PublicModel, calibrate_relu_bits};
+use crate::server::{ServedModel, ServerSession};
+use pi_channel::Channel;
+use pi_model::engine::{RingModel, argmax};
+use pi_model::{FixedPoint, Model, arch};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use std::sync::Arc;
+
+fn served(arch_name: &str, keep: f64, calibrate: bool) -> (Arc<ServedModel>, Vec<Vec<f32>>) {
+    let model = Model::random(arch::build(arch_name, 10).unwrap(), 11, Some(keep)).unwrap().fold_batchnorm();
+    let ring = RingModel::new(&model, FixedPoint::DEFAULT).unwrap();
+    let n: usize = model.graph.input_shape.iter().product();
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let inputs: Vec<Vec<f32>> = (0..3).map(|_| (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect()).collect();
+    let bits = calibrate.then(|| calibrate_relu_bits(&ring, &inputs, 3));
+    let public = PublicModel::new(&ring.model, "test-hash".into(), ring.fp, bits).unwrap();
+    (Arc::new(ServedModel { ring, public }), inputs)
+}
+
+async fn run_pair(model: Arc<ServedModel>, inputs: Vec<Vec<f32>>) -> Vec<crate::client::InferenceResult> {
+    let (mut cs, mut ss) = Channel::memory_pair();
+    let m = model.clone();
+    let server = tokio::spawn(async move {
+        let mut s = ServerSession::handshake(&mut ss, m, usize::MAX).await.unwrap();
+        while s.next_request(&mut ss).await.unwrap().is_some() {
+            s.serve_inference(&mut ss).await.unwrap();
+        }
+    });
+    let mut c = ClientSession::handshake(&mut cs, Some("test-hash")).await.unwrap();
+    let mut out = vec![];
+    for x in &inputs {
+        out.push(c.infer(&mut cs, x).await.unwrap());
+    }
+    c.close(&mut cs).await.unwrap();
+    server.await.unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_cnn_logits_match_the_fixed_point_engine() {
+    let (model, inputs) = served("small-cnn", 0.1, true);
+    let results = run_pair(model.clone(), inputs.clone()).await;
+    for (x, r) in inputs.iter().zip(&results) {
+        let want = model.ring.decode_output(&model.ring.run(x).unwrap());
+        assert_eq!(argmax(&want), argmax(&r.logits));
+        for (p, q) in want.iter().zip(&r.logits) {
+            assert!((p - q).abs() < 1e-2, "PI {:?} vs fixed point {want:?}", r.logits);
+        }
+        assert_eq!(r.relus, model.public.kept_relus());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linearized_layers_cost_no_bytes_and_no_round() {
+    let mut model = Model::random(arch::small_cnn(10).unwrap(), 2, Some(0.2)).unwrap();
+    model.tensors.get_mut("res.relu1.mask").unwrap().fill(0.0);
+    let model = model.fold_batchnorm();
+    let ring = RingModel::new(&model, FixedPoint::DEFAULT).unwrap();
+    let public = PublicModel::new(&ring.model, "test-hash".into(), ring.fp, None).unwrap();
+    let served = Arc::new(ServedModel { ring, public });
+    let x: Vec<f32> = (0..28 * 28).map(|i| (i % 13) as f32 / 6.0 - 1.0).collect();
+    let r = run_pair(served.clone(), vec![x.clone()]).await.pop().unwrap();
+    let layer = |name: &str| r.layers.iter().find(|l| l.node == name).unwrap().clone();
+    let gone = layer("res.relu1");
+    assert_eq!((gone.relus_kept, gone.offline_bytes, gone.online_bytes, gone.online_round), (0, 0, 0, false));
+    let kept = layer("res.relu2");
+    assert!(kept.relus_kept > 0 && kept.offline_bytes > 0 && kept.online_bytes > 0 && kept.online_round);
+    // Three ReLU layers with survivors plus the input/logits exchange.
+    assert_eq!(r.online_rounds, 4);
+    let want = served.ring.decode_output(&served.ring.run(&x).unwrap());
+    assert_eq!(argmax(&want), argmax(&r.logits));
+}
