@@ -24,20 +24,41 @@ pub enum Gate {
     Not(u32),
 }
 
-/// A finished circuit: inputs, gates in topological order and outputs (possibly constant).
+/// A finished circuit: inputs, gates in topological order and outputs (possibly constant). Only
+/// [`CircuitBuilder::finish`] makes one, so every gate reads earlier wires (the interpreters rely on it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Circuit {
     /// Garbler input wires: `0..n_garbler_inputs`.
-    pub n_garbler_inputs: usize,
+    pub(crate) n_garbler_inputs: usize,
     /// Evaluator input wires: the next `n_evaluator_inputs`.
-    pub n_evaluator_inputs: usize,
+    pub(crate) n_evaluator_inputs: usize,
     /// Gate `g` drives wire `n_inputs() + g` and reads only earlier wires.
-    pub gates: Vec<Gate>,
+    pub(crate) gates: Vec<Gate>,
     /// The output bits, in order.
-    pub outputs: Vec<Bit>,
+    pub(crate) outputs: Vec<Bit>,
 }
 
 impl Circuit {
+    /// Garbler input wires: `0..n_garbler_inputs()`.
+    pub fn n_garbler_inputs(&self) -> usize {
+        self.n_garbler_inputs
+    }
+
+    /// Evaluator input wires: the next `n_evaluator_inputs()`.
+    pub fn n_evaluator_inputs(&self) -> usize {
+        self.n_evaluator_inputs
+    }
+
+    /// The gates in topological order: gate `g` drives wire `n_inputs() + g`.
+    pub fn gates(&self) -> &[Gate] {
+        &self.gates
+    }
+
+    /// The output bits, in order.
+    pub fn outputs(&self) -> &[Bit] {
+        &self.outputs
+    }
+
     /// Input wires of both parties.
     pub fn n_inputs(&self) -> usize {
         self.n_garbler_inputs + self.n_evaluator_inputs
