@@ -282,3 +282,45 @@ async fn a_full_server_refuses_extra_clients_clearly() {
     let err = c.infer(&mut first, &vec![0.1; 28 * 28]).await.expect_err("refused");
     assert!(err.to_string().contains("session limit"), "{err}");
 }
+
+/// The parties as libraries: `Server::bind` + `Client::connect(..).infer(..)`, checked against the
+/// fixed-point engine, and the same over an emulated link (the stream adapter under the channel),
+/// whose round trips must show in the online latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_server_and_client_agree_with_the_fixed_point_engine() {
+    use pi_channel::Link;
+    use pi_client::{Client, ClientOptions};
+    use pi_server::{Server, ServerOptions};
+    let model = Model::random(arch::small_cnn(10).unwrap(), 6, Some(0.1)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    format::save(&model, &path).unwrap();
+    let served = pi_server::prepare(&path, &PrepareOptions::default()).unwrap();
+    let server = Server::bind(served, &ServerOptions::default()).await.unwrap();
+    let (addr, hash) = (server.local_addr().to_string(), server.model().public.hash.clone());
+    let kept = server.model().public.kept_relus();
+    tokio::spawn(server.run());
+    let ring = RingModel::new(&model.fold_batchnorm(), FixedPoint::DEFAULT).unwrap();
+    let images = random_images(2, 28 * 28, 9);
+
+    let rtt = Duration::from_millis(20);
+    for link in [None, Some(Link { bandwidth_bps: 1e9, rtt })] {
+        let options = ClientOptions { expected_hash: Some(hash.clone()), link, ..ClientOptions::default() };
+        let mut client = Client::connect(&addr, &options).await.unwrap();
+        assert_eq!(client.public().hash, hash);
+        for x in &images {
+            let out = client.infer(x).await.unwrap();
+            let want = ring.decode_output(&ring.run(x).unwrap());
+            assert_eq!(out.prediction, argmax(&want));
+            let err = want.iter().zip(&out.logits).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err < 1e-2, "PI {:?} vs fixed point {want:?}", out.logits);
+            assert_eq!(out.costs.relus, kept);
+            if link.is_some() {
+                // Every online round trip crosses the emulated link once each way.
+                let floor = rtt.mul_f64(out.costs.online_rounds as f64 * 0.9);
+                assert!(out.costs.online >= floor, "online {:?} < {floor:?}", out.costs.online);
+            }
+        }
+        client.close().await.unwrap();
+    }
+}
