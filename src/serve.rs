@@ -92,11 +92,13 @@ pub struct LinkOptions {
 }
 
 impl LinkOptions {
-    fn link(&self) -> Option<Link> {
-        (self.bandwidth.is_some() || self.rtt_ms > 0.0).then(|| Link {
-            bandwidth_bps: self.bandwidth.unwrap_or(f64::INFINITY),
-            rtt: Duration::from_secs_f64(self.rtt_ms.max(0.0) / 1e3),
-        })
+    fn link(&self) -> anyhow::Result<Option<Link>> {
+        if self.bandwidth.is_none() && self.rtt_ms <= 0.0 {
+            return Ok(None);
+        }
+        let rtt = Duration::try_from_secs_f64(self.rtt_ms.max(0.0) / 1e3)
+            .map_err(|_| anyhow::anyhow!("bad --rtt-ms {}", self.rtt_ms))?;
+        Ok(Some(Link::new(self.bandwidth.unwrap_or(f64::INFINITY), rtt).map_err(anyhow::Error::msg)?))
     }
 }
 
@@ -137,7 +139,7 @@ pub fn infer(a: &InferArgs) -> anyhow::Result<()> {
         connection: ClientOptions {
             expected_hash: a.expect_hash.clone(),
             timeout: Duration::from_secs(a.timeout_secs),
-            link: a.link.link(),
+            link: a.link.link()?,
         },
     };
     let report = runtime()?.block_on(run_client(&opts, !a.json))?;
@@ -190,7 +192,7 @@ pub fn demo(a: &DemoArgs) -> anyhow::Result<()> {
             data,
             count: a.count,
             reference_model: Some(model_path.clone()),
-            connection: ClientOptions { expected_hash: Some(hash), link: a.link.link(), ..Default::default() },
+            connection: ClientOptions { expected_hash: Some(hash), link: a.link.link()?, ..Default::default() },
         };
         let report = run_client(&opts, !a.json).await;
         server.abort();

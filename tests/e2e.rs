@@ -304,7 +304,7 @@ async fn embedded_server_and_client_agree_with_the_fixed_point_engine() {
     let images = random_images(2, 28 * 28, 9);
 
     let rtt = Duration::from_millis(20);
-    for link in [None, Some(Link { bandwidth_bps: 1e9, rtt })] {
+    for link in [None, Some(Link::new(1e9, rtt).unwrap())] {
         let options = ClientOptions { expected_hash: Some(hash.clone()), link, ..ClientOptions::default() };
         let mut client = Client::connect(&addr, &options).await.unwrap();
         assert_eq!(client.public().hash, hash);

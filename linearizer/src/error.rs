@@ -39,9 +39,6 @@ pub enum LinearizeError {
     /// An architecture or graph that cannot be built (e.g. an unknown `arch` name).
     #[error(transparent)]
     Graph(#[from] GraphError),
-    /// A model whose graph fails shape inference.
-    #[error("invalid graph")]
-    InvalidGraph(#[source] GraphError),
     /// The model lacks a tensor its graph needs.
     #[error("model lacks tensor {0}")]
     MissingTensor(String),

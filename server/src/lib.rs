@@ -148,6 +148,7 @@ impl Default for Limits {
 /// ```
 pub struct Server {
     listener: TcpListener,
+    addr: SocketAddr,
     model: Arc<ServedModel>,
     limits: Limits,
 }
@@ -171,13 +172,13 @@ impl Server {
     pub async fn bind(model: ServedModel, options: &ServerOptions) -> Result<Server, ServerError> {
         let bind_err = |source| ServerError::Bind { addr: options.listen.clone(), source };
         let listener = TcpListener::bind(&options.listen).await.map_err(bind_err)?;
-        listener.local_addr().map_err(bind_err)?;
-        Ok(Server { listener, model: Arc::new(model), limits: options.limits.clone() })
+        let addr = listener.local_addr().map_err(bind_err)?;
+        Ok(Server { listener, addr, model: Arc::new(model), limits: options.limits.clone() })
     }
 
     /// The bound address (with the port the OS chose for port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("checked in bind")
+        self.addr
     }
 
     /// The model being served (its public view holds the hash clients may pin).

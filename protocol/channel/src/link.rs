@@ -1,8 +1,11 @@
 //! Link emulation as a stream adapter, so LAN and WAN figures can be measured on one machine: wrap
-//! any `AsyncRead + AsyncWrite` in [`Shaped`] and every flushed batch of bytes waits for its time on
-//! the wire at the link's bandwidth, and each change of speaker costs half the round-trip time each
-//! way. One party shapes (the client, in `pi infer`). Waits add to computation rather than overlap
-//! with it, so shaped figures are an upper bound. Production channels never pass through here.
+//! any `AsyncRead + AsyncWrite` in [`Shaped`] and bytes wait where a real link makes them wait.
+//! Written bytes reach the peer only after their time on the wire at the link's bandwidth, and the
+//! last bytes before a flush also after half the round-trip time (the one-way latency). Received
+//! bytes are released after their transfer time, plus half the round-trip time for the first bytes
+//! after this side spoke (the answer's way back). One party shapes (the client, in `pi infer`).
+//! Waits add to that party's computation rather than overlap with it, so shaped figures are an
+//! upper bound. Production channels never pass through here.
 
 use std::future::Future;
 use std::io;
@@ -15,15 +18,32 @@ use tokio::time::Sleep;
 /// An emulated link: bandwidth and round-trip time.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Link {
-    /// Link bandwidth in bits per second.
-    pub bandwidth_bps: f64,
-    pub rtt: Duration,
+    bandwidth_bps: f64,
+    rtt: Duration,
 }
 
 impl Link {
+    /// A link of `bandwidth_bps` bits per second (positive; infinite for latency only) and `rtt`.
+    pub fn new(bandwidth_bps: f64, rtt: Duration) -> Result<Link, String> {
+        if bandwidth_bps.is_nan() || bandwidth_bps <= 0.0 {
+            return Err(format!("link bandwidth must be positive, got {bandwidth_bps} bit/s"));
+        }
+        Ok(Link { bandwidth_bps, rtt })
+    }
+
+    /// Bandwidth in bits per second.
+    pub fn bandwidth_bps(&self) -> f64 {
+        self.bandwidth_bps
+    }
+
+    /// Round-trip time.
+    pub fn rtt(&self) -> Duration {
+        self.rtt
+    }
+
     /// Time `bytes` take on the wire.
     pub fn transfer(&self, bytes: usize) -> Duration {
-        Duration::from_secs_f64(bytes as f64 * 8.0 / self.bandwidth_bps)
+        Duration::try_from_secs_f64(bytes as f64 * 8.0 / self.bandwidth_bps).unwrap_or(Duration::MAX)
     }
 
     /// Parses a bandwidth such as `1gbit`, `100mbit`, `500kbit` or a plain number of bits/s.
@@ -45,19 +65,27 @@ impl Link {
     }
 }
 
-/// A byte stream behind an emulated [`Link`]: a flush waits `transfer(bytes written since the last
-/// flush) + rtt/2`; received bytes are released after `transfer(bytes)`, plus `rtt/2` for the first
-/// bytes after this side spoke (the answer's way back).
+/// Bytes that cross the link per wait (one chunk of a write, one read from the inner stream): small
+/// enough that no single wait approaches a channel timeout unless the link really is that slow.
+const CHUNK: usize = 1 << 16;
+
+/// A byte stream behind an emulated [`Link`] (see the module documentation).
 pub struct Shaped<S> {
     inner: S,
     link: Link,
-    /// Bytes written since the last flush, and whether this side spoke since it last listened.
-    unflushed: usize,
+    /// Whether this side wrote since its last flush, and spoke since it last listened.
+    wrote: bool,
     spoke: bool,
+    /// The wait for the next chunk of a write, and the chunk's length.
+    write_wait: Option<(Pin<Box<Sleep>>, usize)>,
+    /// Bytes that have spent their time on the wire, not yet handed to `inner`.
+    out: Vec<u8>,
+    out_at: usize,
     flush_wait: Option<Pin<Box<Sleep>>>,
-    /// Bytes read from `inner` but not yet released to the reader, and the wait before they are.
-    held: Vec<u8>,
-    held_at: usize,
+    /// Bytes read from `inner` (`inbuf[..in_len]`, the first `in_at` released) and their wait.
+    inbuf: Vec<u8>,
+    in_len: usize,
+    in_at: usize,
     read_wait: Option<Pin<Box<Sleep>>>,
 }
 
@@ -66,11 +94,15 @@ impl<S> Shaped<S> {
         Self {
             inner,
             link,
-            unflushed: 0,
+            wrote: false,
             spoke: false,
+            write_wait: None,
+            out: Vec::with_capacity(CHUNK),
+            out_at: 0,
             flush_wait: None,
-            held: Vec::new(),
-            held_at: 0,
+            inbuf: vec![0; CHUNK],
+            in_len: 0,
+            in_at: 0,
             read_wait: None,
         }
     }
@@ -80,30 +112,40 @@ impl<S> Shaped<S> {
     }
 }
 
-/// Buffer for bytes read ahead of their release.
-const READ_CHUNK: usize = 1 << 16;
+impl<S: AsyncWrite + Unpin> Shaped<S> {
+    /// Hands the bytes whose wire time has passed to the inner stream.
+    fn drain_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.out_at < self.out.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.out[self.out_at..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out_at += n;
+        }
+        self.out.clear();
+        self.out_at = 0;
+        Poll::Ready(Ok(()))
+    }
+}
 
 impl<S: AsyncRead + Unpin> AsyncRead for Shaped<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         loop {
-            if this.held_at < this.held.len() {
+            if this.in_at < this.in_len {
                 if let Some(wait) = this.read_wait.as_mut() {
                     ready!(wait.as_mut().poll(cx));
                     this.read_wait = None;
                 }
-                let n = buf.remaining().min(this.held.len() - this.held_at);
-                buf.put_slice(&this.held[this.held_at..this.held_at + n]);
-                this.held_at += n;
+                let n = buf.remaining().min(this.in_len - this.in_at);
+                buf.put_slice(&this.inbuf[this.in_at..this.in_at + n]);
+                this.in_at += n;
                 return Poll::Ready(Ok(()));
             }
-            this.held.resize(READ_CHUNK, 0);
-            let mut tmp = ReadBuf::new(&mut this.held);
-            let polled = Pin::new(&mut this.inner).poll_read(cx, &mut tmp);
+            let mut tmp = ReadBuf::new(&mut this.inbuf);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut tmp))?;
             let n = tmp.filled().len();
-            this.held.truncate(n);
-            this.held_at = 0;
-            ready!(polled)?;
+            (this.in_len, this.in_at) = (n, 0);
             if n == 0 {
                 return Poll::Ready(Ok(())); // end of stream
             }
@@ -115,26 +157,42 @@ impl<S: AsyncRead + Unpin> AsyncRead for Shaped<S> {
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Shaped<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
-        self.unflushed += n;
+        let this = &mut *self;
+        ready!(this.drain_out(cx))?;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let (wait, n) = this.write_wait.get_or_insert_with(|| {
+            let n = buf.len().min(CHUNK);
+            (Box::pin(tokio::time::sleep(this.link.transfer(n))), n)
+        });
+        ready!(wait.as_mut().poll(cx));
+        // A caller may retry a pending write with a shorter buffer.
+        let n = (*n).min(buf.len());
+        this.write_wait = None;
+        // The chunk goes on at the next write (the following chunk's bytes are behind it on the
+        // wire) or, for the last one, after the flush's latency.
+        this.out.extend_from_slice(&buf[..n]);
+        this.wrote = true;
         Poll::Ready(Ok(n))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.flush_wait.is_none() && this.unflushed > 0 {
-            let bytes = std::mem::take(&mut this.unflushed);
-            this.flush_wait = Some(Box::pin(tokio::time::sleep(this.link.transfer(bytes) + this.link.rtt / 2)));
+        if this.flush_wait.is_none() && std::mem::take(&mut this.wrote) {
+            this.flush_wait = Some(Box::pin(tokio::time::sleep(this.link.rtt / 2)));
             this.spoke = true;
         }
         if let Some(wait) = this.flush_wait.as_mut() {
             ready!(wait.as_mut().poll(cx));
             this.flush_wait = None;
         }
+        ready!(this.drain_out(cx))?;
         Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.drain_out(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -150,12 +208,32 @@ mod tests {
         assert_eq!(Link::parse_bandwidth("1gbit").unwrap(), 1e9);
         assert!(Link::parse_bandwidth("fast").is_err());
         assert!(Link::parse_bandwidth("10").is_err());
+        assert!(Link::new(0.0, Duration::ZERO).is_err());
+        assert!(Link::new(f64::NAN, Duration::ZERO).is_err());
+        assert_eq!(Link::new(f64::INFINITY, Duration::ZERO).unwrap().transfer(1 << 20), Duration::ZERO);
+    }
+
+    /// The peer sees a message only after its time on the wire and the one-way latency, so it
+    /// cannot start working on it early.
+    #[tokio::test]
+    async fn the_peer_receives_after_the_wire_time() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let link = Link::new(8e6, Duration::from_millis(40)).unwrap();
+        let (mut a, mut b) = (Channel::new(Shaped::new(a, link)), Channel::new(b));
+        let t = std::time::Instant::now();
+        let peer = tokio::spawn(async move {
+            b.recv(MsgKind::Data).await.unwrap();
+            t.elapsed()
+        });
+        a.send_now(MsgKind::Data, &vec![0u8; 10_000 - HEADER_LEN]).await.unwrap(); // 10 ms + 20 ms
+        let seen = peer.await.unwrap();
+        assert!(seen >= Duration::from_millis(30), "peer saw the message after {seen:?}");
     }
 
     #[tokio::test]
     async fn shaping_delays_by_bandwidth_and_round_trip() {
         let (a, b) = tokio::io::duplex(1 << 20);
-        let link = Link { bandwidth_bps: 8e6, rtt: Duration::from_millis(40) };
+        let link = Link::new(8e6, Duration::from_millis(40)).unwrap();
         let (mut a, mut b) = (Channel::new(Shaped::new(a, link)), Channel::new(b));
         let t = std::time::Instant::now();
         a.send_now(MsgKind::Data, &vec![0u8; 10_000 - HEADER_LEN]).await.unwrap(); // 10 ms + 20 ms
@@ -171,7 +249,7 @@ mod tests {
     #[tokio::test]
     async fn unshaped_side_sees_the_same_bytes() {
         let (a, b) = tokio::io::duplex(1 << 10);
-        let link = Link { bandwidth_bps: 1e9, rtt: Duration::from_millis(1) };
+        let link = Link::new(1e9, Duration::from_millis(1)).unwrap();
         let (mut a, mut b) = (Channel::new(Shaped::new(a, link)), Channel::new(b));
         let payload: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
         let p = payload.clone();

@@ -113,7 +113,9 @@ impl ClientSession {
     }
 
     /// One private inference on an image (already normalised, `C x H x W`): offline then online.
+    /// An image of the wrong size is refused before any work, and the session stays usable.
     pub async fn infer(&mut self, ch: &mut Channel, x: &[f32]) -> Result<InferenceResult, InferenceError> {
+        self.check_input(x)?;
         let prepared = self.prepare(ch).await?;
         self.run_online(ch, prepared, x).await
     }
@@ -149,10 +151,7 @@ impl ClientSession {
         prepared: Prepared,
         x: &[f32],
     ) -> Result<InferenceResult, InferenceError> {
-        let input_len = self.plan.input_len;
-        if x.len() != input_len {
-            return Err(InferenceError::Input(format!("image has {} values, the model expects {input_len}", x.len())));
-        }
+        self.check_input(x)?;
         let c1 = ch.counters();
         let t1 = Instant::now();
         let (logits_ring, online_rounds, relus, layers) = self.online(ch, x, prepared.offline).await?;
@@ -169,6 +168,14 @@ impl ClientSession {
             relus,
             layers,
         })
+    }
+
+    fn check_input(&self, x: &[f32]) -> Result<(), InferenceError> {
+        let want = self.plan.input_len;
+        if x.len() != want {
+            return Err(InferenceError::Input(format!("image has {} values, the model expects {want}", x.len())));
+        }
+        Ok(())
     }
 
     /// Ends the session politely.

@@ -52,7 +52,7 @@ impl InferenceError {
         }
         match self {
             // The peer's HE parameters or layer header disagree with ours: name the disagreement.
-            InferenceError::He(HeError::Params(_) | HeError::Malformed(_)) => Some(self.to_string()),
+            InferenceError::He(e @ (HeError::Params(_) | HeError::Malformed(_))) => Some(e.to_string()),
             InferenceError::Gc(_) | InferenceError::He(_) | InferenceError::Task(_) => Some("internal error".into()),
             other => Some(other.to_string()),
         }

@@ -21,12 +21,13 @@ pub(crate) enum Src {
 /// The positions of an activation whose ReLU survives (garbled); the others are linearized.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Kept {
-    positions: Vec<usize>,
+    /// Positions as `u32`: activations are at most `MAX_ACTIVATION` (2^26) elements.
+    positions: Vec<u32>,
 }
 
 impl Kept {
     fn from_mask(mask: &[bool]) -> Self {
-        Kept { positions: mask.iter().enumerate().filter(|(_, k)| **k).map(|(i, _)| i).collect() }
+        Kept { positions: mask.iter().enumerate().filter(|(_, k)| **k).map(|(i, _)| i as u32).collect() }
     }
 
     pub fn len(&self) -> usize {
@@ -35,13 +36,13 @@ impl Kept {
 
     /// The kept elements of `x`, in order.
     pub fn gather(&self, x: &[u64]) -> Vec<u64> {
-        self.positions.iter().map(|&p| x[p]).collect()
+        self.positions.iter().map(|&p| x[p as usize]).collect()
     }
 
     /// Writes `values` (one per kept element, in order) into the kept positions of `y`.
     pub fn scatter(&self, y: &mut [u64], values: impl IntoIterator<Item = u64>) {
         for (&p, v) in self.positions.iter().zip(values) {
-            y[p] = v;
+            y[p as usize] = v;
         }
     }
 }
