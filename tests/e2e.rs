@@ -312,8 +312,8 @@ async fn embedded_server_and_client_agree_with_the_fixed_point_engine() {
             let out = client.infer(x).await.unwrap();
             let want = ring.decode_output(&ring.run(x).unwrap());
             assert_eq!(out.prediction, argmax(&want));
-            let err = want.iter().zip(&out.logits).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(err < 1e-2, "PI {:?} vs fixed point {want:?}", out.logits);
+            let err = want.iter().zip(out.logits()).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err < 1e-2, "PI {:?} vs fixed point {want:?}", out.logits());
             assert_eq!(out.costs.relus, kept);
             if link.is_some() {
                 // Every online round trip crosses the emulated link once each way.

@@ -75,10 +75,15 @@ pub enum ClientError {
 pub struct Inference {
     /// Index of the largest logit.
     pub prediction: usize,
-    /// Decoded logits.
-    pub logits: Vec<f32>,
-    /// Everything measured: ring logits, latency and bytes per phase, rounds, per-layer costs.
+    /// The decoded logits (see [`Inference::logits`]) and everything measured: ring logits, latency and bytes per phase, rounds, per-layer costs.
     pub costs: InferenceResult,
+}
+
+impl Inference {
+    /// Decoded logits.
+    pub fn logits(&self) -> &[f32] {
+        &self.costs.logits
+    }
 }
 
 /// A connected client session with a server.
@@ -119,7 +124,7 @@ impl Client {
     /// Classifies one image (normalised, `C x H x W`) privately: offline then online phase.
     pub async fn infer(&mut self, image: &[f32]) -> Result<Inference, ClientError> {
         let costs = self.session.infer(&mut self.ch, image).await?;
-        Ok(Inference { prediction: argmax(&costs.logits), logits: costs.logits.clone(), costs })
+        Ok(Inference { prediction: argmax(&costs.logits), costs })
     }
 
     /// Ends the session politely.

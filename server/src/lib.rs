@@ -236,13 +236,11 @@ async fn session(
     max_inferences: usize,
 ) -> Result<usize, InferenceError> {
     let mut s = ServerSession::handshake(ch, model, max_inferences).await?;
-    let mut served = 0;
     while s.next_request(ch).await?.is_some() {
         let stats = s.serve_inference(ch).await?;
-        served += 1;
         tracing::info!(
             session = id,
-            inference = served,
+            inference = s.served(),
             offline_ms = stats.offline.as_millis() as u64,
             online_ms = stats.online.as_millis() as u64,
             offline_bytes = stats.offline_bytes.total(),
@@ -250,5 +248,5 @@ async fn session(
             "inference served"
         );
     }
-    Ok(served)
+    Ok(s.served())
 }

@@ -16,7 +16,7 @@ pub mod share;
 
 pub use client::{ClientSession, InferenceResult, LayerCost, Prepared};
 pub use error::{InferenceError, tell_peer};
-pub use plan::{layer_shape, linear_layers};
+pub use plan::linear_layers;
 pub use public::{PublicModel, PublicModelError, calibrate_relu_bits};
 pub use server::{ServedModel, ServerInferenceStats, ServerSession};
 

@@ -189,7 +189,7 @@ impl Plan {
 }
 
 /// HE shape of a conv or linear node reading an input of shape `s` (`None` for other nodes).
-pub fn layer_shape(node: &Node, s: &[usize]) -> Option<LayerShape> {
+fn layer_shape(node: &Node, s: &[usize]) -> Option<LayerShape> {
     match node.op {
         Op::Conv2d { in_channels, out_channels, kernel, stride, padding, .. } => Some(LayerShape::Conv(ConvShape {
             in_channels,

@@ -75,6 +75,11 @@ impl ServerSession {
         Ok(Self { model, plan, he, gc, served: 0, max_inferences })
     }
 
+    /// Inferences served in this session so far.
+    pub fn served(&self) -> usize {
+        self.served
+    }
+
     /// Waits for the client's next request; `None` when it ends the session. A request beyond the
     /// session's inference limit is refused.
     pub async fn next_request(&mut self, ch: &mut Channel) -> Result<Option<()>, InferenceError> {
