@@ -28,7 +28,7 @@ pub struct ModelOptions {
 }
 
 impl ModelOptions {
-    fn prepare(&self) -> PrepareOptions {
+    pub fn prepare(&self) -> PrepareOptions {
         PrepareOptions {
             fp: FixedPoint { l: self.ring_bits, f: self.frac_bits },
             relu_bits: self.relu_bits.clone(),
@@ -80,9 +80,23 @@ pub fn serve(a: &ServeArgs) -> anyhow::Result<()> {
     })
 }
 
+/// A `--net` value: no emulation (`none`) or an emulated link.
+#[derive(Clone, Copy, Debug)]
+pub struct Net(pub Option<Link>);
+
+impl Net {
+    pub fn parse(s: &str) -> Result<Net, String> {
+        Link::parse_net(s).map(Net)
+    }
+}
+
 /// An emulated network link, to measure LAN/WAN figures on one machine.
 #[derive(clap::Args, Clone)]
 pub struct LinkOptions {
+    /// Emulated network: none, lan (1 Gbit/s, 0.5 ms RTT), wan (100 Mbit/s, 40 ms RTT) or RATE,RTT
+    /// (e.g. 10mbit,80ms). Transmission overlaps computation, as on a real wire.
+    #[arg(long, value_parser = Net::parse, conflicts_with_all = ["bandwidth", "rtt_ms"])]
+    net: Option<Net>,
     /// Emulated bandwidth, e.g. 1gbit, 100mbit (default: the real link, unshaped).
     #[arg(long, value_parser = Link::parse_bandwidth)]
     bandwidth: Option<f64>,
@@ -93,6 +107,9 @@ pub struct LinkOptions {
 
 impl LinkOptions {
     fn link(&self) -> anyhow::Result<Option<Link>> {
+        if let Some(net) = &self.net {
+            return Ok(net.0);
+        }
         if self.bandwidth.is_none() && self.rtt_ms <= 0.0 {
             return Ok(None);
         }

@@ -11,6 +11,10 @@ pub enum BenchError {
     Task(#[from] pi_channel::TaskFailed),
     #[error(transparent)]
     Channel(#[from] pi_channel::ChannelError),
+    #[error(transparent)]
+    Client(#[from] pi_client::ClientError),
+    #[error(transparent)]
+    Inference(#[from] pi_inference::InferenceError),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
     #[error("invalid benchmark parameters: {0}")]

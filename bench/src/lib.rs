@@ -2,8 +2,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod e2e;
 mod error;
+pub mod fit;
 pub mod gc;
 pub mod linear;
+pub mod pareto;
+pub mod svg;
 
 pub use error::BenchError;

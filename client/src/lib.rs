@@ -116,6 +116,11 @@ impl Client {
         Ok(Client { ch, session })
     }
 
+    /// Bytes this connection has moved so far, per direction.
+    pub fn counters(&self) -> pi_channel::Counters {
+        self.ch.counters()
+    }
+
     /// What the server announced: architecture, masks, fixed-point parameters, hash.
     pub fn public(&self) -> &PublicModel {
         self.session.public()
@@ -277,7 +282,15 @@ fn accumulate_layers(avg: &mut Vec<LayerCost>, one: &[LayerCost], count: usize) 
     if avg.is_empty() {
         *avg = one
             .iter()
-            .map(|l| LayerCost { offline_bytes: 0, online_bytes: 0, offline_s: 0.0, online_s: 0.0, ..l.clone() })
+            .map(|l| LayerCost {
+                offline_bytes: 0,
+                online_bytes: 0,
+                offline_s: 0.0,
+                online_s: 0.0,
+                offline_io_s: 0.0,
+                online_io_s: 0.0,
+                ..l.clone()
+            })
             .collect();
     }
     let n = count.max(1);
@@ -286,6 +299,8 @@ fn accumulate_layers(avg: &mut Vec<LayerCost>, one: &[LayerCost], count: usize) 
         a.online_bytes += l.online_bytes / n as u64;
         a.offline_s += l.offline_s / n as f64;
         a.online_s += l.online_s / n as f64;
+        a.offline_io_s += l.offline_io_s / n as f64;
+        a.online_io_s += l.online_io_s / n as f64;
     }
 }
 

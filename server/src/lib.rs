@@ -76,7 +76,12 @@ pub enum ServerError {
 /// Loads a model file and prepares it for serving: fold, encode, choose circuit widths.
 pub fn prepare(path: &Path, opts: &PrepareOptions) -> Result<ServedModel, ServerError> {
     let model = format::load(path).map_err(|source| ServerError::Load { path: path.to_path_buf(), source })?;
-    let hash = format::content_hash(&model);
+    prepare_model(&model, opts)
+}
+
+/// Prepares a model already in memory (as [`prepare`] does for a file).
+pub fn prepare_model(model: &pi_model::Model, opts: &PrepareOptions) -> Result<ServedModel, ServerError> {
+    let hash = format::content_hash(model);
     let ring = RingModel::new(&model.fold_batchnorm(), opts.fp)?;
     let bits = match opts.relu_bits {
         ReluBits::Full => None,

@@ -3,7 +3,7 @@
 //!
 //! Frame layout (little endian): `len: u32 | version: u16 | kind: u8 | payload[len]`.
 //!
-//! [`link`] emulates a slower network as a stream adapter under the channel.
+//! [`link`] emulates a slower network (bandwidth and latency, overlapping computation) under the channel.
 
 #![forbid(unsafe_code)]
 
@@ -167,6 +167,8 @@ pub struct Channel {
     counters: Counters,
     max_frame: usize,
     timeout: Duration,
+    /// Time spent blocked in reads and writes (waiting for the peer or the link).
+    io: Duration,
 }
 
 impl Channel {
@@ -182,6 +184,7 @@ impl Channel {
             counters: Counters::default(),
             max_frame: DEFAULT_MAX_FRAME,
             timeout: DEFAULT_TIMEOUT,
+            io: Duration::ZERO,
         }
     }
 
@@ -210,6 +213,12 @@ impl Channel {
         self.counters
     }
 
+    /// Time this side has spent blocked in reads and writes so far: waiting for the peer to answer
+    /// or for bytes to cross. A step's wall time minus its growth is the step's own computation.
+    pub fn io_time(&self) -> Duration {
+        self.io
+    }
+
     /// Queues one frame; call [`Channel::flush`] before waiting for an answer.
     pub async fn send(&mut self, kind: MsgKind, payload: &[u8]) -> Result<(), ChannelError> {
         if payload.len() > self.max_frame {
@@ -219,6 +228,7 @@ impl Channel {
         header[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
         header[4..6].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
         header[6] = kind as u8;
+        let t = std::time::Instant::now();
         let r = self
             .timed(|w| {
                 Box::pin(async move {
@@ -227,6 +237,7 @@ impl Channel {
                 })
             })
             .await;
+        self.io += t.elapsed();
         self.write_outcome(r).await?;
         self.counters.sent += (HEADER_LEN + payload.len()) as u64;
         Ok(())
@@ -234,7 +245,9 @@ impl Channel {
 
     /// Sends everything queued.
     pub async fn flush(&mut self) -> Result<(), ChannelError> {
+        let t = std::time::Instant::now();
         let r = self.timed(|w| Box::pin(w.flush())).await;
+        self.io += t.elapsed();
         self.write_outcome(r).await
     }
 
@@ -293,7 +306,10 @@ impl Channel {
     }
 
     async fn read_exact_timed(&mut self, buf: &mut [u8]) -> Result<(), ChannelError> {
-        match tokio::time::timeout(self.timeout, self.reader.read_exact(buf)).await {
+        let t = std::time::Instant::now();
+        let r = tokio::time::timeout(self.timeout, self.reader.read_exact(buf)).await;
+        self.io += t.elapsed();
+        match r {
             Err(_) => Err(ChannelError::Timeout(self.timeout)),
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ChannelError::Closed),
             Ok(Err(e)) => Err(e.into()),

@@ -25,6 +25,10 @@ pub struct InferenceResult {
     pub logits: Vec<f32>,
     pub offline: Duration,
     pub online: Duration,
+    /// Of `offline` and `online`: time the client spent blocked on the channel (waiting for the
+    /// server's answers or for bytes to cross); the rest is its own computation.
+    pub offline_io: Duration,
+    pub online_io: Duration,
     pub offline_bytes: Counters,
     pub online_bytes: Counters,
     /// Online round trips: one per layer with surviving ReLUs, plus input/logits.
@@ -44,9 +48,14 @@ pub struct LayerCost {
     pub relus_total: usize,
     pub relus_kept: usize,
     pub offline_bytes: u64,
+    /// Wall time of the node's offline step, and the part of it spent blocked on the channel.
     pub offline_s: f64,
+    pub offline_io_s: f64,
     pub online_bytes: u64,
+    /// Wall time of the node's online step (ReLU nodes: from the end of the previous garbled layer,
+    /// so it includes waiting for the server's linear layers), and the part spent on the channel.
     pub online_s: f64,
+    pub online_io_s: f64,
     /// Whether the node costs an online round trip.
     pub online_round: bool,
 }
@@ -64,6 +73,7 @@ pub struct ClientSession {
 pub struct Prepared {
     offline: Offline,
     time: Duration,
+    io: Duration,
     bytes: Counters,
 }
 
@@ -128,10 +138,10 @@ impl ClientSession {
 
     async fn prepare_inner(&mut self, ch: &mut Channel) -> Result<Prepared, InferenceError> {
         ch.send_msg(MsgKind::Begin, &Request::Infer).await?;
-        let c0 = ch.counters();
+        let (c0, io0) = (ch.counters(), ch.io_time());
         let t0 = Instant::now();
         let offline = self.offline(ch).await?;
-        Ok(Prepared { offline, time: t0.elapsed(), bytes: ch.counters().since(c0) })
+        Ok(Prepared { offline, time: t0.elapsed(), io: ch.io_time() - io0, bytes: ch.counters().since(c0) })
     }
 
     /// The online phase on prepared material (consumed: offline material is never reused).
@@ -152,7 +162,7 @@ impl ClientSession {
         x: &[f32],
     ) -> Result<InferenceResult, InferenceError> {
         self.check_input(x)?;
-        let c1 = ch.counters();
+        let (c1, io1) = (ch.counters(), ch.io_time());
         let t1 = Instant::now();
         let (logits_ring, online_rounds, relus, layers) = self.online(ch, x, prepared.offline).await?;
         let online_time = t1.elapsed();
@@ -162,6 +172,8 @@ impl ClientSession {
             logits,
             offline: prepared.time,
             online: online_time,
+            offline_io: prepared.io,
+            online_io: ch.io_time() - io1,
             offline_bytes: prepared.bytes,
             online_bytes: ch.counters().since(c1),
             online_rounds,
@@ -192,7 +204,7 @@ impl ClientSession {
         let mut outs: Vec<Vec<u64>> = Vec::with_capacity(plan.steps.len());
         let mut layers = Vec::new();
         for (i, step) in plan.steps.iter().enumerate() {
-            let (c0, t0) = (ch.counters(), Instant::now());
+            let (c0, t0, io0) = (ch.counters(), Instant::now(), ch.io_time());
             let out = match &step.kind {
                 StepKind::Linear { shape } => {
                     let r = plan.arg(&outs, &input_mask, step.inputs[0]).to_vec();
@@ -226,6 +238,7 @@ impl ClientSession {
                     relus_kept,
                     offline_bytes: ch.counters().since(c0).total(),
                     offline_s: t0.elapsed().as_secs_f64(),
+                    offline_io_s: (ch.io_time() - io0).as_secs_f64(),
                     ..Default::default()
                 });
             }
@@ -249,7 +262,7 @@ impl ClientSession {
         let mut layers = std::mem::take(&mut offline.layers);
         for (i, slot) in offline.gc.iter_mut().enumerate() {
             if let Some(ev) = slot.take() {
-                let (c0, t0) = (ch.counters(), Instant::now());
+                let (c0, t0, io0) = (ch.counters(), Instant::now(), ch.io_time());
                 relus += ev.len();
                 rounds += 1;
                 ev.online(ch).await?;
@@ -257,6 +270,7 @@ impl ClientSession {
                 if let Some(l) = layers.iter_mut().find(|l| &l.node == name) {
                     l.online_bytes = ch.counters().since(c0).total();
                     l.online_s = t0.elapsed().as_secs_f64();
+                    l.online_io_s = (ch.io_time() - io0).as_secs_f64();
                     l.online_round = true;
                 }
             }

@@ -18,7 +18,7 @@ pub use client::{ClientSession, InferenceResult, LayerCost, Prepared};
 pub use error::{InferenceError, tell_peer};
 pub use plan::linear_layers;
 pub use public::{PublicModel, PublicModelError, calibrate_relu_bits};
-pub use server::{ServedModel, ServerInferenceStats, ServerSession};
+pub use server::{ServedModel, ServerInferenceStats, ServerSession, ServerStepTime};
 
 use serde::{Deserialize, Serialize};
 

@@ -25,8 +25,25 @@ pub struct ServedModel {
 pub struct ServerInferenceStats {
     pub offline: Duration,
     pub online: Duration,
+    /// Of `offline` and `online`: time the server spent blocked on the channel.
+    pub offline_io: Duration,
+    pub online_io: Duration,
     pub offline_bytes: Counters,
     pub online_bytes: Counters,
+    /// Per conv/linear and ReLU node, in plan order.
+    pub layers: Vec<ServerStepTime>,
+}
+
+/// What one conv/linear or ReLU node took on the server: wall time per phase and, of it, the time
+/// blocked on the channel (the rest is the server's own work: HE, garbling and OT offline; ring
+/// arithmetic and label transfer online).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ServerStepTime {
+    pub node: String,
+    pub offline_s: f64,
+    pub offline_io_s: f64,
+    pub online_s: f64,
+    pub online_io_s: f64,
 }
 
 /// The server side of a connected, set-up session.
@@ -45,6 +62,8 @@ struct Offline {
     he: Vec<Vec<u64>>,
     /// Per step: the garbled ReLU layer.
     gc: Vec<Option<GarblerOffline>>,
+    /// Per step: wall and channel time, offline (online filled in later).
+    times: Vec<ServerStepTime>,
 }
 
 impl ServerSession {
@@ -101,18 +120,25 @@ impl ServerSession {
     }
 
     async fn serve_inference_inner(&mut self, ch: &mut Channel) -> Result<ServerInferenceStats, InferenceError> {
-        let c0 = ch.counters();
+        let (c0, io0) = (ch.counters(), ch.io_time());
         let t0 = Instant::now();
         let offline = self.offline(ch).await?;
-        let (offline_time, c1) = (t0.elapsed(), ch.counters());
+        let (offline_time, c1, io1) = (t0.elapsed(), ch.counters(), ch.io_time());
         let t1 = Instant::now();
-        self.online(ch, offline).await?;
+        let times = self.online(ch, offline).await?;
         self.served += 1;
+        let layers = (self.plan.steps.iter().zip(times))
+            .filter(|(s, _)| !matches!(s.kind, StepKind::Local(_)))
+            .map(|(_, t)| t)
+            .collect();
         Ok(ServerInferenceStats {
             offline: offline_time,
             online: t1.elapsed(),
+            offline_io: io1 - io0,
+            online_io: ch.io_time() - io1,
             offline_bytes: c1.since(c0),
             online_bytes: ch.counters().since(c1),
+            layers,
         })
     }
 
@@ -120,7 +146,9 @@ impl ServerSession {
         let n = self.plan.steps.len();
         let mut he = vec![Vec::new(); n];
         let mut gc: Vec<Option<GarblerOffline>> = (0..n).map(|_| None).collect();
+        let mut times = Vec::with_capacity(n);
         for (i, step) in self.plan.steps.iter().enumerate() {
+            let (t0, io0) = (Instant::now(), ch.io_time());
             match &step.kind {
                 StepKind::Linear { shape } => {
                     he[i] = self.he.linear(ch, shape, &self.model.ring.layers[i].weight).await?
@@ -130,17 +158,25 @@ impl ServerSession {
                 }
                 StepKind::Relu { gc: None, .. } | StepKind::Local(_) => {}
             }
+            times.push(ServerStepTime {
+                node: step.name.clone(),
+                offline_s: t0.elapsed().as_secs_f64(),
+                offline_io_s: (ch.io_time() - io0).as_secs_f64(),
+                ..Default::default()
+            });
         }
-        Ok(Offline { he, gc })
+        Ok(Offline { he, gc, times })
     }
 
-    async fn online(&mut self, ch: &mut Channel, mut offline: Offline) -> Result<(), InferenceError> {
+    /// The online phase; returns every step's times (offline and online).
+    async fn online(&mut self, ch: &mut Channel, mut offline: Offline) -> Result<Vec<ServerStepTime>, InferenceError> {
         let plan = &self.plan;
         let fp = plan.fp;
         let input: Vec<u64> =
             ch.recv_u64s(MsgKind::OnlineInput, plan.input_len).await?.into_iter().map(|v| fp.reduce(v)).collect();
         let mut outs: Vec<Vec<u64>> = Vec::with_capacity(plan.steps.len());
         for (i, step) in plan.steps.iter().enumerate() {
+            let (t0, io0) = (Instant::now(), ch.io_time());
             let out = match &step.kind {
                 StepKind::Linear { .. } => {
                     let x = plan.arg(&outs, &input, step.inputs[0]).to_vec();
@@ -168,9 +204,13 @@ impl ServerSession {
                 }
             };
             outs.push(plan.finish(i, Role::Server, out));
+            if let Some(t) = offline.times.get_mut(i) {
+                t.online_s = t0.elapsed().as_secs_f64();
+                t.online_io_s = (ch.io_time() - io0).as_secs_f64();
+            }
         }
         let logits = outs.pop().unwrap_or_default();
         ch.send_u64s(MsgKind::OnlineLogits, &logits).await?;
-        Ok(())
+        Ok(offline.times)
     }
 }
