@@ -186,8 +186,9 @@ pub struct LinearizeArgs {
     /// minimum (0 = SNL's rule: any decrease). Makes lambda grow when progress becomes slow.
     #[arg(long, default_value_t = 0.0)]
     min_decrease: f64,
-    /// Epochs before lambda may grow.
-    #[arg(long, default_value_t = 2)]
+    /// Lambda may grow after this epoch at the earliest (SNL's code: after the 6th). Adam moves a
+    /// mask by at most about --lr per step, so the count cannot fall before ~1/lr steps.
+    #[arg(long, default_value_t = 6)]
     warmup_epochs: usize,
     /// Upper bound on mask-learning epochs (binarisation to the budget happens regardless).
     #[arg(long, default_value_t = 40)]
@@ -231,6 +232,15 @@ pub struct LinearizeArgs {
     /// Seed of shuffling, augmentation and the random baseline.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Seed of the validation split and of the --train-limit subset (default: --seed). Fix it
+    /// (e.g. 0, the teacher's) to compare seeds on the same images.
+    #[arg(long)]
+    split_seed: Option<u64>,
+    /// Re-estimate BatchNorm running statistics over this many training batches after the masks
+    /// are binarised (or chosen by a baseline), before finetuning; 0 = off. The report gives the
+    /// test accuracy before and after (test_acc_binarised, test_acc_recalibrated).
+    #[arg(long, default_value_t = 50)]
+    recalibrate_batches: usize,
     /// Keep BatchNorm unfolded in the exported file (default: folded inference form).
     #[arg(long)]
     no_fold: bool,
@@ -272,6 +282,8 @@ impl LinearizeArgs {
             val_size: self.val_size,
             train_limit: self.train_limit,
             seed: self.seed,
+            split_seed: self.split_seed,
+            recalibrate_batches: self.recalibrate_batches,
             fold: !self.no_fold,
             report: self.report.clone(),
         }
@@ -439,6 +451,10 @@ mod tests {
             "--finetune-schedule",
             "step",
             "--no-fold",
+            "--split-seed",
+            "0",
+            "--recalibrate-batches",
+            "0",
             "--report",
             "r.json",
         ]);
@@ -448,6 +464,7 @@ mod tests {
         assert_eq!(c.granularity, Granularity::Channel);
         assert_eq!(c.finetune_schedule, Schedule::Step);
         assert!(!c.fold);
+        assert_eq!((c.split_seed, c.recalibrate_batches), (Some(0), 0));
         assert_eq!(c.report, Some(PathBuf::from("r.json")));
         let t: TrainArgs = parse(&["--out", "o", "--schedule", "constant", "--fold", "--train-limit", "100"]);
         let c = t.config();

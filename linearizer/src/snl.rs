@@ -23,7 +23,7 @@ use crate::masked_relu::{binarise, count_above};
 use crate::optim::{OptimKind, Optimizer, Schedule};
 use crate::progress::Progress;
 use crate::report::{LayerRelus, layer_relus, peak_memory_mib, write_report};
-use crate::trainer::{EpochPlan, LossWeights, evaluate, train_epoch};
+use crate::trainer::{EpochPlan, LossWeights, evaluate, recalibrate_batchnorm, train_epoch};
 
 /// A ReLU budget: an absolute count, or a fraction of the network's ReLUs when below 1.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -95,7 +95,9 @@ pub struct LinearizeConfig {
     /// A count is a new minimum only when at least this fraction below the previous minimum
     /// (0: SNL's rule, any decrease).
     pub min_decrease: f64,
-    /// Epochs before lambda may grow.
+    /// Lambda may grow after this epoch at the earliest (counted from 1). Adam moves a mask by at
+    /// most about `lr` per step, so no mask can cross the threshold in the first
+    /// `(1 - threshold) / lr` steps: earlier epochs are no sign of stalling.
     pub warmup_epochs: usize,
     /// Upper bound on mask-learning epochs (binarisation to the budget happens regardless).
     pub max_epochs: usize,
@@ -125,6 +127,12 @@ pub struct LinearizeConfig {
     pub train_limit: Option<usize>,
     /// Seed of shuffling, augmentation and the random baseline.
     pub seed: u64,
+    /// Seed of the validation split and of the `train_limit` subset; `None`: `seed`. Fixing it
+    /// keeps the same images across seeds (and the teacher's held-out images out of training).
+    pub split_seed: Option<u64>,
+    /// Batches (of `batch` training images) over which every BatchNorm's running statistics are
+    /// re-estimated after the masks are binarised (or set by a baseline), before finetuning; 0: off.
+    pub recalibrate_batches: usize,
     /// Write the inference form (BatchNorm folded into the convolutions).
     pub fold: bool,
     /// Also write the JSON report(s) to this file.
@@ -133,10 +141,11 @@ pub struct LinearizeConfig {
 
 impl LinearizeConfig {
     /// The defaults of `pi linearize` for `model`, `out` and `budgets`: SNL with pixel masks
-    /// (lambda 5e-4 growing by 1.1 after 2 warm-up epochs, at most 40 epochs, Adam lr 1e-3,
-    /// threshold 0.01), distillation at temperature 4 with weight 1, 5 finetuning epochs of SGD
-    /// (lr 0.01, cosine, momentum 0.9, weight decay 5e-4), batch 64, 5000 validation images,
-    /// seed 0, folded output, no report file.
+    /// (lambda 5e-4 growing by 1.1 from the 6th epoch on, at most 40 epochs, Adam lr 1e-3,
+    /// threshold 0.01), BatchNorm statistics recalibrated over 50 batches after binarising,
+    /// distillation at temperature 4 with weight 1, 5 finetuning epochs of SGD (lr 0.01, cosine,
+    /// momentum 0.9, weight decay 5e-4), batch 64, 5000 validation images, seed 0 (split too),
+    /// folded output, no report file.
     pub fn new(model: impl Into<PathBuf>, out: impl Into<PathBuf>, budgets: Vec<Budget>) -> Self {
         LinearizeConfig {
             model: model.into(),
@@ -148,7 +157,7 @@ impl LinearizeConfig {
             lambda: 5e-4,
             lambda_growth: 1.1,
             min_decrease: 0.0,
-            warmup_epochs: 2,
+            warmup_epochs: 6,
             max_epochs: 40,
             lr: 1e-3,
             threshold: 0.01,
@@ -163,6 +172,8 @@ impl LinearizeConfig {
             val_size: 5000,
             train_limit: None,
             seed: 0,
+            split_seed: None,
+            recalibrate_batches: 50,
             fold: true,
             report: None,
         }
@@ -197,12 +208,24 @@ pub struct LinearizeReport {
     pub model: String,
     pub out: String,
     pub budget: usize,
+    /// Seed of shuffling and the random baseline.
+    pub seed: u64,
+    /// Seed of the validation split and the `train_limit` subset.
+    pub split_seed: u64,
+    /// Training images (after `train_limit`) and validation images.
+    pub train_images: usize,
+    pub val_images: usize,
     pub relus_before: usize,
     pub relus_after: usize,
     pub layers: Vec<LayerRelus>,
-    /// Test accuracy of the input model, after binarising the masks, and after finetuning.
+    /// Test accuracy of the input model, after binarising the masks (running statistics as they
+    /// were), after recalibrating BatchNorm (`None` when off; finetuning starts from it), and
+    /// after finetuning.
     pub test_acc_before: f64,
     pub test_acc_binarised: f64,
+    pub test_acc_recalibrated: Option<f64>,
+    /// Training images whose batch statistics replaced the running statistics (0: off).
+    pub recalibration_images: usize,
     pub test_acc_finetuned: f64,
     pub val_acc_finetuned: f64,
     pub snl_epochs: Vec<SnlEpoch>,
@@ -255,7 +278,8 @@ pub fn linearize(config: &LinearizeConfig, progress: &mut dyn Progress) -> Resul
     let input = pi_model::load(&config.model)
         .map_err(|source| LinearizeError::LoadModel { path: config.model.clone(), source })?;
     let dir = config.data.clone().unwrap_or_else(pi_model::data::default_fashion_mnist_dir);
-    let splits = load_splits(&dir, config.val_size, config.train_limit, config.seed)?;
+    let split_seed = config.split_seed.unwrap_or(config.seed);
+    let splits = load_splits(&dir, config.val_size, config.train_limit, split_seed)?;
     if input.graph.input_shape != splits.train.shape.to_vec() || input.graph.classes != splits.train.classes {
         return Err(LinearizeError::DatasetMismatch {
             model_shape: input.graph.input_shape.clone(),
@@ -319,6 +343,20 @@ pub fn linearize(config: &LinearizeConfig, progress: &mut dyn Progress) -> Resul
         if kept > budget {
             return Err(LinearizeError::BudgetExceeded { kept, budget });
         }
+        // Own stream, so the finetuning batches are the same with and without recalibration.
+        let mut calib_rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0xb47c_4a11);
+        let recalibration_images =
+            recalibrate_batchnorm(&mut net, &splits.train, config.batch, config.recalibrate_batches, &mut calib_rng);
+        let acc_recalibrated = (recalibration_images > 0).then(|| evaluate(&mut net, &splits.test));
+        if let Some(acc) = acc_recalibrated {
+            info!(
+                budget,
+                acc_binarised,
+                acc_recalibrated = acc,
+                images = recalibration_images,
+                "BatchNorm recalibrated"
+            );
+        }
         let (finetune, val_acc) = finetune(config, &splits, &mut net, &mut teacher, &mut rng, &mut tp, progress);
         let acc_finetuned = evaluate(&mut net, &splits.test);
         let result = net.to_model();
@@ -332,11 +370,17 @@ pub fn linearize(config: &LinearizeConfig, progress: &mut dyn Progress) -> Resul
             model: config.model.display().to_string(),
             out: out.display().to_string(),
             budget,
+            seed: config.seed,
+            split_seed,
+            train_images: splits.train.n,
+            val_images: splits.val.n,
             relus_before: input.kept_relus(),
             relus_after: out_model.kept_relus(),
             layers: layer_relus(&input, &out_model),
             test_acc_before: acc_before,
             test_acc_binarised: acc_binarised,
+            test_acc_recalibrated: acc_recalibrated,
+            recalibration_images,
             test_acc_finetuned: acc_finetuned,
             val_acc_finetuned: val_acc,
             snl_epochs: snl_epochs.iter().take(epochs).cloned().collect(),

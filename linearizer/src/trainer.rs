@@ -9,7 +9,7 @@ use pi_model::data::Dataset;
 use rand_chacha::ChaCha8Rng;
 
 use crate::batches::{epoch_batches, gather, is_cifar};
-use crate::executor::{Mode, Net, to_vec};
+use crate::executor::{Mode, Net, ParamKind, to_vec};
 use crate::optim::Optimizer;
 use crate::progress::Progress;
 
@@ -134,6 +134,40 @@ pub fn train_epoch(
     }
 }
 
+/// Re-estimates every BatchNorm's running mean and variance for the network as it is now (e.g.
+/// after binarising masks): forward passes in training mode over the first `batches` shuffled
+/// batches of `data`, no parameter updates, the running statistics being the cumulative average
+/// of the batch statistics (the old ones are discarded). Returns the number of images used.
+/// Trainability and the running-statistics momentum are restored afterwards.
+pub fn recalibrate_batchnorm(
+    net: &mut Net,
+    data: &Dataset,
+    batch: usize,
+    batches: usize,
+    rng: &mut ChaCha8Rng,
+) -> usize {
+    if batches == 0 {
+        return 0;
+    }
+    let weights = net.params().iter().any(|p| p.kind == ParamKind::Weight && p.trainable);
+    let masks = net.params().iter().any(|p| p.kind == ParamKind::Mask && p.trainable);
+    let momentum = net.bn_momentum;
+    net.set_trainable(false, false);
+    let augment = is_cifar(data);
+    let mut seen = 0;
+    for (k, idx) in epoch_batches(data, batch, rng).iter().take(batches).enumerate() {
+        // Batch k+1 gets weight 1/(k+1): the running value is the mean over the batches so far.
+        net.bn_momentum = 1.0 / (k + 1) as f64;
+        let b = gather(data, idx, augment, rng);
+        let x = net.input(b.pixels, b.n, Mode::Train);
+        drop(net.forward(x, Mode::Train));
+        seen += b.n;
+    }
+    net.bn_momentum = momentum;
+    net.set_trainable(weights, masks);
+    seen
+}
+
 /// Accuracy of `net` in eval mode (running BatchNorm statistics) on `data`.
 pub fn evaluate(net: &mut Net, data: &Dataset) -> f64 {
     let len = data.image_len();
@@ -229,5 +263,91 @@ mod training_tests {
         // The teacher never changes.
         let t_masks = teacher.masks();
         assert!(t_masks.iter().all(|m| m.values.iter().all(|&v| v == 1.0)));
+    }
+}
+
+#[cfg(test)]
+mod recalibration_tests {
+    use super::*;
+    use crate::executor::{default_device, with_full_masks};
+    use pi_model::data::Normalization;
+    use pi_model::{Granularity, Model, arch};
+    use rand::SeedableRng;
+
+    fn data(n: usize) -> Dataset {
+        let pixels: Vec<u8> = (0..n * 28 * 28).map(|i| ((i * 37 + i / 784 * 11) % 256) as u8).collect();
+        let labels = (0..n).map(|i| (i % 4) as u8).collect();
+        Dataset::from_raw(&pixels, labels, [1, 28, 28], 4, Normalization::fashion_mnist()).unwrap()
+    }
+
+    /// Largest difference between eval-mode logits (running statistics) and training-mode logits
+    /// (statistics of this very batch) on the whole of `data`.
+    fn eval_train_gap(net: &mut Net, data: &Dataset) -> f32 {
+        let eval = to_vec(&net.forward(net.input(data.images.clone(), data.n, Mode::Eval), Mode::Eval));
+        let momentum = net.bn_momentum;
+        net.bn_momentum = 0.0; // leaves the running statistics as they are
+        let train = to_vec(&net.forward(net.input(data.images.clone(), data.n, Mode::Train), Mode::Train));
+        net.bn_momentum = momentum;
+        eval.iter().zip(&train).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+    }
+
+    /// With running statistics far from the data's, eval and training mode disagree; after
+    /// recalibrating on one batch holding the whole data set, the running statistics are that
+    /// batch's statistics, so the two modes agree (up to the unbiased-variance factor).
+    #[test]
+    fn recalibration_sets_running_stats_to_the_batch_statistics() {
+        let data = data(24);
+        let mut model =
+            with_full_masks(&Model::random(arch::build("small-cnn", 4).unwrap(), 5, None).unwrap(), Granularity::Pixel)
+                .unwrap();
+        for (name, t) in model.tensors.iter_mut() {
+            if name.ends_with(".running_mean") {
+                t.fill(3.0);
+            } else if name.ends_with(".running_var") {
+                t.fill(9.0);
+            }
+        }
+        let mut net = Net::from_model(&model, &default_device()).unwrap();
+        net.set_trainable(true, false);
+        let before = eval_train_gap(&mut net, &data);
+        assert!(before > 0.1, "stale statistics should change the logits: {before}");
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        assert_eq!(recalibrate_batchnorm(&mut net, &data, data.n, 5, &mut rng), data.n);
+        let after = eval_train_gap(&mut net, &data);
+        assert!(
+            after < before / 100.0,
+            "recalibrated eval logits differ from batch-statistics logits by {after} (before: {before})"
+        );
+        // Nothing else changed: trainability and momentum restored, weights untouched.
+        assert_eq!(net.bn_momentum, 0.1);
+        assert!(net.params().iter().all(|p| p.trainable == (p.kind == ParamKind::Weight)));
+        let weights = |n: &Net| n.params().iter().flat_map(|p| to_vec(&p.value)).collect::<Vec<_>>();
+        let fresh = Net::from_model(&model, &default_device()).unwrap();
+        assert_eq!(weights(&net), weights(&fresh));
+        // 0 batches: a no-op.
+        assert_eq!(recalibrate_batchnorm(&mut net, &data, 8, 0, &mut rng), 0);
+    }
+
+    /// Several batches: the running statistics are the batches' average, not the last batch's.
+    #[test]
+    fn recalibration_averages_over_batches() {
+        let data = data(32);
+        let model =
+            with_full_masks(&Model::random(arch::build("small-cnn", 4).unwrap(), 6, None).unwrap(), Granularity::Pixel)
+                .unwrap();
+        let stats = |net: &Net| net.to_model().tensors["bn1.running_mean"].iter().copied().collect::<Vec<f32>>();
+        let mut whole = Net::from_model(&model, &default_device()).unwrap();
+        recalibrate_batchnorm(&mut whole, &data, 32, 1, &mut ChaCha8Rng::seed_from_u64(2));
+        let mut halves = Net::from_model(&model, &default_device()).unwrap();
+        recalibrate_batchnorm(&mut halves, &data, 16, 2, &mut ChaCha8Rng::seed_from_u64(2));
+        let mut last = Net::from_model(&model, &default_device()).unwrap();
+        recalibrate_batchnorm(&mut last, &data, 16, 1, &mut ChaCha8Rng::seed_from_u64(2));
+        let (w, h, l) = (stats(&whole), stats(&halves), stats(&last));
+        // The first BatchNorm's input does not depend on earlier statistics: the mean over two
+        // equal halves is the mean over the whole.
+        for (a, b) in w.iter().zip(&h) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+        assert!(w.iter().zip(&l).any(|(a, b)| (a - b).abs() > 1e-3), "one half alone differs");
     }
 }

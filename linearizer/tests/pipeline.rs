@@ -63,6 +63,8 @@ fn linearize_config(dir: &Path, model: &Path, out: &Path, budgets: &[usize], met
         val_size: 32,
         train_limit: None,
         seed: 1,
+        split_seed: None,
+        recalibrate_batches: 2,
         fold: true,
         report: Some(out.with_extension("json")),
     }
@@ -170,9 +172,18 @@ fn train_then_linearize_meets_the_budget_exactly() {
         assert_eq!(rep["relus_after"].as_u64().unwrap() as usize, m.kept_relus());
         assert_eq!(rep["relus_before"].as_u64().unwrap(), 20_384);
         assert_eq!(rep["layers"].as_array().unwrap().len(), 4);
-        for key in ["test_acc_before", "test_acc_binarised", "test_acc_finetuned", "train_images_per_second"] {
+        for key in [
+            "test_acc_before",
+            "test_acc_binarised",
+            "test_acc_recalibrated",
+            "test_acc_finetuned",
+            "train_images_per_second",
+        ] {
             assert!(rep[key].as_f64().is_some(), "{key} missing");
         }
+        // Two recalibration batches of 32 of the 128 training images.
+        assert_eq!(rep["recalibration_images"].as_u64(), Some(64));
+        assert_eq!((rep["seed"].as_u64(), rep["split_seed"].as_u64()), (Some(1), Some(1)));
         if method == Method::Snl {
             // SNL fills the budget exactly when enough masks stay above the threshold.
             assert_eq!(m.kept_relus(), budget);
