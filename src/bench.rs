@@ -33,6 +33,20 @@ pub enum BenchCommand {
         after_help = "Example:\n  pi bench pareto --models models/family/*.safetensors --data data/fashion-mnist --net lan --count 20 --svg frontier.svg"
     )]
     Pareto(ParetoArgs),
+    /// Redraws the SVG of a saved `pi bench e2e --json` or `pi bench pareto --json` report.
+    Plot(PlotArgs),
+}
+
+#[derive(clap::Args)]
+pub struct PlotArgs {
+    /// The JSON report.
+    report: PathBuf,
+    /// SVG file to write.
+    #[arg(long, value_name = "FILE")]
+    svg: PathBuf,
+    /// Title of an e2e plot.
+    #[arg(long, default_value = "private inference")]
+    title: String,
 }
 
 #[derive(clap::Args)]
@@ -141,6 +155,7 @@ pub fn run(cmd: &BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::E2e(a) => rt.block_on(e2e(a))?,
         BenchCommand::Pareto(a) => rt.block_on(pareto(a))?,
+        BenchCommand::Plot(a) => plot(a)?,
         BenchCommand::Gc(a) => {
             let opts = pi_bench::gc::GcBenchOptions {
                 relus: a.relus,
@@ -420,4 +435,16 @@ fn print_pareto(r: &ParetoReport) {
             mb(m.online_bytes.total + m.offline_bytes.total)
         );
     }
+}
+
+fn plot(a: &PlotArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&a.report).with_context(|| format!("reading {}", a.report.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", a.report.display()))?;
+    let panels = if v.get("models").is_some() {
+        pi_bench::pareto::plot(&serde_json::from_value::<ParetoReport>(v).context("not a pi bench pareto report")?)
+    } else {
+        pi_bench::e2e::plot(&serde_json::from_value::<E2eReport>(v).context("not a pi bench e2e report")?, &a.title)
+    };
+    std::fs::write(&a.svg, pi_bench::svg::render(&panels)).with_context(|| format!("writing {}", a.svg.display()))
 }

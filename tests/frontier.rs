@@ -91,8 +91,15 @@ fn e2e_json_has_every_point_phase_and_layer() {
             f["r2"].as_f64().is_some() && f["intercept_s"].as_f64().is_some() && f["per_relu_s"].as_f64().is_some()
         );
     }
-    let svg = std::fs::read_to_string(svg).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("surviving ReLUs") && svg.contains("online fit"));
+    let svg_text = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg_text.starts_with("<svg") && svg_text.contains("surviving ReLUs") && svg_text.contains("online fit"));
+    // `pi bench plot` redraws the same picture from the saved JSON.
+    let saved = dir.path().join("e2e.json");
+    std::fs::write(&saved, r.to_string()).unwrap();
+    let again = dir.path().join("again.svg");
+    let out = pi(&["bench", "plot", saved.to_str().unwrap(), "--svg", again.to_str().unwrap(), "--title", "small-cnn"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(again).unwrap(), svg_text);
 }
 
 #[test]
@@ -156,8 +163,13 @@ fn pareto_json_marks_the_frontier() {
     }
     // The most accurate model is always on the frontier.
     assert_eq!(ms[0]["pareto_total"], true);
-    let svg = std::fs::read_to_string(svg).unwrap();
-    assert!(svg.matches("accuracy vs").count() == 2 && svg.contains("DELPHI"));
+    let svg_text = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg_text.matches("accuracy vs").count() == 2 && svg_text.contains("DELPHI"));
+    let saved = dir.path().join("p.json");
+    std::fs::write(&saved, r.to_string()).unwrap();
+    let again = dir.path().join("again.svg");
+    assert!(pi(&["bench", "plot", saved.to_str().unwrap(), "--svg", again.to_str().unwrap()]).status.success());
+    assert_eq!(std::fs::read_to_string(again).unwrap(), svg_text);
 }
 
 #[test]

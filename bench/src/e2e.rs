@@ -18,7 +18,7 @@ use pi_server::PrepareOptions;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -45,7 +45,7 @@ impl Default for E2eOptions {
 }
 
 /// Median, minimum and maximum of a measured quantity over the repeats.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct Stat {
     pub median: f64,
     pub min: f64,
@@ -66,7 +66,7 @@ impl Stat {
 }
 
 /// Bytes of one phase, per direction (headers included), per inference.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct Bytes {
     pub client_to_server: u64,
     pub server_to_client: u64,
@@ -81,7 +81,7 @@ pub struct Bytes {
 /// same time (the garbler streams tables while the client works), compute can exceed wall time and
 /// link time is then a lower bound. `other_s` is the phase's wall time outside every layer (input
 /// and logits messages, local steps), or negative when parties overlapped.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct Breakdown {
     pub wall_s: f64,
     /// Offline: HE for conv/linear layers (client encrypt/decrypt + server evaluation).
@@ -98,7 +98,7 @@ pub struct Breakdown {
 }
 
 /// One conv/linear or ReLU node's share of the time and bytes (mean over the repeats).
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct LayerBreakdown {
     pub node: String,
     pub kind: String,
@@ -111,7 +111,7 @@ pub struct LayerBreakdown {
 }
 
 /// Everything measured for one model.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PointReport {
     /// The model file, or `ARCH@RELUS` for a generated one.
     pub label: String,
@@ -135,7 +135,7 @@ pub struct PointReport {
 }
 
 /// Least-squares lines across the points, per phase (`None` with fewer than two ReLU counts).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Fits {
     pub offline: Option<LineFit>,
     pub online: Option<LineFit>,
@@ -143,7 +143,7 @@ pub struct Fits {
 }
 
 /// The link the points were measured on.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NetReport {
     /// `none`, `lan`, `wan` or `RATE,RTT`.
     pub name: String,
@@ -165,7 +165,7 @@ impl NetReport {
 }
 
 /// Report of `pi bench e2e`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct E2eReport {
     pub net: NetReport,
     pub repeat: usize,
@@ -431,33 +431,40 @@ pub fn fits(points: &[PointReport]) -> Fits {
     }
 }
 
-/// The SVG panel: offline, online and total latency (medians) against surviving ReLUs, with the
-/// fitted lines dashed.
+/// The SVG panels: total and offline latency (medians) against surviving ReLUs, and online latency
+/// on its own scale, each with its fitted line dashed in the same colour.
 pub fn plot(report: &E2eReport, title: &str) -> Vec<Panel> {
-    let pts =
-        |f: &dyn Fn(&PointReport) -> f64| report.points.iter().map(|p| (p.relus as f64, f(p))).collect::<Vec<_>>();
-    let mut series = vec![
-        Series::new("total", pts(&|p| p.total_s.median), Style::LinePoints),
-        Series::new("offline", pts(&|p| p.offline_s.median), Style::LinePoints),
-        Series::new("online", pts(&|p| p.online_s.median), Style::LinePoints),
-    ];
     let xmax = report.points.iter().map(|p| p.relus as f64).fold(0.0, f64::max);
-    for (name, f) in [("total", report.fit.total), ("offline", report.fit.offline), ("online", report.fit.online)] {
-        if let Some(f) = f {
-            let line = vec![(0.0, f.intercept_s), (xmax, f.intercept_s + f.per_relu_s * xmax)];
-            series.push(Series::new(
-                format!("{name} fit: {:.3} s + {:.2} us/ReLU", f.intercept_s, f.per_relu_s * 1e6),
-                line,
-                Style::Dashed,
-            ));
+    type Phase = (&'static str, fn(&PointReport) -> f64, Option<LineFit>);
+    let phases: [Phase; 3] = [
+        ("total", |p| p.total_s.median, report.fit.total),
+        ("offline", |p| p.offline_s.median, report.fit.offline),
+        ("online", |p| p.online_s.median, report.fit.online),
+    ];
+    let panel = |which: &[usize], name: &str| {
+        let mut series = Vec::new();
+        for &i in which {
+            let (phase, f, fit) = &phases[i];
+            let mut s =
+                Series::new(*phase, report.points.iter().map(|p| (p.relus as f64, f(p))).collect(), Style::LinePoints);
+            s.color = Some(i);
+            series.push(s);
+            if let Some(fit) = fit {
+                let line = vec![(0.0, fit.intercept_s), (xmax, fit.intercept_s + fit.per_relu_s * xmax)];
+                let label = format!("fit {:.3} s + {:.2} us/ReLU", fit.intercept_s, fit.per_relu_s * 1e6);
+                let mut s = Series::new(format!("{phase} {label}"), line, Style::Dashed);
+                s.color = Some(i);
+                series.push(s);
+            }
         }
-    }
-    vec![Panel {
-        title: format!("{title} (net {})", report.net.name),
-        x_label: "surviving ReLUs".into(),
-        y_label: "latency (s, median)".into(),
-        series,
-    }]
+        Panel {
+            title: format!("{title}: {name} latency, net {}", report.net.name),
+            x_label: "surviving ReLUs".into(),
+            y_label: "latency (s, median)".into(),
+            series,
+        }
+    };
+    vec![panel(&[0, 1], "total and offline"), panel(&[2], "online")]
 }
 
 #[cfg(test)]

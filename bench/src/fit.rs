@@ -1,9 +1,9 @@
 //! Least-squares line through measured points: `latency = intercept + per_relu * relus`, with R².
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A fitted line and how well it explains the points.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LineFit {
     /// Latency at zero ReLUs: what linearization cannot remove (seconds).
     pub intercept_s: f64,

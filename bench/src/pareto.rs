@@ -12,7 +12,7 @@ use pi_model::engine::{argmax, run_f32};
 use pi_model::{Model, format};
 use pi_server::PrepareOptions;
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ pub struct ParetoOptions {
 }
 
 /// One model's point on the frontier.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ModelPoint {
     pub model: String,
     /// `snl`, `random`, `layer` (from the model's linearization report), `full` (a report-less model
@@ -68,7 +68,7 @@ pub struct ModelPoint {
     pub pareto_total: bool,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ParetoReport {
     pub net: NetReport,
     pub data: String,

@@ -22,11 +22,13 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
     pub style: Style,
     pub highlight: Vec<bool>,
+    /// Colour slot (default: the series' position), so that a fit can share its data's colour.
+    pub color: Option<usize>,
 }
 
 impl Series {
     pub fn new(name: impl Into<String>, points: Vec<(f64, f64)>, style: Style) -> Self {
-        Series { name: name.into(), points, style, highlight: Vec::new() }
+        Series { name: name.into(), points, style, highlight: Vec::new(), color: None }
     }
 }
 
@@ -41,11 +43,11 @@ pub struct Panel {
 
 const COLORS: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"];
 const W: f64 = 560.0;
-const H: f64 = 400.0;
+const H: f64 = 430.0;
 const ML: f64 = 70.0;
 const MR: f64 = 20.0;
 const MT: f64 = 40.0;
-const MB: f64 = 110.0;
+const MB: f64 = 140.0;
 
 /// Renders panels side by side into one SVG document.
 pub fn render(panels: &[Panel]) -> String {
@@ -106,7 +108,7 @@ fn panel(s: &mut String, p: &Panel) {
     if x0 > x1 {
         (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
     }
-    // Latency and ReLU axes start at zero; accuracy axes hug the data.
+    // The x axis (ReLUs, latency) starts at zero; the y axis too unless the data sit far above it.
     if x0 >= 0.0 {
         x0 = 0.0;
     }
@@ -143,7 +145,7 @@ fn panel(s: &mut String, p: &Panel) {
         escape(&p.y_label)
     );
     for (i, ser) in p.series.iter().enumerate() {
-        let c = COLORS[i % COLORS.len()];
+        let c = COLORS[ser.color.unwrap_or(i) % COLORS.len()];
         let mut line: Vec<(f64, f64)> =
             ser.points.iter().copied().filter(|q| q.0.is_finite() && q.1.is_finite()).collect();
         line.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -166,8 +168,9 @@ fn panel(s: &mut String, p: &Panel) {
                 let _ = writeln!(s, r#"<circle cx="{:.1}" cy="{:.1}" r="{r}" fill="{c}"{stroke}/>"#, sx(x), sy(y));
             }
         }
-        // Legend under the plot, two columns.
-        let (lx, ly) = (ML + (i % 2) as f64 * pw / 2.0, MT + ph + 54.0 + (i / 2) as f64 * 16.0);
+        // Legend under the plot: one column up to five entries, then two.
+        let cols = if p.series.len() > 5 { 2 } else { 1 };
+        let (lx, ly) = (ML + (i % cols) as f64 * pw / 2.0, MT + ph + 54.0 + (i / cols) as f64 * 16.0);
         let dash = if ser.style == Style::Dashed { r#" stroke-dasharray="6,4""# } else { "" };
         let _ = writeln!(
             s,
