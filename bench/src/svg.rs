@@ -122,14 +122,14 @@ fn panel(s: &mut String, p: &Panel) {
         writeln!(s, r#"<text x="{}" y="22" text-anchor="middle" font-size="14">{}</text>"#, W / 2.0, escape(&p.title));
     let _ = writeln!(s, r##"<rect x="{ML}" y="{MT}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>"##);
     for t in ticks(x0, x1) {
-        let x = sx(t);
+        let x = format!("{:.1}", sx(t));
         let _ = writeln!(s, r##"<line x1="{x}" y1="{MT}" x2="{x}" y2="{}" stroke="#eee"/>"##, MT + ph);
         let _ = writeln!(s, r#"<text x="{x}" y="{}" text-anchor="middle">{}</text>"#, MT + ph + 16.0, label(t));
     }
     for t in ticks(y0, y1) {
         let y = sy(t);
-        let _ = writeln!(s, r##"<line x1="{ML}" y1="{y}" x2="{}" y2="{y}" stroke="#eee"/>"##, ML + pw);
-        let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#, ML - 6.0, y + 4.0, label(t));
+        let _ = writeln!(s, r##"<line x1="{ML}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#eee"/>"##, ML + pw);
+        let _ = writeln!(s, r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#, ML - 6.0, y + 4.0, label(t));
     }
     let _ = writeln!(
         s,

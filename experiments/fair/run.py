@@ -180,7 +180,8 @@ class Runner:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pi", default="/tmp/exp/pi-fair", help="pi binary (a copy, so rebuilds do not replace it)")
-    p.add_argument("--teacher", default="/tmp/exp/teacher.safetensors")
+    p.add_argument("--teacher", default=os.path.join(HERE, "teacher.safetensors"),
+                   help="the teacher (BatchNorm unfolded, as `pi train` writes it; committed here)")
     p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--work", default="/tmp/exp/fair", help="models and logs of the runs")
     p.add_argument("--no-ablations", action="store_true", help="stop after the table's runs")
