@@ -210,18 +210,12 @@ pub fn model_with_relus(arch_name: &str, classes: usize, relus: usize, seed: u64
     Ok(model)
 }
 
-/// ReLU nodes and their element counts; pixel masks only (one mask value per element).
+/// ReLU nodes and their element counts ([`ValidGraph::relu_sites`]); pixel masks only.
 fn relu_sites(graph: &ValidGraph) -> Result<Vec<(String, usize)>, BenchError> {
-    let shapes = graph.shapes();
-    let mut out = Vec::new();
-    for n in graph.nodes.iter().filter(|n| matches!(n.op, Op::Relu { .. })) {
-        if n.op != (Op::Relu { granularity: Granularity::Pixel }) {
-            return Err(BenchError::Params(format!("ReLU {} has channel masks; --relus spreads pixel masks", n.name)));
-        }
-        let elems: usize = shapes.get(&n.name).map(|s| s.iter().product()).unwrap_or(0);
-        out.push((n.name.clone(), elems));
+    if let Some(n) = graph.nodes.iter().find(|n| matches!(n.op, Op::Relu { granularity: Granularity::Channel })) {
+        return Err(BenchError::Params(format!("ReLU {} has channel masks; --relus spreads pixel masks", n.name)));
     }
-    Ok(out)
+    Ok(graph.relu_sites())
 }
 
 /// One measured session: the client's results and the server's stats per inference.

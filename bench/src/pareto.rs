@@ -7,7 +7,6 @@ use crate::BenchError;
 use crate::e2e::{self, Bytes, NetReport, Stat};
 use crate::svg::{Panel, Series, Style};
 use pi_channel::Link;
-use pi_model::data::{Dataset, Split};
 use pi_model::engine::{argmax, run_f32};
 use pi_model::{Model, format};
 use pi_server::PrepareOptions;
@@ -102,15 +101,6 @@ pub fn pareto_front(points: &[(f64, f64)]) -> Vec<bool> {
         .collect()
 }
 
-/// Loads the test split of `data` (a directory, a CIFAR `.bin` or an IDX images file).
-fn load_test(data: &Path) -> Result<Dataset, BenchError> {
-    if data.is_dir() {
-        return pi_model::data::load_dir(data, Split::Test)
-            .map_err(|e| BenchError::Params(format!("reading {}: {e}", data.display())));
-    }
-    pi_client::load_images(data).map_err(|e| BenchError::Params(e.to_string()))
-}
-
 /// Runs the whole frontier; `progress(model, done, total)` is called after each private inference.
 pub async fn run(
     opts: &ParetoOptions,
@@ -122,7 +112,7 @@ pub async fn run(
     if opts.count == 0 {
         return Err(BenchError::Params("--count must be at least 1".into()));
     }
-    let ds = load_test(&opts.data)?;
+    let ds = pi_client::load_images(&opts.data).map_err(|e| BenchError::Params(e.to_string()))?;
     let mut models = Vec::new();
     for path in &opts.models {
         let model = format::load(path).map_err(|e| BenchError::Params(format!("{}: {e}", path.display())))?;
