@@ -145,6 +145,11 @@ pub struct LinearArgs {
     /// Ring width l (HE plaintext modulus 2^l).
     #[arg(long, default_value_t = FixedPoint::DEFAULT.l)]
     ring_bits: u32,
+    /// Whether the server keeps each layer's kernel plaintexts NTT-transformed between inferences
+    /// ("transformed", as `pi serve` does within its --he-cache-mib budget; the memory is reported)
+    /// or transforms them per inference ("on-the-fly").
+    #[arg(long, default_value = "transformed", value_name = "transformed|on-the-fly")]
+    kernel_cache: pi_bench::linear::KernelCache,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -176,7 +181,7 @@ pub fn run(cmd: &BenchCommand) -> anyhow::Result<()> {
             let classes = 10;
             let graph = Model::random(arch::build(&a.arch, classes)?, 0, None)?.fold_batchnorm().graph;
             let layers = pi_inference::linear_layers(&graph);
-            let r = rt.block_on(pi_bench::linear::run_layers(&layers, a.ring_bits))?;
+            let r = rt.block_on(pi_bench::linear::run_layers(&layers, a.ring_bits, a.kernel_cache))?;
             let v = serde_json::to_value(&r)?;
             if a.json {
                 println!("{v}");

@@ -79,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
     let l = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(59);
     let json = args.iter().any(|a| a == "--json");
     let list = layers(arch).ok_or_else(|| anyhow::anyhow!("unknown arch {arch}: small-cnn, resnet18, wrn22-8"))?;
-    let report = run_layers(&list, l).await?;
+    let report = run_layers(&list, l, pi_bench::linear::KernelCache::Transformed).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());

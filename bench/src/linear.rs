@@ -4,8 +4,10 @@
 
 use crate::BenchError;
 use pi_channel::Channel;
-use pi_he::{HeClient, HeParams, HeServer, LayerShape, ring_linear};
+pub use pi_he::KernelCache;
+use pi_he::{HeClient, HeParams, HeServer, KernelEncoder, LayerShape, ring_linear};
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Measurements of one layer.
@@ -14,6 +16,11 @@ pub struct LayerReport {
     pub name: String,
     pub shape: LayerShape,
     pub outputs: usize,
+    /// Once per served model: planning, the noise check and (when cached) transforming the kernels.
+    pub encode_s: f64,
+    /// Kernel plaintexts of the layer and the bytes the server keeps for them.
+    pub kernel_plaintexts: usize,
+    pub kernel_cache_bytes: usize,
     pub client_encrypt_s: f64,
     pub server_compute_s: f64,
     pub client_decrypt_s: f64,
@@ -32,6 +39,8 @@ pub struct LayerReport {
 /// Sums over all layers.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct LinearTotals {
+    pub encode_s: f64,
+    pub kernel_cache_bytes: usize,
     pub client_encrypt_s: f64,
     pub server_compute_s: f64,
     pub client_decrypt_s: f64,
@@ -47,6 +56,8 @@ pub struct LinearTotals {
 pub struct LinearReport {
     pub l: u32,
     pub params: HeParams,
+    /// Whether the server kept its kernel plaintexts transformed between inferences.
+    pub kernel_cache: String,
     /// Bytes of the once-per-session key setup (client to server).
     pub setup_bytes: u64,
     pub setup_s: f64,
@@ -68,8 +79,13 @@ impl SplitMix {
 }
 
 /// Runs HE preprocessing for each layer with random 13-bit signed weights and full-range masks,
-/// checks the shares, and reports times and bytes.
-pub async fn run_layers(layers: &[(String, LayerShape)], l: u32) -> Result<LinearReport, BenchError> {
+/// checks the shares, and reports times and bytes. The server encodes each layer first, as a
+/// server does once per served model, keeping the kernels transformed or not as `cache` says.
+pub async fn run_layers(
+    layers: &[(String, LayerShape)],
+    l: u32,
+    cache: KernelCache,
+) -> Result<LinearReport, BenchError> {
     let params = HeParams::new(l)?;
     let mask = if l == 64 { u64::MAX } else { (1u64 << l) - 1 };
     let start = Instant::now();
@@ -80,15 +96,24 @@ pub async fn run_layers(layers: &[(String, LayerShape)], l: u32) -> Result<Linea
     let server = b?;
     let setup_s = start.elapsed().as_secs_f64();
     let setup_bytes = cch.counters().sent;
+    let encoder = KernelEncoder::new(&params)?;
     let mut rng = SplitMix(0x1234_5678);
     let mut reports = Vec::with_capacity(layers.len());
     let mut total = LinearTotals { all_correct: true, ..Default::default() };
     for (name, shape) in layers {
         let w: Vec<u64> = (0..shape.weight_len()).map(|_| (((rng.next() >> 51) as i64) - 4096) as u64 & mask).collect();
         let r: Vec<u64> = (0..shape.input_len()).map(|_| rng.next() & mask).collect();
+        let te = Instant::now();
+        let encoded = pi_channel::blocking({
+            let (shape, w) = (*shape, w.clone());
+            let encoder = encoder.clone();
+            move || encoder.encode(&shape, &w, cache).map(Arc::new)
+        })
+        .await??;
+        let encode_s = te.elapsed().as_secs_f64();
         let before = cch.counters();
         let t0 = Instant::now();
-        let (c, s) = tokio::join!(client.linear_timed(&mut cch, shape, &r), server.linear_timed(&mut sch, shape, &w));
+        let (c, s) = tokio::join!(client.linear_timed(&mut cch, shape, &r), server.linear_encoded(&mut sch, &encoded));
         let wall_s = t0.elapsed().as_secs_f64();
         let ((c, ct), (s, st)) = (c?, s?);
         let moved = cch.counters().since(before);
@@ -104,6 +129,9 @@ pub async fn run_layers(layers: &[(String, LayerShape)], l: u32) -> Result<Linea
             name: name.clone(),
             shape: *shape,
             outputs: plain.len(),
+            encode_s,
+            kernel_plaintexts: encoded.plaintexts(),
+            kernel_cache_bytes: encoded.cached_bytes(),
             client_encrypt_s: ct.encrypt.as_secs_f64(),
             server_compute_s: st.compute.as_secs_f64(),
             client_decrypt_s: ct.decrypt.as_secs_f64(),
@@ -114,6 +142,8 @@ pub async fn run_layers(layers: &[(String, LayerShape)], l: u32) -> Result<Linea
             flood_margin_bits: st.flood_margin_bits,
             correct,
         };
+        total.encode_s += rep.encode_s;
+        total.kernel_cache_bytes += rep.kernel_cache_bytes;
         total.client_encrypt_s += rep.client_encrypt_s;
         total.server_compute_s += rep.server_compute_s;
         total.client_decrypt_s += rep.client_decrypt_s;
@@ -124,5 +154,10 @@ pub async fn run_layers(layers: &[(String, LayerShape)], l: u32) -> Result<Linea
         total.all_correct &= correct;
         reports.push(rep);
     }
-    Ok(LinearReport { l, params, setup_bytes, setup_s, layers: reports, total })
+    let kernel_cache = match cache {
+        KernelCache::Transformed => "transformed",
+        KernelCache::OnTheFly => "on-the-fly",
+    }
+    .to_string();
+    Ok(LinearReport { l, params, kernel_cache, setup_bytes, setup_s, layers: reports, total })
 }

@@ -7,6 +7,7 @@
 //! - reply: `c1 at the reply level (NTT form) | c0 at the useful coefficients (coefficient form)`.
 
 use super::HeError;
+use super::kernel::EncodedLayer;
 use super::pack::Plan;
 use super::params::HeContext;
 use super::wire::{pack, unpack_checked};
@@ -24,10 +25,11 @@ pub(crate) const VARIANCE: usize = 10;
 /// One serialised reply and the server's share of its outputs as `(output index, share)`.
 type Reply = (Vec<u8>, Vec<(usize, u64)>);
 
-/// A ciphertext at level 0 as the server holds it (both components in NTT form).
+/// A ciphertext at level 0 as the server holds it: both components in NTT form, flat RNS
+/// (`primes x N`, see [`super::rns`]).
 pub(crate) struct LevelZeroCt {
-    pub c0: Poly,
-    pub c1: Poly,
+    pub c0: Vec<u64>,
+    pub c1: Vec<u64>,
 }
 
 /// Encrypts one packed polynomial under the secret key and writes the seeded wire form.
@@ -40,9 +42,9 @@ fn encrypt_packed(ctx: &HeContext, sk: &SecretKey, values: &[u64], rng: &mut Cha
     let mut ct: Ciphertext = sk.try_encrypt(&zero, rng)?;
     let n = ctx.degree();
     let mut m = vec![0u64; ctx.moduli.len() * n];
-    for (i, (&p, &d)) in ctx.moduli.iter().zip(&ctx.delta0).enumerate() {
+    for (i, (q, &d)) in ctx.rns.q.iter().zip(&ctx.delta0).enumerate() {
         for (dst, &v) in m[i * n..(i + 1) * n].iter_mut().zip(values) {
-            *dst = ((d as u128 * v as u128) % p as u128) as u64;
+            *dst = q.mul(d, q.reduce(v));
         }
     }
     let mut m = Poly::try_convert_from(m, ctx.bfv.context_at_level(0)?, false, Representation::PowerBasis)?;
@@ -90,10 +92,9 @@ pub(crate) fn parse_seeded(ctx: &HeContext, bytes: &[u8]) -> Result<LevelZeroCt,
         coeffs.extend_from_slice(&v);
         pos += used;
     }
-    let ctx0 = ctx.bfv.context_at_level(0)?;
-    let c0 = Poly::try_convert_from(coeffs, ctx0, false, Representation::Ntt)?;
-    let c1 = Poly::random_from_seed(ctx0, Representation::Ntt, seed);
-    Ok(LevelZeroCt { c0, c1 })
+    let c1 = Poly::random_from_seed(ctx.bfv.context_at_level(0)?, Representation::Ntt, seed);
+    let c1 = c1.coefficients().as_slice().ok_or_else(|| HeError::Fhe("polynomial not contiguous".into()))?.to_vec();
+    Ok(LevelZeroCt { c0: coeffs, c1 })
 }
 
 /// Client: encrypts the canonical input tensor, one ciphertext per (channel block, tile).
@@ -131,39 +132,28 @@ pub(crate) fn check_noise(ctx: &HeContext, plan: &Plan, kernel: &[i64]) -> Resul
 
 /// Server: all products of one layer, re-randomised, flooded, switched down and masked by a fresh
 /// uniform share. Returns the reply ciphertexts (in (group, tile) order) and the server's share of
-/// the output (`[M][Ho][Wo]`).
+/// the output (`[M][Ho][Wo]`). Output groups run in parallel, and the tiles of each group too.
 pub(crate) fn server_replies(
-    ctx: &HeContext,
-    plan: &Plan,
+    layer: &EncodedLayer,
     queries: &[LevelZeroCt],
     pk: &LevelZeroCt,
-    kernel: &[i64],
 ) -> Result<(Vec<Vec<u8>>, Vec<u64>), HeError> {
+    let (ctx, plan) = (&*layer.ctx, &layer.plan);
     let tiles = plan.tiles();
     let per_group: Vec<Result<Vec<Reply>, HeError>> = (0..plan.n_g)
         .into_par_iter()
-        .map_init(ChaCha20Rng::from_os_rng, |rng, g| {
-            let ctx0 = ctx.bfv.context_at_level(0)?;
-            let mut acc: Vec<(Poly, Poly)> = (0..tiles)
-                .map(|_| (Poly::zero(ctx0, Representation::Ntt), Poly::zero(ctx0, Representation::Ntt)))
-                .collect();
-            for cbi in 0..plan.n_cb {
-                let kb = plan.kernel_block(kernel, cbi, g);
-                let mut kp = Poly::try_convert_from(kb.as_slice(), ctx0, false, Representation::PowerBasis)?;
-                kp.change_representation(Representation::Ntt);
-                for (tile, (a0, a1)) in acc.iter_mut().enumerate() {
-                    let q = &queries[cbi * tiles + tile];
-                    let mut p0 = q.c0.clone();
-                    p0 *= &kp;
-                    *a0 += &p0;
-                    let mut p1 = q.c1.clone();
-                    p1 *= &kp;
-                    *a1 += &p1;
-                }
-            }
-            acc.into_iter()
-                .enumerate()
-                .map(|(tile, product)| finish_reply(ctx, plan, pk, (g, tile), product, rng))
+        .map(|g| {
+            let kernels = layer.group(g);
+            (0..tiles)
+                .into_par_iter()
+                .map_init(ChaCha20Rng::from_os_rng, |rng, tile| {
+                    let terms = (0..plan.n_cb).map(|cb| {
+                        let q = &queries[cb * tiles + tile];
+                        (&q.c0[..], &q.c1[..], kernels.get(cb))
+                    });
+                    let product = ctx.rns.dot2(terms);
+                    finish_reply(ctx, plan, pk, (g, tile), product, rng)
+                })
                 .collect()
         })
         .collect();
@@ -182,32 +172,35 @@ pub(crate) fn server_replies(
 
 /// Re-randomises one accumulated product with the client's public key, adds flooding noise minus the
 /// encoded share at the useful coefficients, switches down to the reply level and serialises.
-/// `(g, tile)` says which output block `product = (a0, a1)` holds.
+/// `(g, tile)` says which output block `product = (a0, a1)` (NTT form) holds.
+///
+/// Only `u` is transformed: both components go back to coefficient form once, where the second
+/// error, the flooding and the modulus switch need no transform, and the second component is
+/// transformed again at the two reply primes (8 + 4 + 2 prime-sized NTTs per reply).
 fn finish_reply(
     ctx: &HeContext,
     plan: &Plan,
     pk: &LevelZeroCt,
     (g, tile): (usize, usize),
-    (mut a0, mut a1): (Poly, Poly),
+    (mut a0, mut a1): (Vec<u64>, Vec<u64>),
     rng: &mut ChaCha20Rng,
 ) -> Result<Reply, HeError> {
-    let ctx0 = ctx.bfv.context_at_level(0)?;
-    let n = ctx.degree();
+    let (rns, n) = (&ctx.rns, ctx.degree());
+    let np = rns.primes();
     let outs = plan.outputs(g, tile);
+    let small = |rng: &mut ChaCha20Rng| {
+        fhe_util::sample_vec_cbd(n, VARIANCE, rng).map(|v| rns.reduce_small(&v)).map_err(|e| HeError::Fhe(e.into()))
+    };
     // Encryption of zero under the public key: (u*b + e1, u*a + e2); e1 is the flooding term below.
-    let u = Poly::small(ctx0, Representation::Ntt, VARIANCE, rng)?;
-    let e2 = Poly::small(ctx0, Representation::Ntt, VARIANCE, rng)?;
-    let mut ub = pk.c0.clone();
-    ub *= &u;
-    a0 += &ub;
-    let mut ua = pk.c1.clone();
-    ua *= &u;
-    a1 += &ua;
-    a1 += &e2;
+    let mut u = small(rng)?;
+    rns.forward(&mut u, np);
+    rns.mul_add(&mut a0, &pk.c0, &u);
+    rns.mul_add(&mut a1, &pk.c1, &u);
+    rns.backward(&mut a0, np);
+    rns.backward(&mut a1, np);
+    rns.add_assign(&mut a1, &small(rng)?, np);
     // Flooding noise uniform in [-2^fb, 2^fb) minus Delta_0 * share, at the useful coefficients only:
     // no other coefficient of the first component leaves the server.
-    let np = ctx.moduli.len();
-    let mut extra = vec![0u64; np * n];
     let limbs = (ctx.flood_bits as usize + 1).div_ceil(64);
     let top_mask = match (ctx.flood_bits + 1) % 64 {
         0 => u64::MAX,
@@ -221,31 +214,26 @@ fn finish_reply(
         big[limbs - 1] &= top_mask;
         let s = rng.random::<u64>() & ring;
         shares.push((idx, s));
-        for i in 0..np {
-            let p = ctx.moduli[i] as u128;
-            let r = big.iter().rev().fold(0u128, |acc, &limb| ((acc << 64) | limb as u128) % p);
-            let flood = (r + p - ctx.flood_offset[i] as u128) % p;
-            let enc_share = (ctx.delta0[i] as u128 * (s as u128 % p)) % p;
-            extra[i * n + coef] = ((flood + p - enc_share) % p) as u64;
+        for (i, m) in rns.q.iter().enumerate() {
+            // Horner over the limbs: every step is below 2^126, reduced in constant time.
+            let r = big.iter().rev().fold(0u64, |acc, &limb| m.reduce_u128(((acc as u128) << 64) | limb as u128));
+            let flood = m.sub(r, ctx.flood_offset[i]);
+            let enc_share = m.mul(ctx.delta0[i], m.reduce(s));
+            let c = &mut a0[i * n + coef];
+            *c = m.add(*c, m.sub(flood, enc_share));
         }
     }
-    let mut extra = Poly::try_convert_from(extra, ctx0, false, Representation::PowerBasis)?;
-    extra.change_representation(Representation::Ntt);
-    a0 += &extra;
-    let mut ct = Ciphertext::new(vec![a0, a1], &ctx.bfv)?;
-    ct.switch_to_level(ctx.params.reply_level)?;
-    let mut c0 = ct[0].clone();
-    c0.change_representation(Representation::PowerBasis);
-    let c0: Vec<u64> = Vec::from(&c0);
-    let c1: Vec<u64> = Vec::from(&ct[1]);
+    rns.switch_down(&mut a0, ctx.params.reply_level);
+    rns.switch_down(&mut a1, ctx.params.reply_level);
+    rns.forward(&mut a1, ctx.reply_primes);
     let mut out = Vec::with_capacity(ctx.reply_bytes(outs.len()));
     for i in 0..ctx.reply_primes {
-        pack(&c1[i * n..(i + 1) * n], ctx.bits[i], &mut out);
+        pack(&a1[i * n..(i + 1) * n], ctx.bits[i], &mut out);
     }
     let mut vals = Vec::with_capacity(outs.len());
     for i in 0..ctx.reply_primes {
         vals.clear();
-        vals.extend(outs.iter().map(|&(coef, _)| c0[i * n + coef]));
+        vals.extend(outs.iter().map(|&(coef, _)| a0[i * n + coef]));
         pack(&vals, ctx.bits[i], &mut out);
     }
     Ok((out, shares))

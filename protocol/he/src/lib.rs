@@ -6,20 +6,25 @@
 //! - `pack`: coefficient packing of inputs and kernels into polynomials;
 //! - `params`: BFV parameters and derived constants;
 //! - `engine`: encryption, homomorphic products with flooding, decryption (CPU, rayon);
+//! - `kernel`: the server's weights encoded once per served model ([`KernelEncoder`]);
+//! - `rns`: flat RNS polynomial arithmetic for the server's products (NTT, lazy sums, mod switching);
 //! - `protocol`: the message exchange over a [`pi_channel::Channel`].
 
 #![forbid(unsafe_code)]
 
 mod engine;
+mod kernel;
 pub mod layer;
 mod pack;
 pub mod params;
 mod protocol;
+mod rns;
 mod wire;
 
 #[cfg(test)]
 mod tests;
 
+pub use kernel::{EncodedLayer, KernelCache, KernelEncoder};
 pub use layer::{ConvShape, FcShape, LayerShape, ring_linear};
 pub use params::{HeParams, MAX_L, MIN_L};
 pub use protocol::{ClientTimings, HeClient, HeServer, ServerTimings};

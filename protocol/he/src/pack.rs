@@ -144,12 +144,13 @@ impl Plan {
         out
     }
 
-    /// Coefficients of the kernel plaintext for channel block `cbi` and output group `g`.
-    pub fn kernel_block(&self, k: &[i64], cbi: usize, g: usize) -> Vec<i64> {
+    /// The non-zero positions of the kernel plaintext for channel block `cbi` and output group `g`:
+    /// calls `f(coefficient index, index into the canonical kernel [M][C'][k'][k'])` for each. The
+    /// positions depend only on the public shape, so visiting them leaks nothing about the weights.
+    pub fn kernel_entries(&self, cbi: usize, g: usize, mut f: impl FnMut(usize, usize)) {
         let cn = &self.cn;
         let d = self.cb * self.hb * self.wb;
         let o = self.offset();
-        let mut out = vec![0i64; self.n];
         for mm in 0..self.mb {
             let m = g * self.mb + mm;
             if m >= cn.m {
@@ -162,13 +163,14 @@ impl Plan {
                 }
                 for u in 0..cn.k {
                     for v in 0..cn.k {
-                        let e = mm * d + o - cc * self.hb * self.wb - u * self.wb - v;
-                        out[e] = k[((m * cn.c + c) * cn.k + u) * cn.k + v];
+                        f(
+                            mm * d + o - cc * self.hb * self.wb - u * self.wb - v,
+                            ((m * cn.c + c) * cn.k + u) * cn.k + v,
+                        );
                     }
                 }
             }
         }
-        out
     }
 
     /// The useful coefficients of reply `(g, tile)`: pairs `(coefficient index, output index)` with the

@@ -61,6 +61,8 @@ pub(crate) struct HeContext {
     pub flood_bits: u32,
     /// `2^flood_bits mod p_i` for all primes.
     pub flood_offset: Vec<u64>,
+    /// NTT plans and constant-time arithmetic of the primes, for the server's products.
+    pub rns: super::rns::Rns,
 }
 
 impl HeContext {
@@ -109,7 +111,8 @@ impl HeContext {
         if log_delta_reply < 24 {
             return fail(format!("reply modulus leaves only {log_delta_reply} bits of room above t"));
         }
-        Ok(Self { params, bfv, moduli, bits, reply_primes, delta0, flood_bits, flood_offset })
+        let rns = super::rns::Rns::new(&moduli, params.degree)?;
+        Ok(Self { params, bfv, moduli, bits, reply_primes, delta0, flood_bits, flood_offset, rns })
     }
 
     pub fn degree(&self) -> usize {

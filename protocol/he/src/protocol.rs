@@ -10,6 +10,7 @@
 
 use super::HeError;
 use super::engine::{self, LevelZeroCt};
+use super::kernel::{EncodedLayer, KernelCache, KernelEncoder};
 use super::layer::{LayerShape, ring_mask};
 use super::pack::{Plan, WireCost};
 use super::params::{HeContext, HeParams};
@@ -50,7 +51,7 @@ pub struct ServerTimings {
     pub flood_margin_bits: u32,
 }
 
-fn plan_for(ctx: &HeContext, shape: &LayerShape) -> Result<Plan, HeError> {
+pub(crate) fn plan_for(ctx: &HeContext, shape: &LayerShape) -> Result<Plan, HeError> {
     shape.validate()?;
     let cost = WireCost {
         query: ctx.query_bytes(),
@@ -214,6 +215,8 @@ impl HeServer {
 
     /// Runs one layer with the server's weights (ring elements, layout of [`LayerShape`]); returns
     /// the server's share, uniformly random, such that client share + server share = `L(r)` mod `2^l`.
+    /// Encodes the weights for this call; a server that serves a model many times encodes each layer
+    /// once ([`KernelEncoder`]) and calls [`HeServer::linear_encoded`].
     pub async fn linear(&self, ch: &mut Channel, shape: &LayerShape, weights: &[u64]) -> Result<Vec<u64>, HeError> {
         self.linear_timed(ch, shape, weights).await.map(|(share, _)| share)
     }
@@ -225,30 +228,40 @@ impl HeServer {
         shape: &LayerShape,
         weights: &[u64],
     ) -> Result<(Vec<u64>, ServerTimings), HeError> {
-        let checked = plan_for(&self.ctx, shape).and_then(|plan| {
-            if weights.len() != shape.weight_len() {
-                return Err(HeError::Shape(format!("{} weights, layer has {}", weights.len(), shape.weight_len())));
-            }
-            let kernel = shape.canonical_kernel(weights, self.ctx.l());
-            let margin = engine::check_noise(&self.ctx, &plan, &kernel)?;
-            Ok((plan, kernel, margin))
-        });
         // On failure the detail (it may describe the weights) stays in the server's error: the
         // session boundary tells the peer only that something internal failed.
-        let (plan, kernel, margin) = checked?;
+        let layer = KernelEncoder { ctx: self.ctx.clone() }.encode(shape, weights, KernelCache::OnTheFly)?;
+        self.linear_encoded(ch, &Arc::new(layer)).await
+    }
+
+    /// Runs one layer whose weights were encoded beforehand; returns the server's share and the
+    /// compute time.
+    pub async fn linear_encoded(
+        &self,
+        ch: &mut Channel,
+        layer: &Arc<EncodedLayer>,
+    ) -> Result<(Vec<u64>, ServerTimings), HeError> {
+        if layer.params() != self.params() {
+            return Err(HeError::Params(format!(
+                "layer encoded for {:?}, session uses {:?}",
+                layer.params(),
+                self.params()
+            )));
+        }
+        let (plan, margin) = (layer.plan, layer.margin);
         let header: LayerHeader = ch.recv_msg(MsgKind::HeQuery).await?;
-        let expected = LayerHeader { shape: *shape, queries: plan.n_queries() as u64 };
+        let expected = LayerHeader { shape: layer.shape, queries: plan.n_queries() as u64 };
         if header != expected {
             return Err(HeError::Malformed(format!("client runs {header:?}, server expects {expected:?}")));
         }
         let qlen = self.ctx.query_bytes();
         let buf = recv_exact(ch, MsgKind::HeQuery, plan.n_queries() * qlen).await?;
         let start = Instant::now();
-        let (ctx, pk) = (self.ctx.clone(), self.public_key.clone());
+        let (ctx, pk, layer) = (self.ctx.clone(), self.public_key.clone(), layer.clone());
         let (replies, share) = blocking(move || {
             use rayon::prelude::*;
             let queries = buf.par_chunks(qlen).map(|b| engine::parse_seeded(&ctx, b)).collect::<Result<Vec<_>, _>>()?;
-            engine::server_replies(&ctx, &plan, &queries, &pk, &kernel)
+            engine::server_replies(&layer, &queries, &pk)
         })
         .await?;
         let timings = ServerTimings { compute: start.elapsed(), flood_margin_bits: margin };

@@ -69,8 +69,9 @@ fn random_inputs(shape: &LayerShape, l: u32, wbits: u32, rng: &mut ChaCha20Rng) 
     (w, r)
 }
 
-/// Runs setup and the given layers between a client and a server; checks every layer's shares.
-async fn check_layers(l: u32, shapes: &[LayerShape]) {
+/// Runs setup and the given layers between a client and a server; checks every layer's shares. The
+/// server encodes each layer first with `cache` (as a served model does), or per call when `None`.
+async fn check_layers(l: u32, shapes: &[LayerShape], cache: Option<KernelCache>) {
     let mut rng = ChaCha20Rng::seed_from_u64(0x5eed ^ l as u64);
     let params = HeParams::new(l).unwrap();
     let client = HeClient::new(params.clone(), &mut rng).unwrap();
@@ -82,7 +83,17 @@ async fn check_layers(l: u32, shapes: &[LayerShape]) {
     for shape in shapes {
         let (w, r) = random_inputs(shape, l, 13, &mut rng);
         let t0 = std::time::Instant::now();
-        let (c, s) = tokio::join!(client.linear(&mut cch, shape, &r), server.linear(&mut sch, shape, &w));
+        let serve = async {
+            match cache {
+                None => server.linear(&mut sch, shape, &w).await,
+                Some(cache) => {
+                    let layer = KernelEncoder::new(&params).unwrap().encode(shape, &w, cache).unwrap();
+                    assert_eq!(layer.cached_bytes() > 0, cache == KernelCache::Transformed);
+                    server.linear_encoded(&mut sch, &std::sync::Arc::new(layer)).await.map(|(s, _)| s)
+                }
+            }
+        };
+        let (c, s) = tokio::join!(client.linear(&mut cch, shape, &r), serve);
         let (c, s) = (c.unwrap(), s.unwrap());
         let expected = naive(shape, &w, &r, l);
         assert_eq!(expected, ring_linear(shape, &w, &r, l).unwrap(), "library reference disagrees for {shape:?}");
@@ -109,6 +120,7 @@ async fn conv_stride1_first_layers_and_fc() {
             fc(512, 10),                // resnet / wrn FC
             conv(256, 8, 512, 3, 2, 1), // stride 2 with many channels (small image)
         ],
+        Some(KernelCache::Transformed),
     )
     .await;
 }
@@ -116,7 +128,7 @@ async fn conv_stride1_first_layers_and_fc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_ring_widths() {
     for l in [16, 32, 44, 61] {
-        check_layers(l, &[conv(5, 7, 6, 3, 2, 1), fc(40, 9)]).await;
+        check_layers(l, &[conv(5, 7, 6, 3, 2, 1), fc(40, 9)], None).await;
     }
 }
 
@@ -141,12 +153,13 @@ async fn odd_shapes_and_spatial_tiles() {
             // A per-channel scale as a 1x1 convolution with a diagonal kernel shape.
             conv(8, 6, 8, 1, 1, 0),
         ],
+        Some(KernelCache::OnTheFly),
     )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "slow: every distinct layer of small-cnn, resnet18 and wrn22-8 (run with --ignored)"]
+/// Every distinct layer of small-cnn, resnet18 and wrn22-8, with kernels cached as a served model keeps them.
 async fn all_model_layers() {
     let shapes = [
         // small-cnn
@@ -179,7 +192,22 @@ async fn all_model_layers() {
         conv(512, 8, 512, 3, 1, 1),
         conv(256, 16, 512, 1, 2, 0),
     ];
-    check_layers(59, &shapes).await;
+    check_layers(59, &shapes, Some(KernelCache::Transformed)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_encoded_for_other_parameters_is_refused() {
+    let params = HeParams::new(59).unwrap();
+    let client = HeClient::new(params.clone(), &mut ChaCha20Rng::seed_from_u64(9)).unwrap();
+    let (mut cch, mut sch) = Channel::memory_pair();
+    let (a, b) = tokio::join!(client.setup(&mut cch), HeServer::setup(&mut sch, &params));
+    a.unwrap();
+    let server = b.unwrap();
+    let shape = fc(16, 4);
+    let layer =
+        KernelEncoder::new(&HeParams::new(44).unwrap()).unwrap().encode(&shape, &[1; 64], KernelCache::Transformed);
+    let r = server.linear_encoded(&mut sch, &std::sync::Arc::new(layer.unwrap())).await;
+    assert!(matches!(r, Err(HeError::Params(_))), "{:?}", r.map(|(s, _)| s));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,7 +222,9 @@ async fn full_range_weights_are_refused_not_leaked() {
     let shape = fc(64, 8);
     let w: Vec<u64> = (0..shape.weight_len()).map(|_| rng.random::<u64>() >> 5).collect();
     let r = vec![1u64; 64];
-    let (c, s) = tokio::join!(client.linear(&mut cch, &shape, &r), server.linear(&mut sch, &shape, &w));
+    // The server hangs up after its error, so the client fails at once instead of timing out.
+    let serve = async move { server.linear(&mut sch, &shape, &w).await };
+    let (c, s) = tokio::join!(client.linear(&mut cch, &shape, &r), serve);
     assert!(matches!(s, Err(HeError::Noise(_))), "{s:?}");
     assert!(c.is_err());
 }
@@ -248,7 +278,8 @@ async fn malformed_peer_data_is_an_error() {
     let server = b.unwrap();
     let r = vec![0u64; 16];
     let other_shape = fc(16, 5);
-    let (c, s) = tokio::join!(client.linear(&mut cch, &other_shape, &r), server.linear(&mut sch, &shape, &w));
+    let serve = async move { server.linear(&mut sch, &shape, &w).await };
+    let (c, s) = tokio::join!(client.linear(&mut cch, &other_shape, &r), serve);
     assert!(s.is_err() && c.is_err());
 
     // Client side: a reply of the wrong length and one with residues out of range.

@@ -9,15 +9,51 @@ use crate::share::{Role, truncate_share};
 use crate::{Hello, HelloAck, InferenceError, Request};
 use pi_channel::{Channel, Counters, MsgKind, PROTOCOL_VERSION};
 use pi_gc::relu_layer::{GarblerOffline, GarblerSession};
-use pi_he::{HeParams, HeServer};
+use pi_he::{EncodedLayer, HeParams, HeServer, KernelCache, KernelEncoder};
 use pi_model::engine::RingModel;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A model ready to serve: ring-encoded weights and the public view announced to clients.
+/// A model ready to serve: ring-encoded weights, the public view announced to clients, and every
+/// linear layer's weights encoded for HE once (kernel plaintexts kept NTT-transformed within a budget).
 pub struct ServedModel {
     pub ring: RingModel,
     pub public: PublicModel,
+    /// Per plan step: the layer's HE encoding (`None` for steps that are not linear layers).
+    he: Vec<Option<Arc<EncodedLayer>>>,
+}
+
+impl ServedModel {
+    /// Encodes the linear layers for HE. Layers keep their kernel plaintexts transformed, in plan
+    /// order, while the total stays within `he_cache_bytes`; later layers transform theirs per
+    /// inference (same result, more server time). Fails if a layer's weights leave too little
+    /// flooding margin.
+    pub fn new(ring: RingModel, public: PublicModel, he_cache_bytes: usize) -> Result<Self, InferenceError> {
+        let plan = Plan::compile(&public)?;
+        let encoder = KernelEncoder::new(&HeParams::new(public.fp.l)?)?;
+        let mut left = he_cache_bytes;
+        let mut he = Vec::with_capacity(plan.steps.len());
+        for (i, step) in plan.steps.iter().enumerate() {
+            he.push(match &step.kind {
+                StepKind::Linear { shape } => {
+                    let mut layer = encoder.encode(shape, &ring.layers[i].weight, KernelCache::OnTheFly)?;
+                    if layer.transformed_bytes() <= left {
+                        left -= layer.transformed_bytes();
+                        layer.transform_all();
+                    }
+                    Some(Arc::new(layer))
+                }
+                _ => None,
+            });
+        }
+        Ok(Self { ring, public, he })
+    }
+
+    /// Bytes of transformed kernel plaintexts kept, and the bytes keeping every layer's would take.
+    pub fn he_cache_bytes(&self) -> (usize, usize) {
+        let layers = self.he.iter().flatten();
+        (layers.clone().map(|l| l.cached_bytes()).sum(), layers.map(|l| l.transformed_bytes()).sum())
+    }
 }
 
 /// What one served inference cost the server.
@@ -150,8 +186,11 @@ impl ServerSession {
         for (i, step) in self.plan.steps.iter().enumerate() {
             let (t0, io0) = (Instant::now(), ch.io_time());
             match &step.kind {
-                StepKind::Linear { shape } => {
-                    he[i] = self.he.linear(ch, shape, &self.model.ring.layers[i].weight).await?
+                StepKind::Linear { .. } => {
+                    let layer = self.model.he.get(i).cloned().flatten().ok_or_else(|| {
+                        InferenceError::He(pi_he::HeError::Shape(format!("step {i} is linear but has no HE encoding")))
+                    })?;
+                    he[i] = self.he.linear_encoded(ch, &layer).await?.0
                 }
                 StepKind::Relu { gc: Some(params), kept, .. } => {
                     gc[i] = Some(self.gc.offline(ch, *params, kept.len()).await?)

@@ -18,7 +18,7 @@ fn served(arch_name: &str, keep: f64, calibrate: bool) -> (Arc<ServedModel>, Vec
     let inputs: Vec<Vec<f32>> = (0..3).map(|_| (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect()).collect();
     let bits = calibrate.then(|| calibrate_relu_bits(&ring, &inputs, 3));
     let public = PublicModel::new(&ring.model, "test-hash".into(), ring.fp, bits).unwrap();
-    (Arc::new(ServedModel { ring, public }), inputs)
+    (Arc::new(ServedModel::new(ring, public, usize::MAX).unwrap()), inputs)
 }
 
 async fn run_pair(model: Arc<ServedModel>, inputs: Vec<Vec<f32>>) -> Vec<crate::client::InferenceResult> {
@@ -61,7 +61,7 @@ async fn linearized_layers_cost_no_bytes_and_no_round() {
     let model = model.fold_batchnorm();
     let ring = RingModel::new(&model, FixedPoint::DEFAULT).unwrap();
     let public = PublicModel::new(&ring.model, "test-hash".into(), ring.fp, None).unwrap();
-    let served = Arc::new(ServedModel { ring, public });
+    let served = Arc::new(ServedModel::new(ring, public, usize::MAX).unwrap());
     let x: Vec<f32> = (0..28 * 28).map(|i| (i % 13) as f32 / 6.0 - 1.0).collect();
     let r = run_pair(served.clone(), vec![x.clone()]).await.pop().unwrap();
     let layer = |name: &str| r.layers.iter().find(|l| l.node == name).unwrap().clone();

@@ -1,0 +1,245 @@
+//! Raw RNS polynomial arithmetic for the server's hot path: a polynomial at level 0 is a flat
+//! `Vec<u64>` of `primes x N` residues (prime-major), in NTT or coefficient form as the caller
+//! tracks. Working on flat slices instead of `fhe`'s `Poly` lets the server keep weights
+//! pre-transformed, accumulate products lazily in 128 bits, and switch moduli in the coefficient
+//! domain with no transform. All arithmetic is constant time (`fhe_math`'s `Modulus` and NTT).
+
+use super::HeError;
+use fhe_math::ntt::NttOperator;
+use fhe_math::zq::Modulus;
+
+/// Products of two residues below `2^62` are below `2^124`; a `u128` accumulator holding one reduced
+/// value (below `2^62`) takes 15 more such products without overflow.
+const LAZY_TERMS: usize = 15;
+
+/// The primes of the ciphertext chain with their NTT plans and mod-switching constants.
+#[derive(Debug)]
+pub(crate) struct Rns {
+    pub n: usize,
+    pub q: Vec<Modulus>,
+    ntt: Vec<NttOperator>,
+    /// `inv_last[k][i] = q_k^{-1} mod q_i` for `i < k` (dropping prime `k`).
+    inv_last: Vec<Vec<u64>>,
+}
+
+impl Rns {
+    pub fn new(moduli: &[u64], n: usize) -> Result<Self, HeError> {
+        let q = moduli
+            .iter()
+            .map(|&p| Modulus::new(p).map_err(|e| HeError::Params(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ntt = q
+            .iter()
+            .map(|m| NttOperator::new(m, n).ok_or_else(|| HeError::Params(format!("no NTT of size {n} mod {}", **m))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let inv_last = (0..q.len())
+            .map(|k| {
+                (0..k)
+                    .map(|i| {
+                        q[i].inv(q[i].reduce(moduli[k])).ok_or_else(|| HeError::Params("primes not coprime".into()))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { n, q, ntt, inv_last })
+    }
+
+    pub fn primes(&self) -> usize {
+        self.q.len()
+    }
+
+    /// Forward NTT of the first `primes` rows of `a`.
+    pub fn forward(&self, a: &mut [u64], primes: usize) {
+        for (row, op) in a.chunks_exact_mut(self.n).zip(&self.ntt).take(primes) {
+            op.forward(row);
+        }
+    }
+
+    /// Inverse NTT of the first `primes` rows of `a`.
+    pub fn backward(&self, a: &mut [u64], primes: usize) {
+        for (row, op) in a.chunks_exact_mut(self.n).zip(&self.ntt).take(primes) {
+            op.backward(row);
+        }
+    }
+
+    /// A polynomial with signed integer coefficients `c` (`c.len() == N`), reduced into every prime
+    /// in constant time (Barrett reduction of `c + q * 2^64`).
+    #[cfg(test)]
+    pub fn reduce_all(&self, c: &[i64]) -> Vec<u64> {
+        let mut out = vec![0u64; self.primes() * self.n];
+        for (i, row) in out.chunks_exact_mut(self.n).enumerate() {
+            for (dst, &v) in row.iter_mut().zip(c) {
+                *dst = self.reduce_signed(i, v);
+            }
+        }
+        out
+    }
+
+    /// `v` (any `i64`) reduced mod prime `i` in constant time.
+    pub fn reduce_signed(&self, i: usize, v: i64) -> u64 {
+        let m = &self.q[i];
+        m.reduce_u128((((**m as i128) << 64) + v as i128) as u128)
+    }
+
+    /// [`Rns::reduce_all`] for noise: every `|c| < 2^16`, below every prime, so a negative value only
+    /// needs its prime added (branch-free).
+    pub fn reduce_small(&self, c: &[i64]) -> Vec<u64> {
+        let mut out = vec![0u64; self.primes() * self.n];
+        for (row, m) in out.chunks_exact_mut(self.n).zip(&self.q) {
+            for (dst, &v) in row.iter_mut().zip(c) {
+                debug_assert!(v.unsigned_abs() < 1 << 16);
+                *dst = (v as u64).wrapping_add(**m & ((v >> 63) as u64));
+            }
+        }
+        out
+    }
+
+    /// `a += b` on the first `primes` rows (both reduced).
+    pub fn add_assign(&self, a: &mut [u64], b: &[u64], primes: usize) {
+        for ((ra, rb), m) in a.chunks_exact_mut(self.n).zip(b.chunks_exact(self.n)).zip(&self.q).take(primes) {
+            m.add_vec(ra, rb);
+        }
+    }
+
+    /// `acc += a * b` pointwise (NTT form) for every prime.
+    pub fn mul_add(&self, acc: &mut [u64], a: &[u64], b: &[u64]) {
+        for (((r, ra), rb), m) in
+            acc.chunks_exact_mut(self.n).zip(a.chunks_exact(self.n)).zip(b.chunks_exact(self.n)).zip(&self.q)
+        {
+            for ((d, &x), &y) in r.iter_mut().zip(ra).zip(rb) {
+                *d = m.add(*d, m.mul(x, y));
+            }
+        }
+    }
+
+    /// `sum_j a_j * b_j` pointwise over all primes for pairs of NTT-form polynomials, accumulated in
+    /// 128 bits and reduced every [`LAZY_TERMS`] products: two dot products (`(x0, x1)` against the same
+    /// `b`) per call, which is the shape of a ciphertext times a plaintext.
+    pub fn dot2<'a>(
+        &self,
+        terms: impl Iterator<Item = (&'a [u64], &'a [u64], &'a [u64])> + Clone,
+    ) -> (Vec<u64>, Vec<u64>) {
+        let n = self.n;
+        let mut out0 = vec![0u64; self.primes() * n];
+        let mut out1 = vec![0u64; self.primes() * n];
+        let mut acc0 = vec![0u128; n];
+        let mut acc1 = vec![0u128; n];
+        for (i, m) in self.q.iter().enumerate() {
+            acc0.iter_mut().for_each(|v| *v = 0);
+            acc1.iter_mut().for_each(|v| *v = 0);
+            let row = i * n..(i + 1) * n;
+            for (t, (x0, x1, b)) in terms.clone().enumerate() {
+                if t > 0 && t % LAZY_TERMS == 0 {
+                    acc0.iter_mut().chain(acc1.iter_mut()).for_each(|v| *v = m.reduce_u128(*v) as u128);
+                }
+                let (x0, x1, b) = (&x0[row.clone()], &x1[row.clone()], &b[row.clone()]);
+                for j in 0..n {
+                    let w = b[j] as u128;
+                    acc0[j] += x0[j] as u128 * w;
+                    acc1[j] += x1[j] as u128 * w;
+                }
+            }
+            for (d, &v) in out0[row.clone()].iter_mut().zip(&acc0) {
+                *d = m.reduce_u128(v);
+            }
+            for (d, &v) in out1[row].iter_mut().zip(&acc1) {
+                *d = m.reduce_u128(v);
+            }
+        }
+        (out0, out1)
+    }
+
+    /// Divides a coefficient-form polynomial by its last `drop` primes with rounding and keeps the
+    /// remaining `primes - drop` rows (BFV modulus switching, one prime at a time: for the last prime
+    /// `q_k`, `x' = (x - [x + q_k/2]_{q_k} + q_k/2) / q_k`, computed mod every remaining prime).
+    pub fn switch_down(&self, a: &mut Vec<u64>, drop: usize) {
+        let n = self.n;
+        let mut primes = a.len() / n;
+        for _ in 0..drop {
+            let k = primes - 1;
+            let (rest, last) = a.split_at_mut(k * n);
+            let qk = &self.q[k];
+            let half = **qk / 2;
+            last.iter_mut().for_each(|v| *v = qk.add(*v, half));
+            for (i, row) in rest.chunks_exact_mut(n).enumerate() {
+                let qi = &self.q[i];
+                let half_i = qi.reduce(half);
+                let inv = self.inv_last[k][i];
+                let inv_shoup = qi.shoup(inv);
+                for (x, &y) in row.iter_mut().zip(last.iter()) {
+                    let d = qi.sub(qi.add(*x, half_i), qi.reduce(y));
+                    *x = qi.mul_shoup(d, inv, inv_shoup);
+                }
+            }
+            a.truncate(k * n);
+            primes = k;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::HeParams;
+    use fhe_math::rq::{Poly, Representation, traits::TryConvertFrom};
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+
+    fn setup() -> (std::sync::Arc<crate::params::HeContext>, Rns) {
+        let ctx = HeParams::new(59).unwrap().context().unwrap();
+        let rns = Rns::new(&ctx.moduli, ctx.degree()).unwrap();
+        (ctx, rns)
+    }
+
+    /// Our NTT, products and modulus switching agree with `fhe`'s `Poly` on random inputs.
+    #[test]
+    fn agrees_with_fhe_poly() {
+        let (ctx, rns) = setup();
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let ctx0 = ctx.bfv.context_at_level(0).unwrap();
+        let a = Poly::random(ctx0, Representation::PowerBasis, &mut rng);
+        let b = Poly::random(ctx0, Representation::PowerBasis, &mut rng);
+        let raw = |p: &Poly| p.coefficients().as_slice().unwrap().to_vec();
+
+        let (mut an, mut bn) = (a.clone(), b.clone());
+        an.change_representation(Representation::Ntt);
+        bn.change_representation(Representation::Ntt);
+        let (mut ra, mut rb) = (raw(&a), raw(&b));
+        rns.forward(&mut ra, 4);
+        rns.forward(&mut rb, 4);
+        assert_eq!(ra, raw(&an));
+        assert_eq!(rb, raw(&bn));
+
+        // 40 terms cross the lazy reduction boundary twice.
+        let terms: Vec<(&[u64], &[u64], &[u64])> = (0..40).map(|_| (&ra[..], &rb[..], &rb[..])).collect();
+        let (d0, d1) = rns.dot2(terms.iter().copied());
+        let mut prod = an.clone();
+        prod *= &bn;
+        let mut expect = Poly::zero(ctx0, Representation::Ntt);
+        for _ in 0..40 {
+            expect += &prod;
+        }
+        assert_eq!(d0, raw(&expect));
+        let mut sq = bn.clone();
+        sq *= &bn;
+        let mut expect1 = Poly::zero(ctx0, Representation::Ntt);
+        for _ in 0..40 {
+            expect1 += &sq;
+        }
+        assert_eq!(d1, raw(&expect1));
+
+        let mut back = ra.clone();
+        rns.backward(&mut back, 4);
+        assert_eq!(back, raw(&a));
+
+        let mut sw = raw(&a);
+        rns.switch_down(&mut sw, 2);
+        let mut expect = a.clone();
+        expect.switch_down_to(ctx.bfv.context_at_level(2).unwrap()).unwrap();
+        assert_eq!(sw, raw(&expect));
+
+        let signed: Vec<i64> = (0..ctx.degree() as i64).map(|i| (i % 7 - 3) * (1 << 40) + i).collect();
+        let p = Poly::try_convert_from(signed.as_slice(), ctx0, false, Representation::PowerBasis).unwrap();
+        assert_eq!(rns.reduce_all(&signed), raw(&p));
+    }
+}
