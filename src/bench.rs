@@ -17,6 +17,10 @@ pub enum BenchCommand {
     /// HE preprocessing of every conv/linear layer of an architecture: client encrypt, server compute,
     /// client decrypt, bytes each way, and the plaintext ring time of the same layer for scale.
     Linear(LinearArgs),
+    /// The plaintext engines on one image: the fixed-point forward pass (the PI server's online linear
+    /// work) with Winograd 3x3 convolutions and with direct convolution only, alternating in one run,
+    /// against this CPU's u64 multiply-add bound measured in the same run; the f32 engine for scale.
+    Engine(EngineArgs),
     /// Private inference end to end over TCP (server and client as separate tasks), one point per
     /// model or ReLU count: offline/online/total latency (median, min, max), bytes per phase and
     /// direction, rounds, where the time goes per layer (HE, garbling + OT, online linear, online
@@ -155,6 +159,25 @@ pub struct LinearArgs {
     json: bool,
 }
 
+#[derive(clap::Args)]
+pub struct EngineArgs {
+    /// Architecture: small-cnn, resnet18 or wrn22-8 (random weights: they do not change the time).
+    #[arg(long, default_value = "resnet18")]
+    arch: String,
+    /// Forward passes per engine, alternating.
+    #[arg(long, default_value_t = 5)]
+    repeat: usize,
+    /// Ring width l (Winograd needs l <= 62).
+    #[arg(long, default_value_t = FixedPoint::DEFAULT.l)]
+    ring_bits: u32,
+    /// Fractional bits f.
+    #[arg(long, default_value_t = FixedPoint::DEFAULT.f)]
+    frac_bits: u32,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
 pub fn run(cmd: &BenchCommand) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cmd {
@@ -171,6 +194,20 @@ pub fn run(cmd: &BenchCommand) -> anyhow::Result<()> {
             };
             let r = rt.block_on(pi_bench::gc::run(&opts))?;
             let v = serde_json::to_value(&r)?;
+            if a.json {
+                println!("{v}");
+            } else {
+                print_table(&v);
+            }
+        }
+        BenchCommand::Engine(a) => {
+            let opts = pi_bench::engine::EngineOptions {
+                arch: a.arch.clone(),
+                repeat: a.repeat,
+                fp: FixedPoint { l: a.ring_bits, f: a.frac_bits },
+                ..Default::default()
+            };
+            let v = serde_json::to_value(pi_bench::engine::run(&opts)?)?;
             if a.json {
                 println!("{v}");
             } else {

@@ -276,3 +276,25 @@ async fn a_round_trip_costs_the_rtt_plus_both_transfers() {
     server.await.unwrap();
     assert_eq!(t0.elapsed(), Duration::from_millis(10 + 20 + 40));
 }
+
+/// `pi bench engine`: both ring paths agree, the Winograd layers are the 3x3 stride-1 ones with enough
+/// channels and tiles, and the rates are consistent with the times and the measured bound.
+#[test]
+fn engine_bench_compares_winograd_with_direct_in_one_run() {
+    let v = json(&["bench", "engine", "--arch", "small-cnn", "--repeat", "2", "--json"]);
+    assert_eq!(v["outputs_equal"], true, "{v}");
+    let layers = v["layers"].as_array().expect("layers");
+    let wino: Vec<&str> =
+        layers.iter().filter(|l| l["winograd"] == true).map(|l| l["name"].as_str().expect("name")).collect();
+    // small-cnn: the first conv has one input channel (direct), the 14x14 16-channel 3x3 stride-1
+    // conv is Winograd.
+    assert_eq!(v["winograd_layers"].as_u64(), Some(wino.len() as u64));
+    assert!(!wino.is_empty() && layers[0]["winograd"] == false, "{wino:?}");
+    let macs = num(&v, "macs");
+    assert_eq!(macs, layers.iter().map(|l| l["macs"].as_f64().expect("macs")).sum::<f64>());
+    let rel = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs();
+    assert!(rel(num(&v, "direct_macs_per_s"), macs / num(&v, "ring_direct_s.median")));
+    assert!(rel(num(&v, "effective_of_bound"), num(&v, "effective_macs_per_s") / num(&v, "u64_mac_bound_per_s")));
+    assert!(rel(num(&v, "speedup"), num(&v, "ring_direct_s.median") / num(&v, "ring_s.median")));
+    assert!(num(&v, "u64_mac_bound_per_s") > 1e8);
+}

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod e2e;
+pub mod engine;
 mod error;
 pub mod fit;
 pub mod gc;

@@ -3,6 +3,7 @@
 
 use super::EngineError;
 use super::float::{Backend, conv_geometry, execute};
+use super::kernels::winograd::{self, WinogradKernels};
 use super::kernels::{self, ConvGeometry};
 use super::plan::ScalePlan;
 use crate::fixed::FixedPoint;
@@ -20,6 +21,8 @@ pub struct RingLayer {
     pub mask: Vec<bool>,
     /// Convolution geometry, for conv nodes.
     pub conv: Option<ConvGeometry>,
+    /// Transformed kernels of a 3x3 stride-1 convolution (Winograd F(2x2,3x3), exact for `l <= 62`).
+    pub winograd: Option<WinogradKernels>,
     /// Pooling multiplier `round(2^f / area)`, for pooling nodes.
     pub pool_factor: u64,
 }
@@ -49,6 +52,9 @@ impl RingModel {
                 match node.op {
                     Op::Conv2d { .. } | Op::Linear { .. } => {
                         l.weight = model.tensor(&node.name, "weight").iter().map(|&w| fp.encode(w)).collect();
+                        if let Some(g) = l.conv.filter(|g| winograd::applies(g) && fp.l <= winograd::MAX_L) {
+                            l.winograd = Some(WinogradKernels::new(&g, &l.weight));
+                        }
                         let out_ch = match node.op {
                             Op::Linear { out_features, .. } => out_features,
                             Op::Conv2d { out_channels, .. } => out_channels,
@@ -100,7 +106,10 @@ impl RingModel {
     pub fn linear_no_bias(&self, i: usize, input: &[u64]) -> Vec<u64> {
         let l = &self.layers[i];
         let mut out = match (&l.conv, &self.model.graph.nodes[i].op) {
-            (Some(g), _) => kernels::conv2d(g, input, &l.weight),
+            (Some(g), _) => match &l.winograd {
+                Some(k) => winograd::conv3x3(g, input, k),
+                None => kernels::conv2d(g, input, &l.weight),
+            },
             (None, Op::Linear { out_features, .. }) => kernels::linear(input, &l.weight, *out_features),
             _ => panic!("node {i} is not linear"),
         };

@@ -4,6 +4,7 @@
 use rayon::prelude::*;
 
 mod simd;
+pub mod winograd;
 
 /// The arithmetic the kernels need. For `u64` it is wrapping arithmetic mod `2^64`, which reduces
 /// to `Z_{2^l}` by masking once at the end.
@@ -62,7 +63,7 @@ impl ConvGeometry {
 }
 
 /// Output channels per register tile of the convolution micro-kernel.
-const MR: usize = 4;
+const MR: usize = 8;
 /// Output positions per register tile (one 64-byte cache line of `u64`).
 const NR: usize = 8;
 
@@ -105,7 +106,7 @@ pub fn conv2d<T: Scalar>(g: &ConvGeometry, input: &[T], weight: &[T]) -> Vec<T> 
             let mut m0 = 0;
             while m0 < m {
                 let rows = MR.min(m - m0);
-                let acc = simd::micro_kernel(weight, kk, m0, rows, &patch);
+                let acc = simd::micro_kernel::<T, MR>(weight, kk, kk, m0, rows, &patch);
                 for (i, row) in acc.iter().enumerate().take(rows) {
                     out[(m0 + i) * NR..(m0 + i + 1) * NR].copy_from_slice(row);
                 }
@@ -124,22 +125,38 @@ pub fn conv2d<T: Scalar>(g: &ConvGeometry, input: &[T], weight: &[T]) -> Vec<T> 
     out
 }
 
-/// `MR x NR` block of `W[m0.., :] * patch`, accumulated in registers (rows beyond `rows` are zero).
+/// `64 * iters` wrapping multiply-adds held in registers (8 accumulator rows of `NR` lanes, the
+/// micro-kernel's shape with twice its rows): the CPU's bound for the ring kernels. Returns a
+/// checksum so the work cannot be optimised away.
 #[inline(always)]
-pub(super) fn micro_kernel<T: Scalar>(weight: &[T], kk: usize, m0: usize, rows: usize, patch: &[T]) -> [[T; NR]; MR] {
-    let mut acc = [[T::ZERO; NR]; MR];
-    let w: [&[T]; MR] =
-        std::array::from_fn(|i| if i < rows { &weight[(m0 + i) * kk..][..kk] } else { &weight[m0 * kk..][..kk] });
-    for k in 0..kk {
-        let c: &[T; NR] = patch[k * NR..][..NR].try_into().expect("NR values");
-        for i in 0..MR {
-            let wi = w[i][k];
+fn mac_block(iters: usize, seed: u64) -> u64 {
+    let mut acc = [[0u64; NR]; 8];
+    let w: [u64; 8] = std::array::from_fn(|i| seed.wrapping_mul(2 * i as u64 + 3));
+    let mut b: [u64; NR] = std::array::from_fn(|j| seed ^ (j as u64) << 7);
+    for _ in 0..iters {
+        b = std::hint::black_box(b);
+        for i in 0..8 {
             for j in 0..NR {
-                acc[i][j] = acc[i][j].add(wi.mul(c[j]));
+                acc[i][j] = acc[i][j].wrapping_add(w[i].wrapping_mul(b[j]));
             }
         }
     }
-    acc
+    acc.iter().flatten().fold(0, |a, &x| a ^ x)
+}
+
+/// Wrapping `u64` multiply-adds per second this CPU sustains on all rayon threads, in registers,
+/// with the instruction set of the ring kernels (AVX-512 where present): the bound their speed is
+/// judged against. Runs for about `seconds`.
+pub fn u64_mac_bound(seconds: f64) -> f64 {
+    let threads = rayon::current_num_threads();
+    let probe = std::time::Instant::now();
+    std::hint::black_box(simd::mac_block(100_000, 1));
+    let per_iter = probe.elapsed().as_secs_f64() / 100_000.0;
+    let iters = ((seconds / per_iter.max(1e-12)) as usize).max(1000);
+    let start = std::time::Instant::now();
+    let sum: u64 = (0..threads).into_par_iter().map(|t| simd::mac_block(iters, t as u64 + 5)).sum();
+    std::hint::black_box(sum);
+    (threads * iters * 64) as f64 / start.elapsed().as_secs_f64()
 }
 
 /// `out[i] = sum_j w[i, j] * x[j]` (no bias).
