@@ -6,6 +6,7 @@ mod bench;
 mod eval;
 mod init;
 mod inspect;
+mod npy;
 mod serve;
 #[cfg(feature = "train")]
 mod train;

@@ -155,6 +155,10 @@ pub struct InferArgs {
     timeout_secs: u64,
     #[command(flatten)]
     link: LinkOptions,
+    /// Also write the logits decoded under private inference to FILE.npy (float32,
+    /// [images, classes]), for numpy: `numpy.load(FILE)`.
+    #[arg(long, value_name = "FILE.npy")]
+    logits: Option<PathBuf>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -173,6 +177,10 @@ pub fn infer(a: &InferArgs) -> anyhow::Result<()> {
         },
     };
     let report = runtime()?.block_on(run_client(&opts, !a.json))?;
+    if let Some(path) = &a.logits {
+        let rows: Vec<Vec<f32>> = report.per_inference.iter().map(|r| r.logits.clone()).collect();
+        crate::npy::write_logits(path, &rows)?;
+    }
     emit(&report, a.json)
 }
 

@@ -69,9 +69,11 @@ fn pi_infer_against_pi_serve_matches_the_fixed_point_engine() {
     let dir = tempfile::tempdir().unwrap();
     let model = init_model(dir.path(), "small-cnn", "0.1");
     let server = ServerProcess::start(&model);
+    let npy = dir.path().join("pi-logits.npy");
     let out = pi()
         .args(["infer", "--server", &server.addr, "--data", bundled_data().to_str().unwrap(), "--count", "4", "--json"])
         .args(["--expect-hash", &server.hash, "--reference-model", model.to_str().unwrap()])
+        .args(["--logits", npy.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -81,6 +83,19 @@ fn pi_infer_against_pi_serve_matches_the_fixed_point_engine() {
     assert!(r["relus"].as_u64().unwrap() > 1500);
     for rec in r["per_inference"].as_array().unwrap() {
         assert!(rec["max_logit_error"].as_f64().unwrap() < 1e-2, "{rec}");
+    }
+    // --logits: the PI logits as float32 [4, 10], within 1e-2 of the fixed-point engine run here.
+    use ndarray_npy::ReadNpyExt;
+    let logits = ndarray::Array2::<f32>::read_npy(std::fs::File::open(&npy).unwrap()).unwrap();
+    assert_eq!(logits.dim(), (4, 10));
+    let plain = format::load(&model).unwrap().fold_batchnorm();
+    let ring = RingModel::new(&plain, FixedPoint::DEFAULT).unwrap();
+    let ds = pi_client::load_images(&bundled_data()).unwrap();
+    for (i, rec) in r["per_inference"].as_array().unwrap().iter().enumerate() {
+        let row: Vec<f32> = logits.row(i).to_vec();
+        assert_eq!(argmax(&row), rec["prediction"].as_u64().unwrap() as usize);
+        let want = ring.decode_output(&ring.run(ds.image(i)).unwrap());
+        assert!(row.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-2), "{row:?} vs {want:?}");
     }
 
     // A client that expects another model is refused with a clear error.

@@ -70,3 +70,48 @@ with safe_open(sys.argv[1], framework="numpy") as f:
     assert!(out.status.success(), "python: {}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).trim().parse::<usize>().unwrap() > 50);
 }
+
+/// `pi eval --logits`: the .npy holds, per image, the logits the engine computes (checked against the
+/// library's engines run here), in float32 `[images, classes]`; `--data` takes an IDX file as
+/// `pi infer` does; a class count that does not fit the data is refused.
+#[test]
+fn eval_writes_logits_npy_and_takes_data_files() {
+    use ndarray::Array2;
+    use ndarray_npy::ReadNpyExt;
+    use pi_model::engine::{RingModel, run_f32};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let model_path = root.join("models/small-cnn-fmnist.safetensors");
+    let images = root.join("data/fashion-mnist/t10k-images-idx3-ubyte.gz");
+    let dir = tempfile::tempdir().unwrap();
+    let model = pi_model::format::load(&model_path).unwrap().fold_batchnorm();
+    let ds = pi_client::load_images(&images).unwrap();
+    for fixed in [false, true] {
+        let npy = dir.path().join(format!("logits-{fixed}.npy"));
+        let mut args = vec!["eval", model_path.to_str().unwrap(), "--data", images.to_str().unwrap()];
+        args.extend(["--count", "6", "--json", "--logits", npy.to_str().unwrap()]);
+        if fixed {
+            args.push("--fixed-point");
+        }
+        let out = pi(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let logits = Array2::<f32>::read_npy(std::fs::File::open(&npy).unwrap()).unwrap();
+        assert_eq!(logits.dim(), (6, 10));
+        let ring = RingModel::new(&model, pi_model::FixedPoint::DEFAULT).unwrap();
+        for i in 0..6 {
+            let want = if fixed {
+                ring.decode_output(&ring.run(ds.image(i)).unwrap())
+            } else {
+                run_f32(&model, ds.image(i)).unwrap()
+            };
+            let got: Vec<f32> = logits.row(i).to_vec();
+            assert_eq!(got, want, "image {i}, fixed point {fixed}");
+        }
+    }
+    // A model with 7 outputs against 10-class data: one clear error line.
+    let c7 = dir.path().join("c7.safetensors");
+    assert!(pi(&["init", "--classes", "7", "--out", c7.to_str().unwrap()]).status.success());
+    let out = pi(&["eval", c7.to_str().unwrap(), "--data", images.to_str().unwrap(), "--count", "2"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the model has 7 outputs, the data 10 classes"), "{err}");
+}

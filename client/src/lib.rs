@@ -144,6 +144,8 @@ pub struct InferenceRecord {
     pub index: usize,
     pub label: Option<u8>,
     pub prediction: usize,
+    /// The logits the client decoded from the private inference.
+    pub logits: Vec<f32>,
     pub offline_s: f64,
     pub online_s: f64,
     pub offline_bytes_sent: u64,
@@ -259,6 +261,7 @@ pub async fn run(opts: &InferOptions, mut progress: impl FnMut(usize, usize)) ->
             index: i,
             label: Some(ds.label(i)),
             prediction,
+            logits: r.logits.clone(),
             offline_s: r.offline.as_secs_f64(),
             online_s: r.online.as_secs_f64(),
             offline_bytes_sent: r.offline_bytes.sent,
