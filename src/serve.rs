@@ -66,16 +66,31 @@ pub struct ServeArgs {
     /// Inferences one session may request.
     #[arg(long, default_value_t = 10_000)]
     max_inferences: usize,
+    /// Seconds a client has from connecting to the end of the handshake; past it the session ends
+    /// and its slot is freed, however steadily the client trickles bytes.
+    #[arg(long, default_value_t = 60)]
+    handshake_secs: u64,
+    /// Seconds one inference (offline and online) may take before the session ends.
+    #[arg(long, default_value_t = 600)]
+    inference_secs: u64,
 }
 
 pub fn serve(a: &ServeArgs) -> anyhow::Result<()> {
-    let model = pi_server::prepare(&a.model, &a.options.prepare())?;
+    let max_frame = a
+        .max_frame_mib
+        .checked_mul(1 << 20)
+        .ok_or_else(|| anyhow::anyhow!("--max-frame-mib {} is beyond any frame size", a.max_frame_mib))?;
     let limits = Limits {
-        max_frame: a.max_frame_mib << 20,
+        max_frame,
         read_timeout: Duration::from_secs(a.timeout_secs),
         max_sessions: a.max_sessions,
         max_inferences_per_session: a.max_inferences,
+        handshake_deadline: Duration::from_secs(a.handshake_secs),
+        inference_deadline: Duration::from_secs(a.inference_secs),
     };
+    // Settings that would make every session fail stop the server before the model is prepared.
+    limits.validate()?;
+    let model = pi_server::prepare(&a.model, &a.options.prepare())?;
     runtime()?.block_on(async {
         let server = Server::bind(model, &ServerOptions { listen: a.listen.clone(), limits }).await?;
         println!("listening on {}", server.local_addr());

@@ -339,3 +339,87 @@ async fn embedded_server_and_client_agree_with_the_fixed_point_engine() {
         client.close().await.unwrap();
     }
 }
+
+/// Settings with which every session would fail stop `pi serve` at start, with one error line that
+/// names the problem once.
+#[test]
+fn pi_serve_refuses_settings_that_fail_every_session() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/small-cnn-fmnist.safetensors");
+    for (flags, says) in [
+        (vec!["--max-frame-mib", "0"], "below the 16 MiB"),
+        (vec!["--max-frame-mib", "18446744073709551615"], "beyond any frame size"),
+        (vec!["--max-frame-mib", "8192"], "exceeds the 4 GiB"),
+        (vec!["--timeout-secs", "0"], "read timeout of 0 s"),
+        (vec!["--max-sessions", "0"], "at least one session"),
+        (vec!["--ring-bits", "62"], "ring width l = 62"),
+    ] {
+        let out = pi()
+            .args(["serve", "--model", model.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .args(&flags)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{flags:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let line = err.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("{flags:?}: {err}"));
+        assert_eq!(line.matches(says).count(), 1, "{flags:?}: {line}");
+    }
+}
+
+/// A client that trickles its handshake, one byte every 400 ms and then nothing (each of the
+/// server's reads would still finish within the 10 s read timeout), holds the only session slot until the 2 s handshake deadline,
+/// not longer: it is told why, and a valid client that comes after is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_client_loses_its_slot_at_the_handshake_deadline() {
+    let model = Model::random(arch::small_cnn(10).unwrap(), 6, Some(0.1)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    format::save(&model, &path).unwrap();
+    let served = Arc::new(pi_server::prepare(&path, &PrepareOptions::default()).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let limits = Limits {
+        max_sessions: 1,
+        read_timeout: Duration::from_secs(10),
+        handshake_deadline: Duration::from_secs(2),
+        ..Limits::default()
+    };
+    tokio::spawn(pi_server::serve(listener, served.clone(), limits));
+
+    let start = std::time::Instant::now();
+    let mut slow = TcpStream::connect(&addr).await.unwrap();
+    let mut h = [0u8; HEADER_LEN];
+    slow.read_exact(&mut h).await.unwrap();
+    let mut hello = vec![0u8; u32::from_le_bytes(h[..4].try_into().unwrap()) as usize];
+    slow.read_exact(&mut hello).await.unwrap();
+    let mut frame = 1000u32.to_le_bytes().to_vec();
+    frame.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    frame.push(MsgKind::HelloAck as u8);
+    frame.extend(std::iter::repeat_n(0u8, 1000));
+    let trickle = tokio::spawn(async move {
+        for b in frame {
+            if slow.write_all(&[b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            // Stop before the deadline: writing to a socket the server has closed would reset it
+            // and lose the error frame it sent.
+            if start.elapsed() > Duration::from_millis(1700) {
+                break;
+            }
+        }
+        slow
+    });
+    // While the slow client is within its deadline, the slot is taken.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut early = TcpStream::connect(&addr).await.unwrap();
+    assert!(server_error(&mut early).await.contains("server busy"));
+    // The trickler is told why it lost the session.
+    let mut slow = trickle.await.unwrap();
+    let said = server_error(&mut slow).await;
+    assert!(said.contains("handshake not finished within the server's 2 s deadline"), "{said}");
+    // The slot is free again: a valid client is served.
+    let mut ch = connect(&addr).await;
+    let mut c = ClientSession::handshake(&mut ch, Some(&served.public.hash)).await.unwrap();
+    c.infer(&mut ch, &vec![0.1; 28 * 28]).await.unwrap();
+    assert!(start.elapsed() < Duration::from_secs(30));
+}

@@ -115,3 +115,28 @@ fn eval_writes_logits_npy_and_takes_data_files() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("the model has 7 outputs, the data 10 classes"), "{err}");
 }
+
+/// A model file whose shapes are absurd but consistent (a 40,000 x 40,000 input into a 3x3 conv,
+/// global pooling and a linear layer: 61 parameters) loads and inspects fine, and `pi serve` refuses
+/// it at once with a clear error instead of trying to allocate its activations.
+#[test]
+fn serve_refuses_a_model_whose_activations_are_absurd() {
+    use pi_model::graph::{GraphBuilder, Op};
+    let mut g = GraphBuilder::new("huge", [1, 40_000, 40_000], 10);
+    let conv = Op::Conv2d { in_channels: 1, out_channels: 4, kernel: 3, stride: 1, padding: 1, bias: true };
+    g.add("conv", conv, &["input"]);
+    g.add("gap", Op::GlobalAvgPool, &["conv"]);
+    g.add("fc", Op::Linear { in_features: 4, out_features: 10, bias: true }, &["gap"]);
+    let model = pi_model::Model::random(g.finish().unwrap(), 1, None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.safetensors");
+    pi_model::format::save(&model, &path).unwrap();
+    let path = path.to_str().unwrap();
+    assert!(pi(&["inspect", path]).status.success());
+    let start = std::time::Instant::now();
+    let out = pi(&["serve", "--model", path, "--listen", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("activation \"input\" of shape [1, 40000, 40000] exceeds"), "{err}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+}

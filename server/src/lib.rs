@@ -82,8 +82,10 @@ pub enum ServerError {
     CalibrationShape { images: Vec<usize>, model: Vec<usize> },
     #[error(transparent)]
     PublicModel(#[from] PublicModelError),
-    #[error("preparing the model for HE: {0}")]
+    #[error(transparent)]
     Inference(#[from] InferenceError),
+    #[error("server settings: {0}")]
+    Settings(String),
     #[error("binding {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
 }
@@ -96,6 +98,10 @@ pub fn prepare(path: &Path, opts: &PrepareOptions) -> Result<ServedModel, Server
 
 /// Prepares a model already in memory (as [`prepare`] does for a file).
 pub fn prepare_model(model: &pi_model::Model, opts: &PrepareOptions) -> Result<ServedModel, ServerError> {
+    // A file's shapes decide every allocation below (folding, encoding, calibration inputs and
+    // activations): bound them first, as a client bounds a greeting.
+    pi_inference::check_activations(&model.graph)?;
+    opts.fp.validate().map_err(ServerError::Settings)?;
     let hash = format::content_hash(model);
     let ring = RingModel::new(&model.fold_batchnorm(), opts.fp)?;
     let bits = match opts.relu_bits {
@@ -143,6 +149,42 @@ pub struct Limits {
     pub max_sessions: usize,
     /// Inferences per session, so one connection cannot make the server work forever.
     pub max_inferences_per_session: usize,
+    /// Time from accepting a connection to the end of the handshake (hello, HE keys, base OTs):
+    /// a client that trickles bytes to stay under `read_timeout` still loses its slot after this.
+    pub handshake_deadline: Duration,
+    /// Time for one inference, offline and online, from the client's request to the logits.
+    pub inference_deadline: Duration,
+}
+
+/// Smallest frame limit the protocol works with: HE sends frames of up to 8 MiB of ciphertexts
+/// (`pi_he`), the garbled layers 1 MiB; 16 MiB leaves room for one ciphertext more.
+pub const MIN_MAX_FRAME: usize = 16 << 20;
+
+impl Limits {
+    /// Refuses settings with which every session would fail, so `pi serve` stops at start instead.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        let bad = |m: String| Err(ServerError::Settings(m));
+        if self.max_frame < MIN_MAX_FRAME {
+            return bad(format!(
+                "largest frame {} bytes is below the {} MiB the protocol sends",
+                self.max_frame,
+                MIN_MAX_FRAME >> 20
+            ));
+        }
+        if self.max_frame > u32::MAX as usize {
+            return bad(format!("largest frame {} bytes exceeds the 4 GiB a frame header can state", self.max_frame));
+        }
+        if self.read_timeout.is_zero() {
+            return bad("a read timeout of 0 s ends every session at its first read".into());
+        }
+        if self.handshake_deadline.is_zero() || self.inference_deadline.is_zero() {
+            return bad("a deadline of 0 s ends every session before it starts".into());
+        }
+        if self.max_sessions == 0 || self.max_inferences_per_session == 0 {
+            return bad("at least one session and one inference per session must be allowed".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for Limits {
@@ -152,6 +194,8 @@ impl Default for Limits {
             read_timeout: Duration::from_secs(60),
             max_sessions: 32,
             max_inferences_per_session: 10_000,
+            handshake_deadline: Duration::from_secs(60),
+            inference_deadline: Duration::from_secs(600),
         }
     }
 }
@@ -190,6 +234,7 @@ impl Default for ServerOptions {
 impl Server {
     /// Binds the listener.
     pub async fn bind(model: ServedModel, options: &ServerOptions) -> Result<Server, ServerError> {
+        options.limits.validate()?;
         let bind_err = |source| ServerError::Bind { addr: options.listen.clone(), source };
         let listener = TcpListener::bind(&options.listen).await.map_err(bind_err)?;
         let addr = listener.local_addr().map_err(bind_err)?;
@@ -241,7 +286,7 @@ pub async fn serve(listener: TcpListener, model: Arc<ServedModel>, limits: Limit
             };
             tracing::info!(session = id, %peer, "client connected");
             // The session has told the client why it failed; here it is only logged.
-            match session(&mut ch, model, id, limits.max_inferences_per_session).await {
+            match session(&mut ch, model, id, &limits).await {
                 Ok(n) => tracing::info!(session = id, inferences = n, "session ended"),
                 Err(e) => tracing::warn!(session = id, "session failed: {e}"),
             }
@@ -249,15 +294,17 @@ pub async fn serve(listener: TcpListener, model: Arc<ServedModel>, limits: Limit
     }
 }
 
-async fn session(
-    ch: &mut Channel,
-    model: Arc<ServedModel>,
-    id: u64,
-    max_inferences: usize,
-) -> Result<usize, InferenceError> {
-    let mut s = ServerSession::handshake(ch, model, max_inferences).await?;
+async fn session(ch: &mut Channel, model: Arc<ServedModel>, id: u64, limits: &Limits) -> Result<usize, InferenceError> {
+    let handshake = ServerSession::handshake(ch, model, limits.max_inferences_per_session);
+    let mut s = match tokio::time::timeout(limits.handshake_deadline, handshake).await {
+        Ok(r) => r?,
+        Err(_) => return Err(deadline(ch, "handshake", limits.handshake_deadline).await),
+    };
     while s.next_request(ch).await?.is_some() {
-        let stats = s.serve_inference(ch).await?;
+        let stats = match tokio::time::timeout(limits.inference_deadline, s.serve_inference(ch)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(deadline(ch, "inference", limits.inference_deadline).await),
+        };
         tracing::info!(
             session = id,
             inference = s.served(),
@@ -269,4 +316,12 @@ async fn session(
         );
     }
     Ok(s.served())
+}
+
+/// A phase ran past its deadline: tells the client (best effort) and returns the error to log.
+async fn deadline(ch: &mut Channel, phase: &str, limit: Duration) -> InferenceError {
+    let e =
+        InferenceError::Limit(format!("{phase} not finished within the server's {} s deadline", limit.as_secs_f64()));
+    tell_peer(ch, &e).await;
+    e
 }

@@ -95,6 +95,10 @@ fn bincode_config() -> impl bincode::config::Config {
 
 /// Longest peer error text kept (the rest is cut), so a peer cannot flood logs.
 const MAX_ERROR_TEXT: usize = 1024;
+/// Largest `Error` frame accepted (the text is cut to [`MAX_ERROR_TEXT`] when shown).
+const MAX_ERROR_FRAME: usize = 64 << 10;
+/// A frame's payload buffer grows by at most this much ahead of the bytes received.
+const READ_CHUNK: usize = 1 << 20;
 
 /// Why a channel operation failed. Every variant is a clean, reportable error: nothing from the peer panics.
 #[derive(Debug, thiserror::Error)]
@@ -319,6 +323,30 @@ impl Channel {
 
     /// Receives the next frame, whatever its kind. An `Error` frame from the peer becomes `Err(Remote)`.
     pub async fn recv_any(&mut self) -> Result<(MsgKind, Vec<u8>), ChannelError> {
+        self.recv_frame(None, None).await
+    }
+
+    /// Receives the next frame and checks that it has the expected kind.
+    pub async fn recv(&mut self, expected: MsgKind) -> Result<Vec<u8>, ChannelError> {
+        self.recv_frame(Some(expected), None).await.map(|(_, p)| p)
+    }
+
+    /// Receives a frame of the expected kind whose payload must be exactly `len` bytes (the one
+    /// place that checks a fixed-size message's length).
+    pub async fn recv_exact_len(&mut self, expected: MsgKind, len: usize) -> Result<Vec<u8>, ChannelError> {
+        self.recv_frame(Some(expected), Some(len)).await.map(|(_, p)| p)
+    }
+
+    /// Reads one frame. Everything the header says is checked before any payload is read or
+    /// allocated: version, kind (against `expected`), length (against the frame limit, the error-text
+    /// limit for `Error` frames, and `exact`). The payload buffer then grows as bytes arrive, at most
+    /// [`READ_CHUNK`] ahead of them, so a peer that announces a large frame and sends little makes
+    /// the receiver allocate little.
+    async fn recv_frame(
+        &mut self,
+        expected: Option<MsgKind>,
+        exact: Option<usize>,
+    ) -> Result<(MsgKind, Vec<u8>), ChannelError> {
         let mut header = [0u8; HEADER_LEN];
         self.read_exact_timed(&mut header).await?;
         let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
@@ -327,39 +355,33 @@ impl Channel {
             return Err(ChannelError::WrongVersion { got: version, expected: PROTOCOL_VERSION });
         }
         let kind = MsgKind::from_u8(header[6]).ok_or(ChannelError::UnknownKind(header[6]))?;
-        if len > self.max_frame {
-            return Err(ChannelError::FrameTooLarge { len, max: self.max_frame });
+        if kind == MsgKind::Error {
+            if len > MAX_ERROR_FRAME {
+                return Err(ChannelError::FrameTooLarge { len, max: MAX_ERROR_FRAME });
+            }
+        } else {
+            if let Some(e) = expected.filter(|&e| e != kind) {
+                return Err(ChannelError::UnexpectedKind { expected: e, got: kind });
+            }
+            if len > self.max_frame {
+                return Err(ChannelError::FrameTooLarge { len, max: self.max_frame });
+            }
+            if let Some(n) = exact.filter(|&n| n != len) {
+                return Err(ChannelError::Malformed { kind, reason: format!("expected {n} bytes, got {len}") });
+            }
         }
-        let mut payload = vec![0u8; len];
-        self.read_exact_timed(&mut payload).await?;
+        let mut payload = Vec::with_capacity(len.min(READ_CHUNK));
+        while payload.len() < len {
+            let start = payload.len();
+            payload.resize(start + (len - start).min(READ_CHUNK), 0);
+            self.read_exact_timed(&mut payload[start..]).await?;
+        }
         self.counters.received += (HEADER_LEN + len) as u64;
         if kind == MsgKind::Error {
             let text = String::from_utf8_lossy(&payload[..payload.len().min(MAX_ERROR_TEXT)]);
             return Err(ChannelError::Remote(text.escape_debug().to_string()));
         }
         Ok((kind, payload))
-    }
-
-    /// Receives the next frame and checks that it has the expected kind.
-    pub async fn recv(&mut self, expected: MsgKind) -> Result<Vec<u8>, ChannelError> {
-        let (got, payload) = self.recv_any().await?;
-        if got != expected {
-            return Err(ChannelError::UnexpectedKind { expected, got });
-        }
-        Ok(payload)
-    }
-
-    /// Receives a frame of the expected kind whose payload must be exactly `len` bytes (the one
-    /// place that checks a fixed-size message's length).
-    pub async fn recv_exact_len(&mut self, expected: MsgKind, len: usize) -> Result<Vec<u8>, ChannelError> {
-        let payload = self.recv(expected).await?;
-        if payload.len() != len {
-            return Err(ChannelError::Malformed {
-                kind: expected,
-                reason: format!("expected {len} bytes, got {}", payload.len()),
-            });
-        }
-        Ok(payload)
     }
 
     /// Receives exactly `n` little-endian `u64` words in one frame of the expected kind.
@@ -434,6 +456,37 @@ mod tests {
         raw.write_all(&[10, 0]).await.unwrap();
         drop(raw);
         assert!(matches!(ch.recv_any().await, Err(ChannelError::Closed)));
+        // A header alone decides: a large frame of the wrong kind, of the wrong length, or an error
+        // frame beyond its limit is refused before any payload is read (none is ever sent here, and
+        // the timeout is long, so a read attempt would hang the test).
+        let header = |len: usize, kind: MsgKind| {
+            let mut h = (len as u32).to_le_bytes().to_vec();
+            h.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+            h.push(kind as u8);
+            h
+        };
+        for (h, want) in [
+            (header(DEFAULT_MAX_FRAME, MsgKind::Data), "kind"),
+            (header(4096, MsgKind::OnlineInput), "length"),
+            (header(MAX_ERROR_FRAME + 1, MsgKind::Error), "error size"),
+        ] {
+            let (mut raw, other) = tokio::io::duplex(1024);
+            let mut ch = Channel::new(other).with_timeout(Duration::from_secs(600));
+            raw.write_all(&h).await.unwrap();
+            let r = ch.recv_exact_len(MsgKind::OnlineInput, 8).await;
+            let ok = match want {
+                "kind" => matches!(r, Err(ChannelError::UnexpectedKind { got: MsgKind::Data, .. })),
+                "length" => matches!(r, Err(ChannelError::Malformed { .. })),
+                _ => matches!(r, Err(ChannelError::FrameTooLarge { .. })),
+            };
+            assert!(ok, "{want}: {r:?}");
+        }
+        // A frame's payload arrives in pieces: the receiver still gets it whole.
+        let (mut a, mut b) = Channel::memory_pair();
+        let big: Vec<u8> = (0..3 * READ_CHUNK + 5).map(|i| i as u8).collect();
+        let (sent, got) = tokio::join!(a.send_now(MsgKind::Data, &big), b.recv(MsgKind::Data));
+        sent.unwrap();
+        assert_eq!(got.unwrap(), big);
         // Timeout.
         let (_raw, other) = tokio::io::duplex(1024);
         let mut ch = Channel::new(other).with_timeout(Duration::from_millis(20));

@@ -41,6 +41,26 @@ pub const MAX_ACTIVATION: usize = 1 << 26;
 /// Largest sum of all activations a peer may announce (the client keeps every node's share).
 pub const MAX_TOTAL_ACTIVATIONS: usize = 1 << 28;
 
+/// Refuses a graph whose activations exceed [`MAX_ACTIVATION`] elements each or
+/// [`MAX_TOTAL_ACTIVATIONS`] in all (products checked, so absurd shapes cannot overflow). The server
+/// runs it on a model file before anything allocates by its shapes; clients on the peer's greeting.
+pub fn check_activations(graph: &ValidGraph) -> Result<(), PublicModelError> {
+    let err = |s: String| PublicModelError(s);
+    let mut total = 0usize;
+    // In graph order (the input first), so the error names the same activation every time.
+    let names = std::iter::once(pi_model::graph::INPUT).chain(graph.nodes.iter().map(|n| n.name.as_str()));
+    for (name, s) in names.filter_map(|n| graph.shapes().get(n).map(|s| (n, s))) {
+        let n = s.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|&n| n <= MAX_ACTIVATION);
+        let n =
+            n.ok_or_else(|| err(format!("activation {name:?} of shape {s:?} exceeds {MAX_ACTIVATION} elements")))?;
+        total += n;
+    }
+    if total > MAX_TOTAL_ACTIVATIONS {
+        return Err(err(format!("activations total {total} elements, more than {MAX_TOTAL_ACTIVATIONS}")));
+    }
+    Ok(())
+}
+
 /// What validation computed: every activation's shape and the fixed-point scale plan.
 pub(crate) struct Checked<'a> {
     pub shapes: &'a std::collections::HashMap<String, Vec<usize>>,
@@ -87,14 +107,8 @@ impl PublicModel {
     pub(crate) fn check(&self) -> Result<Checked<'_>, PublicModelError> {
         let err = |s: String| PublicModelError(s);
         self.fp.validate().map_err(err)?;
+        check_activations(&self.graph)?;
         let shapes = self.graph.shapes();
-        if let Some((name, s)) = shapes.iter().find(|(_, s)| s.iter().product::<usize>() > MAX_ACTIVATION) {
-            return Err(err(format!("activation {name:?} of shape {s:?} exceeds {MAX_ACTIVATION} elements")));
-        }
-        let total: usize = shapes.values().map(|s| s.iter().product::<usize>()).sum();
-        if total > MAX_TOTAL_ACTIVATIONS {
-            return Err(err(format!("activations total {total} elements, more than {MAX_TOTAL_ACTIVATIONS}")));
-        }
         if self.graph.nodes.iter().any(|n| matches!(n.op, Op::Batchnorm { .. })) {
             return Err(err("graph is not folded".into()));
         }
