@@ -24,6 +24,10 @@ pub(crate) struct Rns {
 
 impl Rns {
     pub fn new(moduli: &[u64], n: usize) -> Result<Self, HeError> {
+        // The lazy sums of `dot2` rely on residues below 2^62 (`fhe` caps primes at 62 bits).
+        if let Some(p) = moduli.iter().find(|&&p| p >> 62 != 0) {
+            return Err(HeError::Params(format!("prime {p} is not below 2^62")));
+        }
         let q = moduli
             .iter()
             .map(|&p| Modulus::new(p).map_err(|e| HeError::Params(e.to_string())))
