@@ -140,3 +140,22 @@ fn serve_refuses_a_model_whose_activations_are_absurd() {
     assert!(err.contains("activation \"input\" of shape [1, 40000, 40000] exceeds"), "{err}");
     assert!(start.elapsed() < std::time::Duration::from_secs(10));
 }
+
+/// The same model gives the same bytes: `safetensors` writes its metadata in a `HashMap`'s random
+/// order, which the writer canonicalises (so re-importing or re-initialising is reproducible).
+#[test]
+fn the_same_model_is_written_byte_for_byte_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<Vec<u8>> = (0..3)
+        .map(|i| {
+            let p = dir.path().join(format!("m{i}.safetensors"));
+            let p = p.to_str().unwrap();
+            assert!(
+                pi(&["init", "--arch", "small-cnn", "--seed", "5", "--mask-keep", "0.3", "--out", p]).status.success()
+            );
+            std::fs::read(p).unwrap()
+        })
+        .collect();
+    assert!(files.iter().all(|f| f == &files[0]));
+    assert_eq!(inspect_json(dir.path().join("m0.safetensors").to_str().unwrap())["relus_total"].as_u64(), Some(20_384));
+}

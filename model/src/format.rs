@@ -89,7 +89,44 @@ pub fn to_bytes(model: &Model) -> Vec<u8> {
     meta.insert("format_version".to_string(), FORMAT_VERSION.to_string());
     meta.insert("architecture".to_string(), serde_json::to_string(&model.graph).expect("graph serialises"));
     meta.insert("hash".to_string(), content_hash(model));
-    safetensors::serialize(views, Some(meta)).expect("valid model serialises")
+    canonical_header(safetensors::serialize(views, Some(meta)).expect("valid model serialises"))
+}
+
+/// Rewrites a safetensors file's JSON header with its keys sorted (tensor entries and metadata):
+/// `safetensors` writes the metadata in a `HashMap`'s random order, and the same model must give
+/// the same bytes. Offsets are relative to the data section, so only the header changes.
+fn canonical_header(bytes: Vec<u8>) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8-byte length")) as usize;
+    let mut header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).expect("safetensors wrote a JSON object");
+    if let Some(meta) = header.get_mut("__metadata__") {
+        let sorted: BTreeMap<String, String> = serde_json::from_value(meta.take()).expect("string metadata");
+        *meta = serde_json::to_value(sorted).expect("strings serialise");
+    }
+    let mut json = serde_json::to_vec(&header).expect("JSON serialises");
+    // Keys in order at every level (serde_json may keep parse order inside objects).
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&json) {
+        json = serde_json::to_vec(&sorted_value(v)).expect("JSON serialises");
+    }
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&bytes[8 + n..]);
+    out
+}
+
+/// `v` with every object's keys in sorted order.
+fn sorted_value(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => {
+            let sorted: BTreeMap<String, serde_json::Value> =
+                m.into_iter().map(|(k, v)| (k, sorted_value(v))).collect();
+            serde_json::to_value(sorted).expect("JSON serialises")
+        }
+        serde_json::Value::Array(a) => serde_json::Value::Array(a.into_iter().map(sorted_value).collect()),
+        other => other,
+    }
 }
 
 /// Writes a model file (atomically: a temporary file renamed into place).
