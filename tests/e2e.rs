@@ -113,16 +113,20 @@ fn pi_infer_against_pi_serve_matches_the_fixed_point_engine() {
 }
 
 /// An in-process server on a real loopback socket.
-async fn start_server(model: &Model, timeout: Duration) -> (String, Arc<pi_inference::server::ServedModel>) {
+async fn start_server(model: &Model, limits: Limits) -> (String, Arc<pi_inference::server::ServedModel>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.safetensors");
     format::save(model, &path).unwrap();
     let served = Arc::new(pi_server::prepare(&path, &PrepareOptions::default()).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let limits = Limits { read_timeout: timeout, ..Limits::default() };
     tokio::spawn(pi_server::serve(listener, served.clone(), limits));
     (addr, served)
+}
+
+/// [`start_server`] with default limits but the read timeout.
+async fn start_server_timeout(model: &Model, timeout: Duration) -> (String, Arc<pi_inference::server::ServedModel>) {
+    start_server(model, Limits { read_timeout: timeout, ..Limits::default() }).await
 }
 
 async fn connect(addr: &str) -> Channel {
@@ -136,7 +140,7 @@ fn random_images(n: usize, len: usize, seed: u64) -> Vec<Vec<f32>> {
 
 /// Checks PI logits against the fixed-point engine for a few images.
 async fn check_against_fixed_point(model: Model, images: usize) {
-    let (addr, served) = start_server(&model, Duration::from_secs(60)).await;
+    let (addr, served) = start_server_timeout(&model, Duration::from_secs(60)).await;
     let ring = RingModel::new(&model.fold_batchnorm(), FixedPoint::DEFAULT).unwrap();
     let len: usize = model.graph.input_shape.iter().product();
     let mut ch = connect(&addr).await;
@@ -164,7 +168,7 @@ async fn resnet18_with_a_random_10_percent_mask_matches_the_fixed_point_engine()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_vanish_leave_the_server_serving() {
     let model = Model::random(arch::small_cnn(10).unwrap(), 3, Some(0.2)).unwrap();
-    let (addr, served) = start_server(&model, Duration::from_secs(5)).await;
+    let (addr, served) = start_server_timeout(&model, Duration::from_secs(5)).await;
     let hash = served.public.hash.clone();
 
     // Mid-offline: ask for an inference, then disappear.
@@ -216,7 +220,7 @@ async fn server_error(s: &mut TcpStream) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frames_get_clear_errors() {
     let model = Model::random(arch::small_cnn(10).unwrap(), 3, Some(0.05)).unwrap();
-    let (addr, served) = start_server(&model, Duration::from_secs(5)).await;
+    let (addr, served) = start_server_timeout(&model, Duration::from_secs(5)).await;
     let header = |len: u32, version: u16, kind: MsgKind| {
         let mut h = len.to_le_bytes().to_vec();
         h.extend_from_slice(&version.to_le_bytes());
@@ -279,14 +283,8 @@ fn demo_prints_the_report_as_json() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_server_refuses_extra_clients_clearly() {
     let model = Model::random(arch::small_cnn(10).unwrap(), 3, Some(0.05)).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.safetensors");
-    format::save(&model, &path).unwrap();
-    let served = Arc::new(pi_server::prepare(&path, &PrepareOptions::default()).unwrap());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
     let limits = Limits { max_sessions: 1, max_inferences_per_session: 1, ..Limits::default() };
-    tokio::spawn(pi_server::serve(listener, served.clone(), limits));
+    let (addr, served) = start_server(&model, limits).await;
 
     let mut first = connect(&addr).await;
     let mut c = ClientSession::handshake(&mut first, Some(&served.public.hash)).await.unwrap();
@@ -366,24 +364,19 @@ fn pi_serve_refuses_settings_that_fail_every_session() {
 }
 
 /// A client that trickles its handshake, one byte every 400 ms and then nothing (each of the
-/// server's reads would still finish within the 10 s read timeout), holds the only session slot until the 2 s handshake deadline,
-/// not longer: it is told why, and a valid client that comes after is served.
+/// server's reads would still finish within the 10 s read timeout), holds the only session slot
+/// until the 2 s handshake deadline, not longer: it is told why, and a valid client that comes
+/// after is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickling_client_loses_its_slot_at_the_handshake_deadline() {
     let model = Model::random(arch::small_cnn(10).unwrap(), 6, Some(0.1)).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.safetensors");
-    format::save(&model, &path).unwrap();
-    let served = Arc::new(pi_server::prepare(&path, &PrepareOptions::default()).unwrap());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
     let limits = Limits {
         max_sessions: 1,
         read_timeout: Duration::from_secs(10),
         handshake_deadline: Duration::from_secs(2),
         ..Limits::default()
     };
-    tokio::spawn(pi_server::serve(listener, served.clone(), limits));
+    let (addr, served) = start_server(&model, limits).await;
 
     let start = std::time::Instant::now();
     let mut slow = TcpStream::connect(&addr).await.unwrap();

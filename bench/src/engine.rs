@@ -102,15 +102,16 @@ pub fn run(opts: &EngineOptions) -> Result<EngineReport, BenchError> {
     let bound = kernels::u64_mac_bound(0.5);
 
     // Per layer, on the node's real input from one pass.
-    let acts = ring.run_all(ring.encode_input(&x)).map_err(wrong)?;
+    let encoded_input = ring.encode_input(&x);
+    let acts = ring.run_all(encoded_input.clone()).map_err(wrong)?;
+    // A node reads an earlier node's output, or the network input.
     let input_of = |i: usize| -> &[u64] {
         let node = &model.graph.nodes[i];
         match node.inputs.first().and_then(|s| model.graph.nodes.iter().position(|m| &m.name == s)) {
             Some(j) => &acts[j],
-            None => &[],
+            None => &encoded_input,
         }
     };
-    let encoded_input = ring.encode_input(&x);
     let mut layers = Vec::new();
     let mut macs = 0u64;
     for (i, node) in model.graph.nodes.iter().enumerate() {
@@ -120,10 +121,7 @@ pub fn run(opts: &EngineOptions) -> Result<EngineReport, BenchError> {
             _ => continue,
         };
         macs += m;
-        let inp = match input_of(i) {
-            [] => &encoded_input[..],
-            s => s,
-        };
+        let inp = input_of(i);
         let t = Instant::now();
         std::hint::black_box(direct.linear_no_bias(i, inp));
         let direct_s = t.elapsed().as_secs_f64();

@@ -217,20 +217,18 @@ mod tests {
         // 40 terms cross the lazy reduction boundary twice.
         let terms: Vec<(&[u64], &[u64], &[u64])> = (0..40).map(|_| (&ra[..], &rb[..], &rb[..])).collect();
         let (d0, d1) = rns.dot2(terms.iter().copied());
-        let mut prod = an.clone();
-        prod *= &bn;
-        let mut expect = Poly::zero(ctx0, Representation::Ntt);
-        for _ in 0..40 {
-            expect += &prod;
-        }
-        assert_eq!(d0, raw(&expect));
-        let mut sq = bn.clone();
-        sq *= &bn;
-        let mut expect1 = Poly::zero(ctx0, Representation::Ntt);
-        for _ in 0..40 {
-            expect1 += &sq;
-        }
-        assert_eq!(d1, raw(&expect1));
+        // `fhe`'s sum of 40 copies of x * y.
+        let forty_products = |x: &Poly, y: &Poly| {
+            let mut prod = x.clone();
+            prod *= y;
+            let mut sum = Poly::zero(ctx0, Representation::Ntt);
+            for _ in 0..40 {
+                sum += &prod;
+            }
+            raw(&sum)
+        };
+        assert_eq!(d0, forty_products(&an, &bn));
+        assert_eq!(d1, forty_products(&bn, &bn));
 
         let mut back = ra.clone();
         rns.backward(&mut back, 4);
