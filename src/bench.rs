@@ -6,6 +6,7 @@ use clap::Subcommand;
 use pi_bench::e2e::{E2eOptions, E2eReport, NetReport, PointReport};
 use pi_bench::pareto::{ParetoOptions, ParetoReport};
 use pi_model::{FixedPoint, Model, arch, format};
+use pi_server::{Calibration, PrepareOptions};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -80,6 +81,10 @@ pub struct E2eArgs {
     /// Seed of the input image and of generated weights and masks.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Connection: plaintext (the protocol's own cost) or tls (TLS 1.3 with a pinned self-signed
+    /// certificate, as `pi serve` runs by default), to measure what TLS adds.
+    #[arg(long, default_value = "plaintext")]
+    transport: pi_bench::e2e::Transport,
     #[command(flatten)]
     options: ModelOptions,
     /// Seconds to wait for any message before giving up.
@@ -275,9 +280,10 @@ async fn e2e(a: &E2eArgs) -> anyhow::Result<()> {
     let opts = E2eOptions {
         net: a.net.0,
         repeat: a.repeat,
-        prepare: a.options.prepare(),
+        prepare: e2e_prepare(a.options.prepare()),
         timeout: Duration::from_secs(a.timeout_secs),
         seed: a.seed,
+        transport: a.transport,
     };
     let mut jobs: Vec<(String, Model)> = Vec::new();
     if let Some(arch) = &a.arch {
@@ -405,16 +411,30 @@ fn print_e2e(r: &E2eReport) {
     }
 }
 
+/// `pi bench e2e` classifies random images, so without --calibrate its circuits are sized on
+/// random inputs drawn the same way (as the server would on real data).
+fn e2e_prepare(mut prepare: PrepareOptions) -> PrepareOptions {
+    if prepare.calibration == Calibration::None {
+        prepare.calibration = Calibration::RandomInputs;
+    }
+    prepare
+}
+
 async fn pareto(a: &ParetoArgs) -> anyhow::Result<()> {
     let Some(net) = a.net.0 else {
         bail!("pareto compares latency on a link: --net lan, wan or RATE,RTT (not none)");
     };
+    // The models classify real images: their circuits are sized on the data's training split.
+    let mut prepare = a.options.prepare();
+    if prepare.calibration == Calibration::None && a.data.is_dir() {
+        prepare.calibration = Calibration::Dataset(a.data.clone());
+    }
     let opts = ParetoOptions {
         models: a.models.clone(),
         data: a.data.clone(),
         net,
         count: a.count,
-        prepare: a.options.prepare(),
+        prepare,
         timeout: Duration::from_secs(a.timeout_secs),
     };
     let pb = bar(a.models.len() * a.count, !a.json);

@@ -32,7 +32,11 @@ struct Report {
     file: String,
     arch: String,
     format_version: u32,
+    /// Unsalted content hash: for the operator's own records, never announced to clients.
     hash: String,
+    /// What `pi serve` announces, when the model's salt file exists (MODEL.salt).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    commitment: Option<String>,
     input_shape: Vec<usize>,
     classes: usize,
     parameters: usize,
@@ -75,6 +79,7 @@ pub fn run(a: &InspectArgs) -> anyhow::Result<()> {
         arch: model.graph.arch.clone(),
         format_version: format::FORMAT_VERSION,
         hash: format::content_hash(&model),
+        commitment: commitment(&a.file, &format::content_hash(&model))?,
         input_shape: model.graph.input_shape.clone(),
         classes: model.graph.classes,
         parameters: model.parameter_count(),
@@ -88,7 +93,10 @@ pub fn run(a: &InspectArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("{}  ({}, input {:?}, {} classes)", r.file, r.arch, r.input_shape, r.classes);
-    println!("hash {}", r.hash);
+    println!("hash {}  (unsalted: for your records, not for clients)", r.hash);
+    if let Some(c) = &r.commitment {
+        println!("commitment {c}  (what pi serve announces with {})", pi_server::default_salt_path(&a.file).display());
+    }
     println!("{:<28} {:<16} {:>16} {:>10} {:>18}", "layer", "kind", "output", "params", "ReLUs kept/total");
     for l in &r.layers {
         let relu = match (l.relus_kept, l.relus_total) {
@@ -112,4 +120,13 @@ pub fn run(a: &InspectArgs) -> anyhow::Result<()> {
         100.0 * r.relu_fraction
     );
     Ok(())
+}
+
+/// The commitment `pi serve` announces for this file, if its default salt file exists.
+fn commitment(file: &std::path::Path, hash: &str) -> anyhow::Result<Option<String>> {
+    let salt = pi_server::default_salt_path(file);
+    if !salt.exists() {
+        return Ok(None);
+    }
+    Ok(Some(pi_server::Salt::read(&salt)?.commit(hash)))
 }

@@ -1,11 +1,74 @@
 //! `pi serve`, `pi infer` and `pi demo`: the two parties over TCP.
 
 use pi_channel::Link;
-use pi_client::{ClientOptions, Report};
+use pi_client::{ClientOptions, ClientTransport, Report};
 use pi_model::FixedPoint;
-use pi_server::{Limits, PrepareOptions, ReluBits, Server, ServerOptions};
+use pi_server::{Calibration, Limits, PrepareOptions, ReluBits, SaltSource, Server, ServerOptions, ServerTransport};
+use pi_tls::{Fingerprint, ServerTrust, TlsClient, TlsServer};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// How `pi serve` secures its connections.
+#[derive(clap::Args, Clone)]
+pub struct ServeTls {
+    /// The server's certificate chain (PEM, its own certificate first). Without --tls-cert and
+    /// --tls-key the server makes a self-signed certificate at start and prints its SHA-256
+    /// fingerprint (`tls certificate sha256 <hex>`) for clients to pin with --tls-fingerprint.
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Serve bare TCP without TLS: anyone on the path can read and alter every message undetected.
+    /// For loopback benchmarks; clients must pass --plaintext too.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    plaintext: bool,
+}
+
+impl ServeTls {
+    fn transport(&self) -> anyhow::Result<ServerTransport> {
+        if self.plaintext {
+            return Ok(ServerTransport::Plaintext);
+        }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => TlsServer::from_pem_files(cert, key)?,
+            _ => TlsServer::self_signed()?,
+        };
+        Ok(ServerTransport::Tls(Arc::new(tls)))
+    }
+}
+
+/// How `pi infer` trusts the server (exactly one is required).
+#[derive(clap::Args, Clone)]
+#[group(required = true, multiple = false)]
+pub struct InferTls {
+    /// Trust exactly the server certificate with this SHA-256 fingerprint: the hex that `pi serve`
+    /// prints as `tls certificate sha256 <hex>` (colons between bytes are fine).
+    #[arg(long, value_name = "HEX", value_parser = parse_fingerprint)]
+    tls_fingerprint: Option<Fingerprint>,
+    /// Trust a server certificate that names the --server host and chains to a CA in FILE (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Connect without TLS, to a server started with --plaintext.
+    #[arg(long)]
+    plaintext: bool,
+}
+
+fn parse_fingerprint(s: &str) -> Result<Fingerprint, String> {
+    s.parse().map_err(|e: pi_tls::TlsError| e.to_string())
+}
+
+impl InferTls {
+    fn transport(&self) -> anyhow::Result<ClientTransport> {
+        let trust = match (&self.tls_fingerprint, &self.tls_ca) {
+            (Some(fp), _) => ServerTrust::Pinned(*fp),
+            (None, Some(ca)) => ServerTrust::CaFile(ca.clone()),
+            (None, None) => return Ok(ClientTransport::Plaintext),
+        };
+        Ok(ClientTransport::Tls(Arc::new(TlsClient::new(trust)?)))
+    }
+}
 
 /// Fixed-point and circuit options shared by `serve` and `demo`.
 #[derive(clap::Args, Clone)]
@@ -22,8 +85,10 @@ pub struct ModelOptions {
     /// Headroom bits added to calibrated widths.
     #[arg(long, default_value_t = 4)]
     margin_bits: u32,
-    /// Dataset directory whose training images calibrate `--relu-bits auto` (random inputs otherwise).
-    #[arg(long)]
+    /// Dataset directory whose training images size `--relu-bits auto` circuits (the first 64) and
+    /// check them (the next 64, held out: the log says how many activations would wrap). Without
+    /// it `auto` falls back to `full`.
+    #[arg(long, value_name = "DIR")]
     calibrate: Option<PathBuf>,
     /// MiB of memory for kernel plaintexts kept NTT-transformed between inferences (HE then only
     /// multiplies). Layers are cached in order until the budget is spent; the others transform
@@ -38,7 +103,9 @@ impl ModelOptions {
             fp: FixedPoint { l: self.ring_bits, f: self.frac_bits },
             relu_bits: self.relu_bits.clone(),
             margin_bits: self.margin_bits,
-            calibrate: self.calibrate.clone(),
+            calibration: self.calibrate.clone().map_or(Calibration::None, Calibration::Dataset),
+            // `pi serve` keeps its salt in a file; the demo and benchmarks use a fresh one.
+            salt: SaltSource::Fresh,
             he_cache_bytes: self.he_cache_mib.saturating_mul(1 << 20),
         }
     }
@@ -73,6 +140,13 @@ pub struct ServeArgs {
     /// Seconds one inference (offline and online) may take before the session ends.
     #[arg(long, default_value_t = 600)]
     inference_secs: u64,
+    /// The secret salt of the model commitment announced to clients, 64 hex digits (default:
+    /// MODEL.salt beside the model, created from OS randomness on first use). The same salt gives
+    /// the same commitment at every start; publish it out of band for `pi infer --expect-hash`.
+    #[arg(long, value_name = "FILE")]
+    salt_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: ServeTls,
 }
 
 pub fn serve(a: &ServeArgs) -> anyhow::Result<()> {
@@ -90,11 +164,18 @@ pub fn serve(a: &ServeArgs) -> anyhow::Result<()> {
     };
     // Settings that would make every session fail stop the server before the model is prepared.
     limits.validate()?;
-    let model = pi_server::prepare(&a.model, &a.options.prepare())?;
+    let transport = a.tls.transport()?;
+    let salt_file = a.salt_file.clone().unwrap_or_else(|| pi_server::default_salt_path(&a.model));
+    let options = PrepareOptions { salt: SaltSource::File(salt_file), ..a.options.prepare() };
+    let model = pi_server::prepare(&a.model, &options)?;
     runtime()?.block_on(async {
-        let server = Server::bind(model, &ServerOptions { listen: a.listen.clone(), limits }).await?;
+        let server = Server::bind(model, &ServerOptions { listen: a.listen.clone(), limits, transport }).await?;
         println!("listening on {}", server.local_addr());
-        println!("model hash {}", server.model().public.hash);
+        match server.fingerprint() {
+            Some(fp) => println!("tls certificate sha256 {fp}"),
+            None => println!("plaintext: no TLS, messages cross the network unprotected"),
+        }
+        println!("model commitment {}", server.model().public.hash);
         let (cached, all) = server.model().he_cache_bytes();
         tracing::info!(
             relus = server.model().public.kept_relus(),
@@ -158,7 +239,8 @@ pub struct InferArgs {
     /// Number of images to classify.
     #[arg(long, default_value_t = 10)]
     count: usize,
-    /// Refuse the server unless it serves the model with this hash (see `pi inspect`).
+    /// Refuse the server unless it announces this model commitment: the hex `pi serve` prints as
+    /// `model commitment <hex>` (and `pi inspect` beside the model's salt file), obtained out of band.
     #[arg(long)]
     expect_hash: Option<String>,
     /// The plaintext model, for reference figures (f32 accuracy, fixed-point agreement); a real
@@ -168,6 +250,8 @@ pub struct InferArgs {
     /// Seconds to wait for any message from the server.
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
+    #[command(flatten)]
+    tls: InferTls,
     #[command(flatten)]
     link: LinkOptions,
     /// Also write the logits decoded under private inference to FILE.npy (float32,
@@ -186,6 +270,7 @@ pub fn infer(a: &InferArgs) -> anyhow::Result<()> {
         count: a.count,
         reference_model: a.reference_model.clone(),
         connection: ClientOptions {
+            transport: a.tls.transport()?,
             expected_hash: a.expect_hash.clone(),
             timeout: Duration::from_secs(a.timeout_secs),
             link: a.link.link()?,
@@ -228,12 +313,15 @@ pub fn demo(a: &DemoArgs) -> anyhow::Result<()> {
     let model_path = a.model.clone().unwrap_or_else(|| bundled("models/small-cnn-fmnist.safetensors"));
     let data = a.data.clone().unwrap_or_else(|| bundled("data/fashion-mnist"));
     let mut options = a.options.prepare();
-    if options.calibrate.is_none() && a.data.is_none() {
-        options.calibrate = Some(data.clone());
+    if options.calibration == Calibration::None && data.is_dir() {
+        options.calibration = Calibration::Dataset(data.clone());
     }
     let model = pi_server::prepare(&model_path, &options)?;
     runtime()?.block_on(async {
-        let server = Server::bind(model, &ServerOptions::default()).await?;
+        // The demo's client pins its own server's fresh self-signed certificate.
+        let tls = Arc::new(TlsServer::self_signed()?);
+        let pinned = ClientTransport::pinned(tls.fingerprint())?;
+        let server = Server::bind(model, &ServerOptions::new("127.0.0.1:0", ServerTransport::Tls(tls))).await?;
         let addr = server.local_addr();
         let (hash, relus) = (server.model().public.hash.clone(), server.model().public.kept_relus());
         if !a.json {
@@ -245,7 +333,7 @@ pub fn demo(a: &DemoArgs) -> anyhow::Result<()> {
             data,
             count: a.count,
             reference_model: Some(model_path.clone()),
-            connection: ClientOptions { expected_hash: Some(hash), link: a.link.link()?, ..Default::default() },
+            connection: ClientOptions { expected_hash: Some(hash), link: a.link.link()?, ..ClientOptions::new(pinned) },
         };
         let report = run_client(&opts, !a.json).await;
         server.abort();
@@ -308,7 +396,7 @@ pub fn print_layers(r: &Report) {
 pub fn print_report(r: &Report) {
     let pct = |v: Option<f64>| v.map(|x| format!("{:.2}%", 100.0 * x)).unwrap_or_else(|| "-".into());
     let mb = |b: u64| format!("{:.2} MB", b as f64 / 1e6);
-    println!("server {}  model {}", r.server, r.model_hash.get(..16).unwrap_or(&r.model_hash));
+    println!("server {} ({})  model {}", r.server, r.transport, r.model_hash.get(..16).unwrap_or(&r.model_hash));
     println!("{:<34} {}", "inferences", r.inferences);
     println!("{:<34} {}", "garbled ReLUs per inference", r.relus);
     println!("{:<34} {}", "online rounds per inference", r.online_rounds);

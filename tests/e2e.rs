@@ -7,7 +7,7 @@ use pi_inference::Request;
 use pi_inference::client::ClientSession;
 use pi_model::engine::{RingModel, argmax};
 use pi_model::{FixedPoint, Model, arch, format};
-use pi_server::{Limits, PrepareOptions};
+use pi_server::{Limits, PrepareOptions, ServerTransport};
 use rand::{Rng, SeedableRng};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -29,6 +29,8 @@ fn bundled_data() -> PathBuf {
 struct ServerProcess {
     child: Child,
     addr: String,
+    /// SHA-256 of its self-signed TLS certificate.
+    fingerprint: String,
     hash: String,
 }
 
@@ -41,9 +43,15 @@ impl ServerProcess {
             .spawn()
             .expect("pi serve starts");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = lines.next().unwrap().unwrap().trim_start_matches("listening on ").to_string();
-        let hash = lines.next().unwrap().unwrap().trim_start_matches("model hash ").to_string();
-        ServerProcess { child, addr, hash }
+        let mut line = |prefix: &str| {
+            let l = lines.next().unwrap().unwrap();
+            assert!(l.starts_with(prefix), "{l:?} does not start with {prefix:?}");
+            l[prefix.len()..].to_string()
+        };
+        let addr = line("listening on ");
+        let fingerprint = line("tls certificate sha256 ");
+        let hash = line("model commitment ");
+        ServerProcess { child, addr, fingerprint, hash }
     }
 }
 
@@ -69,11 +77,12 @@ fn pi_infer_against_pi_serve_matches_the_fixed_point_engine() {
     let dir = tempfile::tempdir().unwrap();
     let model = init_model(dir.path(), "small-cnn", "0.1");
     let server = ServerProcess::start(&model);
+    let hash_announced = server.hash.clone();
     let npy = dir.path().join("pi-logits.npy");
     let out = pi()
         .args(["infer", "--server", &server.addr, "--data", bundled_data().to_str().unwrap(), "--count", "4", "--json"])
         .args(["--expect-hash", &server.hash, "--reference-model", model.to_str().unwrap()])
-        .args(["--logits", npy.to_str().unwrap()])
+        .args(["--logits", npy.to_str().unwrap(), "--tls-fingerprint", &server.fingerprint])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -99,17 +108,40 @@ fn pi_infer_against_pi_serve_matches_the_fixed_point_engine() {
     }
 
     // A client that expects another model is refused with a clear error.
-    let out = pi()
-        .args(["infer", "--server", &server.addr, "--data", bundled_data().to_str().unwrap(), "--count", "1"])
-        .args(["--expect-hash", &"0".repeat(64)])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("model hash mismatch"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let infer_one = |extra: &[&str]| {
+        let out = pi()
+            .args(["infer", "--server", &server.addr, "--data", bundled_data().to_str().unwrap(), "--count", "1"])
+            .args(extra)
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (ok, err) = infer_one(&["--expect-hash", &"0".repeat(64), "--tls-fingerprint", &server.fingerprint]);
+    assert!(!ok && err.contains("model hash mismatch"), "{err}");
+
+    // TLS: another certificate's fingerprint, a plaintext client, and no trust choice at all are
+    // each refused with one line that says why; the server goes on serving.
+    let (ok, err) = infer_one(&["--tls-fingerprint", &"ab".repeat(32)]);
+    assert!(!ok && err.contains(&server.fingerprint) && err.contains("pinned"), "{err}");
+    let (ok, err) = infer_one(&["--plaintext", "--timeout-secs", "5"]);
+    assert!(!ok && !err.contains("panicked"), "{err}");
+    let (ok, err) = infer_one(&[]);
+    assert!(!ok && err.contains("--tls-fingerprint") && err.contains("--plaintext"), "{err}");
+    let (ok, err) = infer_one(&["--tls-fingerprint", &server.fingerprint]);
+    assert!(ok, "{err}");
+
+    // The server announces a salted commitment, never the bare content hash; the salt file beside
+    // the model keeps it the same across restarts, and `pi inspect` shows it for publishing.
+    drop(server);
+    let again = ServerProcess::start(&model);
+    assert_eq!(again.hash, hash_announced);
+    let out = pi().args(["inspect", model.to_str().unwrap(), "--json"]).output().unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["commitment"], hash_announced.as_str());
+    assert_ne!(info["hash"], hash_announced.as_str());
+    assert_eq!(info["hash"].as_str().unwrap().len(), 64);
+    let salt = std::fs::read_to_string(pi_server::default_salt_path(&model)).unwrap();
+    assert_eq!(salt.trim().len(), 64);
 }
 
 /// An in-process server on a real loopback socket.
@@ -120,7 +152,7 @@ async fn start_server(model: &Model, limits: Limits) -> (String, Arc<pi_inferenc
     let served = Arc::new(pi_server::prepare(&path, &PrepareOptions::default()).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(pi_server::serve(listener, served.clone(), limits));
+    tokio::spawn(pi_server::serve(listener, served.clone(), limits, ServerTransport::Plaintext));
     (addr, served)
 }
 
@@ -302,14 +334,17 @@ async fn a_full_server_refuses_extra_clients_clearly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_server_and_client_agree_with_the_fixed_point_engine() {
     use pi_channel::Link;
-    use pi_client::{Client, ClientOptions};
+    use pi_client::{Client, ClientOptions, ClientTransport};
     use pi_server::{Server, ServerOptions};
     let model = Model::random(arch::small_cnn(10).unwrap(), 6, Some(0.1)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.safetensors");
     format::save(&model, &path).unwrap();
     let served = pi_server::prepare(&path, &PrepareOptions::default()).unwrap();
-    let server = Server::bind(served, &ServerOptions::default()).await.unwrap();
+    // Over TLS with a pinned self-signed certificate, as `pi serve` and `pi infer` run by default.
+    let tls = Arc::new(pi_tls::TlsServer::self_signed().unwrap());
+    let pinned = ClientTransport::pinned(tls.fingerprint()).unwrap();
+    let server = Server::bind(served, &ServerOptions::new("127.0.0.1:0", ServerTransport::Tls(tls))).await.unwrap();
     let (addr, hash) = (server.local_addr().to_string(), server.model().public.hash.clone());
     let kept = server.model().public.kept_relus();
     tokio::spawn(server.run());
@@ -318,7 +353,7 @@ async fn embedded_server_and_client_agree_with_the_fixed_point_engine() {
 
     let rtt = Duration::from_millis(20);
     for link in [None, Some(Link::new(1e9, rtt).unwrap())] {
-        let options = ClientOptions { expected_hash: Some(hash.clone()), link, ..ClientOptions::default() };
+        let options = ClientOptions { expected_hash: Some(hash.clone()), link, ..ClientOptions::new(pinned.clone()) };
         let mut client = Client::connect(&addr, &options).await.unwrap();
         assert_eq!(client.public().hash, hash);
         for x in &images {
@@ -415,4 +450,107 @@ async fn a_trickling_client_loses_its_slot_at_the_handshake_deadline() {
     let mut c = ClientSession::handshake(&mut ch, Some(&served.public.hash)).await.unwrap();
     c.infer(&mut ch, &vec![0.1; 28 * 28]).await.unwrap();
     assert!(start.elapsed() < Duration::from_secs(30));
+}
+
+/// Relays `from` to `to`, flipping one bit of the byte at offset `flip` (if any) on the way.
+async fn relay(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, flip: Option<u64>) {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut seen = 0u64;
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some(at) = flip.filter(|&at| at >= seen && at < seen + n as u64) {
+            buf[(at - seen) as usize] ^= 0x10;
+        }
+        seen += n as u64;
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// A man in the middle between one client and `server`: relays both directions and flips one
+/// bit at byte `at` of the server-to-client stream (`to_client`) or the other one.
+async fn tampering_proxy(server: String, to_client: bool, at: u64) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let upstream = TcpStream::connect(&server).await.unwrap();
+        let ((cr, cw), (sr, sw)) = (client.into_split(), upstream.into_split());
+        tokio::join!(relay(sr, cw, to_client.then_some(at)), relay(cr, sw, (!to_client).then_some(at)));
+    });
+    addr
+}
+
+/// Under TLS, one bit flipped anywhere on the path (handshake, HE keys, garbled tables, online
+/// messages) ends the session with an error that says so, never with a wrong prediction; the
+/// server goes on serving others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_in_transit_ends_the_session_with_a_clear_error_under_tls() {
+    use pi_client::{Client, ClientOptions, ClientTransport};
+    let model = Model::random(arch::small_cnn(10).unwrap(), 5, Some(0.1)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    format::save(&model, &path).unwrap();
+    let served = Arc::new(pi_server::prepare(&path, &PrepareOptions::default()).unwrap());
+    let tls = Arc::new(pi_tls::TlsServer::self_signed().unwrap());
+    let options = ClientOptions::new(ClientTransport::pinned(tls.fingerprint()).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(pi_server::serve(listener, served, Limits::default(), ServerTransport::Tls(tls)));
+    let x = random_images(1, 28 * 28, 3).pop().unwrap();
+    let infer = |to: String| {
+        let (options, x) = (options.clone(), x.clone());
+        async move {
+            let mut c = Client::connect(&to, &options).await?;
+            let out = c.infer(&x).await?;
+            c.close().await?;
+            Ok::<_, pi_client::ClientError>(out.prediction)
+        }
+    };
+    let want = infer(addr.clone()).await.unwrap();
+    // How much crosses each way, so that every flip below lands inside a session.
+    let (bytes_down, bytes_up) = {
+        let mut c = Client::connect(&addr, &options).await.unwrap();
+        c.infer(&x).await.unwrap();
+        let n = c.counters();
+        c.close().await.unwrap();
+        (n.received, n.sent)
+    };
+    for (to_client, at) in
+        [(true, 700), (false, 300), (true, bytes_down / 2), (false, bytes_up / 2), (false, bytes_up - 200)]
+    {
+        let proxy = tampering_proxy(addr.clone(), to_client, at).await;
+        let e = infer(proxy).await.expect_err("a tampered session fails").to_string();
+        assert!(e.contains("altered or corrupted in transit") || e.contains("TLS handshake failed"), "{e}");
+    }
+    assert_eq!(infer(addr).await.unwrap(), want);
+}
+
+/// `--relu-bits auto` sizes circuits only from calibration inputs; with none it uses the full ring
+/// width rather than guess (a too-narrow circuit gives wrong ReLUs silently).
+#[test]
+fn auto_widths_without_calibration_inputs_fall_back_to_full_width() {
+    use pi_server::Calibration;
+    let model = Model::random(arch::small_cnn(10).unwrap(), 3, Some(0.2)).unwrap();
+    let widths = |calibration: Calibration| {
+        let served =
+            pi_server::prepare_model(&model, &PrepareOptions { calibration, ..PrepareOptions::default() }).unwrap();
+        let p = &served.public;
+        p.graph
+            .nodes
+            .iter()
+            .zip(&p.relu_bits)
+            .filter(|(n, _)| n.op.kind() == "relu")
+            .map(|(_, &k)| k)
+            .collect::<Vec<_>>()
+    };
+    let l = FixedPoint::DEFAULT.l;
+    assert!(widths(Calibration::None).iter().all(|&k| k == l));
+    let calibrated = widths(Calibration::Dataset(bundled_data()));
+    assert!(calibrated.iter().all(|&k| k < l), "{calibrated:?}");
 }

@@ -11,10 +11,11 @@ use crate::BenchError;
 use crate::fit::{LineFit, fit_line};
 use crate::svg::{Panel, Series, Style};
 use pi_channel::{Channel, Link};
-use pi_client::{Client, ClientOptions};
+use pi_client::{Client, ClientOptions, ClientTransport};
 use pi_inference::{InferenceResult, ServedModel, ServerInferenceStats, ServerSession};
 use pi_model::{Granularity, Model, Op, ValidGraph, arch};
-use pi_server::PrepareOptions;
+use pi_server::{Calibration, PrepareOptions};
+use pi_tls::TlsServer;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -36,11 +37,43 @@ pub struct E2eOptions {
     pub timeout: Duration,
     /// Seed of the input image (and of generated weights and masks).
     pub seed: u64,
+    /// Bare TCP (the default: the protocol's own cost) or TLS 1.3 (to measure what TLS adds).
+    pub transport: Transport,
 }
 
 impl Default for E2eOptions {
     fn default() -> Self {
-        Self { net: None, repeat: 3, prepare: PrepareOptions::default(), timeout: Duration::from_secs(600), seed: 0 }
+        Self {
+            net: None,
+            repeat: 3,
+            // The measured images are random: size the circuits on inputs drawn alike.
+            prepare: PrepareOptions { calibration: Calibration::RandomInputs, ..PrepareOptions::default() },
+            timeout: Duration::from_secs(600),
+            seed: 0,
+            transport: Transport::Plaintext,
+        }
+    }
+}
+
+/// How the benchmark's connection is secured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Bare TCP.
+    #[default]
+    Plaintext,
+    /// TLS 1.3 with a self-signed certificate the client pins, as `pi serve` does by default.
+    Tls,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "plaintext" => Ok(Transport::Plaintext),
+            "tls" => Ok(Transport::Tls),
+            _ => Err(format!("expected plaintext or tls, got {s:?}")),
+        }
     }
 }
 
@@ -120,6 +153,9 @@ pub struct PointReport {
     pub relus: usize,
     pub relus_total: usize,
     pub repeat: usize,
+    /// `plaintext` or `tls`: bytes are the protocol's frames either way (TLS records add about
+    /// 22 bytes per 16 KiB and a handshake of a few KB to the setup).
+    pub transport: Transport,
     pub offline_s: Stat,
     pub online_s: Stat,
     pub total_s: Stat,
@@ -221,6 +257,7 @@ fn relu_sites(graph: &ValidGraph) -> Result<Vec<(String, usize)>, BenchError> {
 /// One measured session: the client's results and the server's stats per inference.
 pub(crate) struct Session {
     hash: String,
+    transport: Transport,
     setup_s: f64,
     setup_bytes: u64,
     pub(crate) client: Vec<InferenceResult>,
@@ -240,10 +277,22 @@ pub(crate) async fn session_images(
     let addr = listener.local_addr()?.to_string();
     let served = Arc::new(served);
     let timeout = opts.timeout;
+    let (tls_server, client_transport) = match opts.transport {
+        Transport::Plaintext => (None, ClientTransport::Plaintext),
+        Transport::Tls => {
+            let tls = TlsServer::self_signed()?;
+            let pinned = ClientTransport::pinned(tls.fingerprint())?;
+            (Some(tls), pinned)
+        }
+    };
     let server = tokio::spawn(async move {
         let (stream, _) = listener.accept().await?;
         stream.set_nodelay(true)?;
-        let mut ch = Channel::new(stream).with_timeout(timeout);
+        let ch = match tls_server {
+            None => Channel::new(stream),
+            Some(tls) => Channel::new(tls.accept(stream).await?),
+        };
+        let mut ch = ch.with_timeout(timeout);
         let mut session = ServerSession::handshake(&mut ch, served, usize::MAX).await?;
         let mut stats = Vec::new();
         while session.next_request(&mut ch).await?.is_some() {
@@ -251,7 +300,7 @@ pub(crate) async fn session_images(
         }
         Ok::<_, BenchError>(stats)
     });
-    let copts = ClientOptions { expected_hash: None, timeout, link: opts.net };
+    let copts = ClientOptions { expected_hash: None, timeout, link: opts.net, transport: client_transport };
     let t0 = std::time::Instant::now();
     let client_side = async {
         let mut client = Client::connect(&addr, &copts).await?;
@@ -275,7 +324,7 @@ pub(crate) async fn session_images(
         }
     };
     let (hash, setup_s, setup_bytes, client) = client_result?;
-    Ok(Session { hash, setup_s, setup_bytes, client, server: server_result? })
+    Ok(Session { hash, transport: opts.transport, setup_s, setup_bytes, client, server: server_result? })
 }
 
 /// Measures one model end to end (`opts.repeat` inferences of one random image in one session);
@@ -350,6 +399,7 @@ pub(crate) fn summarise(label: &str, model: &Model, s: Session) -> PointReport {
         relus: model.kept_relus(),
         relus_total,
         repeat: s.client.len(),
+        transport: s.transport,
         offline_s: Stat::of(&off),
         online_s: Stat::of(&on),
         total_s: Stat::of(&tot),

@@ -15,6 +15,8 @@ pub enum BenchError {
     Client(#[from] pi_client::ClientError),
     #[error(transparent)]
     Inference(#[from] pi_inference::InferenceError),
+    #[error(transparent)]
+    Tls(#[from] pi_tls::TlsError),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
     #[error("invalid benchmark parameters: {0}")]

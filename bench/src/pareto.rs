@@ -135,6 +135,7 @@ pub async fn run(
         prepare: opts.prepare.clone(),
         timeout: opts.timeout,
         seed: 0,
+        transport: e2e::Transport::Plaintext,
     };
     let mut points = Vec::new();
     for (path, model) in opts.models.iter().zip(&models) {

@@ -11,10 +11,28 @@ use pi_inference::{ClientSession, InferenceError, InferenceResult, LayerCost, Pu
 use pi_model::data::{self, Dataset, Split};
 use pi_model::engine::{RingModel, argmax, run_f32};
 use pi_model::{Model, format};
+use pi_tls::{ClientStream, Fingerprint, ServerTrust, TlsClient, TlsError};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
+
+/// The TLS handshake with the server at `addr`, bounded by `timeout`.
+async fn tls_connect<S>(
+    tls: &TlsClient,
+    addr: &str,
+    stream: S,
+    timeout: Duration,
+) -> Result<ClientStream<S>, ClientError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(timeout, tls.connect(pi_tls::host_of(addr), stream)).await {
+        Ok(r) => r.map_err(|source| ClientError::Tls { addr: addr.to_string(), source }),
+        Err(_) => Err(ClientError::TlsTimeout { addr: addr.to_string(), timeout }),
+    }
+}
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -35,17 +53,45 @@ pub struct InferOptions {
 /// How to connect.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
+    /// TLS (and whom to trust) or bare TCP; it must match the server's.
+    pub transport: ClientTransport,
     /// Refuse a server whose model hash differs.
     pub expected_hash: Option<String>,
-    /// Longest wait for any message from the server.
+    /// Longest wait for any message from the server (and for the TLS handshake).
     pub timeout: Duration,
     /// Emulated link between the parties (applied on the client's side), for LAN/WAN figures.
     pub link: Option<Link>,
 }
 
-impl Default for ClientOptions {
-    fn default() -> Self {
-        Self { expected_hash: None, timeout: Duration::from_secs(120), link: None }
+impl ClientOptions {
+    /// Connects over `transport`, no hash pin, a 120 s timeout and the real link.
+    pub fn new(transport: ClientTransport) -> Self {
+        Self { transport, expected_hash: None, timeout: Duration::from_secs(120), link: None }
+    }
+}
+
+/// How the connection is secured.
+#[derive(Clone, Debug)]
+pub enum ClientTransport {
+    /// TLS 1.3, trusting the server's certificate as the [`TlsClient`] says (pinned or by a CA).
+    Tls(Arc<TlsClient>),
+    /// Bare TCP, for benchmarks and tests on loopback: anyone on the path can read the masked
+    /// messages and alter them undetected.
+    Plaintext,
+}
+
+impl ClientTransport {
+    /// Trusts exactly the certificate with this SHA-256 fingerprint (what `pi serve` prints).
+    pub fn pinned(fingerprint: Fingerprint) -> Result<Self, ClientError> {
+        Ok(ClientTransport::Tls(Arc::new(TlsClient::new(ServerTrust::Pinned(fingerprint))?)))
+    }
+
+    /// `"tls"` or `"plaintext"`, for reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientTransport::Tls(_) => "tls",
+            ClientTransport::Plaintext => "plaintext",
+        }
     }
 }
 
@@ -54,6 +100,12 @@ impl Default for ClientOptions {
 pub enum ClientError {
     #[error("connecting to {addr}: {source}")]
     Connect { addr: String, source: std::io::Error },
+    #[error("connecting to {addr}: {source}")]
+    Tls { addr: String, source: TlsError },
+    #[error(transparent)]
+    TlsSetup(#[from] TlsError),
+    #[error("connecting to {addr}: TLS handshake not finished within {timeout:?}")]
+    TlsTimeout { addr: String, timeout: Duration },
     #[error(transparent)]
     Inference(#[from] InferenceError),
     #[error("reading {path}: {source}")]
@@ -90,7 +142,9 @@ impl Inference {
 ///
 /// ```no_run
 /// # async fn f(image: &[f32]) -> Result<(), pi_client::ClientError> {
-/// let mut client = pi_client::Client::connect("127.0.0.1:7700", &Default::default()).await?;
+/// let fingerprint = "<64 hex digits printed by pi serve>".parse().unwrap();
+/// let options = pi_client::ClientOptions::new(pi_client::ClientTransport::pinned(fingerprint)?);
+/// let mut client = pi_client::Client::connect("127.0.0.1:7700", &options).await?;
 /// let out = client.infer(image).await?;
 /// println!("class {} in {:?} online", out.prediction, out.costs.online);
 /// client.close().await?;
@@ -107,16 +161,21 @@ impl Client {
         let connect_err = |source| ClientError::Connect { addr: addr.to_string(), source };
         let stream = TcpStream::connect(addr).await.map_err(connect_err)?;
         stream.set_nodelay(true).map_err(connect_err)?;
-        let mut ch = match options.link {
-            Some(link) => Channel::new(Shaped::new(stream, link)),
-            None => Channel::new(stream),
-        }
-        .with_timeout(options.timeout);
+        let ch = match (&options.transport, options.link) {
+            (ClientTransport::Plaintext, None) => Channel::new(stream),
+            (ClientTransport::Plaintext, Some(link)) => Channel::new(Shaped::new(stream, link)),
+            (ClientTransport::Tls(tls), None) => Channel::new(tls_connect(tls, addr, stream, options.timeout).await?),
+            (ClientTransport::Tls(tls), Some(link)) => {
+                Channel::new(tls_connect(tls, addr, Shaped::new(stream, link), options.timeout).await?)
+            }
+        };
+        let mut ch = ch.with_timeout(options.timeout);
         let session = ClientSession::handshake(&mut ch, options.expected_hash.as_deref()).await?;
         Ok(Client { ch, session })
     }
 
-    /// Bytes this connection has moved so far, per direction.
+    /// Bytes of protocol frames this connection has moved so far, per direction (TLS adds about
+    /// 22 bytes per 16 KiB record and its handshake on top).
     pub fn counters(&self) -> pi_channel::Counters {
         self.ch.counters()
     }
@@ -166,6 +225,8 @@ pub struct InferenceRecord {
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub server: String,
+    /// `tls` or `plaintext`.
+    pub transport: String,
     pub model_hash: String,
     pub inferences: usize,
     pub accuracy_pi: Option<f64>,
@@ -277,7 +338,7 @@ pub async fn run(opts: &InferOptions, mut progress: impl FnMut(usize, usize)) ->
         progress(i + 1, count);
     }
     client.close().await?;
-    Ok(summarise(&opts.server, &public.hash, records, layers))
+    Ok(summarise(opts, &public.hash, records, layers))
 }
 
 /// Adds one inference's per-layer costs, divided by the number of inferences, into the average.
@@ -307,7 +368,7 @@ fn accumulate_layers(avg: &mut Vec<LayerCost>, one: &[LayerCost], count: usize) 
     }
 }
 
-fn summarise(server: &str, hash: &str, records: Vec<InferenceRecord>, layers: Vec<LayerCost>) -> Report {
+fn summarise(opts: &InferOptions, hash: &str, records: Vec<InferenceRecord>, layers: Vec<LayerCost>) -> Report {
     let n = records.len().max(1) as f64;
     let frac = |f: &dyn Fn(&InferenceRecord) -> Option<bool>| -> Option<f64> {
         let v: Vec<bool> = records.iter().filter_map(f).collect();
@@ -318,7 +379,8 @@ fn summarise(server: &str, hash: &str, records: Vec<InferenceRecord>, layers: Ve
     let offline: Vec<f64> = records.iter().map(|r| r.offline_s).collect();
     let online: Vec<f64> = records.iter().map(|r| r.online_s).collect();
     Report {
-        server: server.to_string(),
+        server: opts.server.clone(),
+        transport: opts.connection.transport.name().to_string(),
         model_hash: hash.to_string(),
         inferences: records.len(),
         accuracy_pi: frac(&|r| r.label.map(|l| l as usize == r.prediction)),

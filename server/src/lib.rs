@@ -3,19 +3,24 @@
 
 #![forbid(unsafe_code)]
 
+pub mod commitment;
+
+pub use commitment::{Salt, SaltSource, default_salt_path};
+
 use pi_channel::Channel;
 use pi_inference::{InferenceError, PublicModel, PublicModelError, ServedModel, ServerSession};
-use pi_inference::{calibrate_relu_bits, tell_peer};
+use pi_inference::{WidthCheck, calibrate_relu_bits, check_relu_bits, tell_peer};
 use pi_model::data::{self, Split};
 use pi_model::engine::RingModel;
 use pi_model::{FixedPoint, format};
+use pi_tls::{Fingerprint, TlsServer};
 use rand::{Rng, SeedableRng};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// How wide the garbled ReLU circuits are.
 #[derive(Clone, Debug, PartialEq)]
@@ -46,12 +51,31 @@ pub struct PrepareOptions {
     pub relu_bits: ReluBits,
     /// Extra bits above the widest calibrated activation.
     pub margin_bits: u32,
-    /// Dataset directory whose training split calibrates `auto` widths (random inputs otherwise).
-    pub calibrate: Option<PathBuf>,
+    /// What `auto` widths are sized from (without it, `auto` falls back to full width).
+    pub calibration: Calibration,
+    /// The salt of the model commitment announced to clients (the bare hash is never announced).
+    pub salt: SaltSource,
     /// Memory for NTT-transformed kernel plaintexts, kept between inferences so HE only multiplies
     /// (layers in order until the budget is spent; the rest transform theirs per inference).
     pub he_cache_bytes: usize,
 }
+
+/// Inputs that size `--relu-bits auto` circuits. A ReLU whose input exceeds its circuit's width
+/// wraps silently (a wrong output), so the widths must come from inputs like the real ones.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Calibration {
+    /// Nothing to calibrate on: `auto` uses the full ring width (said in the log).
+    None,
+    /// The training split of a dataset directory: its first [`CALIBRATION_IMAGES`] images size the
+    /// circuits, the next as many (held out) measure how often those widths would wrap.
+    Dataset(PathBuf),
+    /// Uniform random inputs in `[-2.5, 2.5)`: right only when the served inputs are drawn the same
+    /// way (benchmarks on random images).
+    RandomInputs,
+}
+
+/// Images that size the circuits, and as many held out to check them.
+pub const CALIBRATION_IMAGES: usize = 64;
 
 /// Default [`PrepareOptions::he_cache_bytes`]: 2 GiB (all layers of ResNet-18 at CIFAR size take
 /// 3.8 GiB, of WRN-22-8 17.9 GiB, of the bundled small CNN 9 MiB).
@@ -63,7 +87,8 @@ impl Default for PrepareOptions {
             fp: FixedPoint::DEFAULT,
             relu_bits: ReluBits::Auto,
             margin_bits: 4,
-            calibrate: None,
+            calibration: Calibration::None,
+            salt: SaltSource::Fresh,
             he_cache_bytes: DEFAULT_HE_CACHE_BYTES,
         }
     }
@@ -88,6 +113,10 @@ pub enum ServerError {
     Settings(String),
     #[error("binding {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
+    #[error("TLS: {0}")]
+    Tls(#[from] pi_tls::TlsError),
+    #[error("commitment salt {path}: {reason}{}", source.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    Salt { path: PathBuf, reason: String, source: Option<std::io::Error> },
 }
 
 /// Loads a model file and prepares it for serving: fold, encode, choose circuit widths.
@@ -102,7 +131,7 @@ pub fn prepare_model(model: &pi_model::Model, opts: &PrepareOptions) -> Result<S
     // activations): bound them first, as a client bounds a greeting.
     pi_inference::check_activations(&model.graph)?;
     opts.fp.validate().map_err(ServerError::Settings)?;
-    let hash = format::content_hash(model);
+    let hash = Salt::from_source(&opts.salt)?.commit(&format::content_hash(model));
     let ring = RingModel::new(&model.fold_batchnorm(), opts.fp)?;
     let bits = match opts.relu_bits {
         ReluBits::Full => None,
@@ -114,28 +143,81 @@ pub fn prepare_model(model: &pi_model::Model, opts: &PrepareOptions) -> Result<S
                 .map(|n| if matches!(n.op, pi_model::Op::Relu { .. }) { k } else { 0 })
                 .collect(),
         ),
-        ReluBits::Auto => {
-            let inputs = calibration_inputs(&ring, opts.calibrate.as_deref())?;
-            Some(calibrate_relu_bits(&ring, &inputs, opts.margin_bits))
-        }
+        ReluBits::Auto => match calibration_inputs(&ring, &opts.calibration)? {
+            None => {
+                tracing::warn!(
+                    "--relu-bits auto needs calibration images (--calibrate DIR): using the full ring width, {} bits",
+                    ring.fp.l
+                );
+                None
+            }
+            Some((fit, held_out)) => {
+                let bits = calibrate_relu_bits(&ring, &fit, opts.margin_bits);
+                report_widths(&check_relu_bits(&ring, &held_out, &bits), opts.margin_bits);
+                Some(bits)
+            }
+        },
     };
     let public = PublicModel::new(&ring.model, hash, ring.fp, bits)?;
     Ok(ServedModel::new(ring, public, opts.he_cache_bytes)?)
 }
 
-fn calibration_inputs(ring: &RingModel, dir: Option<&Path>) -> Result<Vec<Vec<f32>>, ServerError> {
-    let shape = &ring.model.graph.input_shape;
-    if let Some(dir) = dir {
-        let ds = data::load_dir(dir, Split::Train)
-            .map_err(|source| ServerError::Calibration { path: dir.to_path_buf(), source })?;
-        if ds.shape.as_slice() != shape.as_slice() {
-            return Err(ServerError::CalibrationShape { images: ds.shape.to_vec(), model: shape.clone() });
-        }
-        return Ok((0..ds.len().min(64)).map(|i| ds.image(i).to_vec()).collect());
+/// Logs how the calibrated widths fare on the held-out inputs: one line per layer at debug level,
+/// a summary at info, a warning when any held-out activation would wrap.
+fn report_widths(checks: &[WidthCheck], margin_bits: u32) {
+    for c in checks {
+        tracing::debug!(node = %c.node, k = c.bits, held_out_needed_bits = c.needed_bits, wraps = c.wraps, values = c.values, "relu width");
     }
-    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(0);
-    let n: usize = shape.iter().product();
-    Ok((0..16).map(|_| (0..n).map(|_| rng.random_range(-2.5f32..2.5)).collect()).collect())
+    let (wraps, values) = checks.iter().fold((0, 0), |a, c| (a.0 + c.wraps, a.1 + c.values));
+    let slack = checks.iter().map(|c| i64::from(c.bits) - i64::from(c.needed_bits)).min().unwrap_or(0);
+    let rate = wraps as f64 / values.max(1) as f64;
+    if wraps > 0 {
+        let worst = checks.iter().max_by_key(|c| c.wraps).map(|c| c.node.as_str()).unwrap_or("");
+        tracing::warn!(
+            wraps,
+            values,
+            rate,
+            worst,
+            "calibrated ReLU widths wrap on held-out images: raise --margin-bits or use --relu-bits full"
+        );
+    } else {
+        tracing::info!(
+            margin_bits,
+            held_out_min_slack_bits = slack,
+            held_out_values = values,
+            "calibrated ReLU widths: no held-out activation wraps"
+        );
+    }
+}
+
+/// The inputs that size the circuits and those held out to check them (`None`: nothing to
+/// calibrate on).
+type CalibrationSets = Option<(Vec<Vec<f32>>, Vec<Vec<f32>>)>;
+
+fn calibration_inputs(ring: &RingModel, calibration: &Calibration) -> Result<CalibrationSets, ServerError> {
+    let shape = &ring.model.graph.input_shape;
+    let n = CALIBRATION_IMAGES;
+    match calibration {
+        Calibration::None => Ok(None),
+        Calibration::Dataset(dir) => {
+            let ds = data::load_dir(dir, Split::Train)
+                .map_err(|source| ServerError::Calibration { path: dir.to_path_buf(), source })?;
+            if ds.shape.as_slice() != shape.as_slice() {
+                return Err(ServerError::CalibrationShape { images: ds.shape.to_vec(), model: shape.clone() });
+            }
+            let images = |r: std::ops::Range<usize>| r.map(|i| ds.image(i).to_vec()).collect::<Vec<_>>();
+            let fit = ds.len().min(n);
+            Ok(Some((images(0..fit), images(fit..ds.len().min(2 * n)))))
+        }
+        Calibration::RandomInputs => {
+            let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(0);
+            let len: usize = shape.iter().product();
+            let mut draw = |k: usize| -> Vec<Vec<f32>> {
+                (0..k).map(|_| (0..len).map(|_| rng.random_range(-2.5f32..2.5)).collect()).collect()
+            };
+            Ok(Some((draw(16), draw(16))))
+        }
+    }
 }
 
 /// Transport limits of the server.
@@ -205,8 +287,12 @@ impl Default for Limits {
 /// ```no_run
 /// # async fn f() -> Result<(), pi_server::ServerError> {
 /// let model = pi_server::prepare("model.safetensors".as_ref(), &Default::default())?;
-/// let server = pi_server::Server::bind(model, &pi_server::ServerOptions::default()).await?;
+/// let tls = pi_server::ServerTransport::Tls(std::sync::Arc::new(pi_tls::TlsServer::self_signed()?));
+/// let server = pi_server::Server::bind(model, &pi_server::ServerOptions::new("127.0.0.1:7700", tls)).await?;
 /// println!("listening on {}", server.local_addr());
+/// if let Some(fp) = server.fingerprint() {
+///     println!("tls certificate sha256 {fp}"); // what clients pin
+/// }
 /// server.run().await;
 /// # Ok(()) }
 /// ```
@@ -215,6 +301,17 @@ pub struct Server {
     addr: SocketAddr,
     model: Arc<ServedModel>,
     limits: Limits,
+    transport: ServerTransport,
+}
+
+/// How connections are secured.
+#[derive(Clone, Debug)]
+pub enum ServerTransport {
+    /// TLS 1.3 with this certificate: what `pi serve` does unless told `--plaintext`.
+    Tls(Arc<TlsServer>),
+    /// Bare TCP, for benchmarks and tests on loopback: anyone on the path can read every message
+    /// and alter it undetected.
+    Plaintext,
 }
 
 /// Where and how to serve.
@@ -223,11 +320,13 @@ pub struct ServerOptions {
     /// Address to listen on (`HOST:PORT`; port 0 picks a free port).
     pub listen: String,
     pub limits: Limits,
+    pub transport: ServerTransport,
 }
 
-impl Default for ServerOptions {
-    fn default() -> Self {
-        Self { listen: "127.0.0.1:0".into(), limits: Limits::default() }
+impl ServerOptions {
+    /// Serves on `listen` with the default limits.
+    pub fn new(listen: &str, transport: ServerTransport) -> Self {
+        Self { listen: listen.to_string(), limits: Limits::default(), transport }
     }
 }
 
@@ -238,7 +337,13 @@ impl Server {
         let bind_err = |source| ServerError::Bind { addr: options.listen.clone(), source };
         let listener = TcpListener::bind(&options.listen).await.map_err(bind_err)?;
         let addr = listener.local_addr().map_err(bind_err)?;
-        Ok(Server { listener, addr, model: Arc::new(model), limits: options.limits.clone() })
+        Ok(Server {
+            listener,
+            addr,
+            model: Arc::new(model),
+            limits: options.limits.clone(),
+            transport: options.transport.clone(),
+        })
     }
 
     /// The bound address (with the port the OS chose for port 0).
@@ -251,15 +356,23 @@ impl Server {
         &self.model
     }
 
+    /// SHA-256 of the server's TLS certificate (what clients pin), `None` over plaintext.
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
+        match &self.transport {
+            ServerTransport::Tls(tls) => Some(tls.fingerprint()),
+            ServerTransport::Plaintext => None,
+        }
+    }
+
     /// Serves clients until the task is dropped. Each connection is its own task; a failing
     /// session is logged and ends alone.
     pub async fn run(self) {
-        serve(self.listener, self.model, self.limits).await
+        serve(self.listener, self.model, self.limits, self.transport).await
     }
 }
 
 /// Serves clients on `listener` until the task is dropped (see [`Server::run`]).
-pub async fn serve(listener: TcpListener, model: Arc<ServedModel>, limits: Limits) {
+pub async fn serve(listener: TcpListener, model: Arc<ServedModel>, limits: Limits, transport: ServerTransport) {
     let counter = AtomicU64::new(0);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_sessions));
     loop {
@@ -276,8 +389,17 @@ pub async fn serve(listener: TcpListener, model: Arc<ServedModel>, limits: Limit
         let model = model.clone();
         let limits = limits.clone();
         let slot = slots.clone().try_acquire_owned();
+        let transport = transport.clone();
         tokio::spawn(async move {
-            let mut ch = Channel::new(stream).with_max_frame(limits.max_frame).with_timeout(limits.read_timeout);
+            let handshake_until = tokio::time::Instant::now() + limits.handshake_deadline;
+            let ch = match open(stream, &transport, handshake_until).await {
+                Ok(ch) => ch,
+                Err(e) => {
+                    tracing::warn!(session = id, %peer, "{e}");
+                    return;
+                }
+            };
+            let mut ch = ch.with_max_frame(limits.max_frame).with_timeout(limits.read_timeout);
             let Ok(_slot) = slot else {
                 tracing::warn!(session = id, %peer, "refused: {} sessions already running", limits.max_sessions);
                 let busy = InferenceError::Limit("server busy: too many sessions, try again later".into());
@@ -286,7 +408,7 @@ pub async fn serve(listener: TcpListener, model: Arc<ServedModel>, limits: Limit
             };
             tracing::info!(session = id, %peer, "client connected");
             // The session has told the client why it failed; here it is only logged.
-            match session(&mut ch, model, id, &limits).await {
+            match session(&mut ch, model, id, &limits, handshake_until).await {
                 Ok(n) => tracing::info!(session = id, inferences = n, "session ended"),
                 Err(e) => tracing::warn!(session = id, "session failed: {e}"),
             }
@@ -294,9 +416,28 @@ pub async fn serve(listener: TcpListener, model: Arc<ServedModel>, limits: Limit
     }
 }
 
-async fn session(ch: &mut Channel, model: Arc<ServedModel>, id: u64, limits: &Limits) -> Result<usize, InferenceError> {
+/// The connection's channel: over TLS once its handshake is done (within the handshake
+/// deadline, so a client that stalls it holds nothing for long), or bare.
+async fn open(stream: TcpStream, transport: &ServerTransport, until: tokio::time::Instant) -> Result<Channel, String> {
+    match transport {
+        ServerTransport::Plaintext => Ok(Channel::new(stream)),
+        ServerTransport::Tls(tls) => match tokio::time::timeout_at(until, tls.accept(stream)).await {
+            Ok(Ok(s)) => Ok(Channel::new(s)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("TLS handshake not finished within the handshake deadline".into()),
+        },
+    }
+}
+
+async fn session(
+    ch: &mut Channel,
+    model: Arc<ServedModel>,
+    id: u64,
+    limits: &Limits,
+    handshake_until: tokio::time::Instant,
+) -> Result<usize, InferenceError> {
     let handshake = ServerSession::handshake(ch, model, limits.max_inferences_per_session);
-    let mut s = match tokio::time::timeout(limits.handshake_deadline, handshake).await {
+    let mut s = match tokio::time::timeout_at(handshake_until, handshake).await {
         Ok(r) => r?,
         Err(_) => return Err(deadline(ch, "handshake", limits.handshake_deadline).await),
     };

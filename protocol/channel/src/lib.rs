@@ -107,6 +107,10 @@ pub enum ChannelError {
     Io(#[from] std::io::Error),
     #[error("peer closed the connection")]
     Closed,
+    /// The stream under the channel (TLS) refused what arrived: a record failed its integrity
+    /// check, or the peer's TLS ended the connection with an alert.
+    #[error("secure transport refused the connection's data ({0}): a message was altered or corrupted in transit")]
+    Integrity(String),
     #[error("no data from peer for {0:?}")]
     Timeout(Duration),
     #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
@@ -294,19 +298,20 @@ impl Channel {
         }
     }
 
-    /// A write failed because the peer hung up: if it said why first, report that instead.
+    /// A write failed because the peer hung up: if it said why first (an error frame, or a TLS
+    /// alert), report that instead.
     async fn explain(&mut self, e: std::io::Error) -> ChannelError {
         let saved = self.timeout;
         self.timeout = Duration::from_millis(200);
         let reason = loop {
             match self.recv_any().await {
-                Err(ChannelError::Remote(r)) => break Some(r),
+                Err(r @ (ChannelError::Remote(_) | ChannelError::Integrity(_))) => break Some(r),
                 Ok(_) => continue,
                 Err(_) => break None,
             }
         };
         self.timeout = saved;
-        reason.map(ChannelError::Remote).unwrap_or(ChannelError::Io(e))
+        reason.unwrap_or(ChannelError::Io(e))
     }
 
     async fn read_exact_timed(&mut self, buf: &mut [u8]) -> Result<(), ChannelError> {
@@ -316,6 +321,8 @@ impl Channel {
         match r {
             Err(_) => Err(ChannelError::Timeout(self.timeout)),
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ChannelError::Closed),
+            // Bare TCP never reports invalid data; TLS does when a record fails authentication.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => Err(ChannelError::Integrity(e.to_string())),
             Ok(Err(e)) => Err(e.into()),
             Ok(Ok(_)) => Ok(()),
         }

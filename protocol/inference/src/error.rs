@@ -46,7 +46,10 @@ impl InferenceError {
     pub fn peer_message(&self) -> Option<String> {
         if let Some(c) = self.channel() {
             return match c {
-                ChannelError::Closed | ChannelError::Io(_) | ChannelError::Remote(_) => None,
+                // A broken TLS stream cannot carry a message any more.
+                ChannelError::Closed | ChannelError::Io(_) | ChannelError::Remote(_) | ChannelError::Integrity(_) => {
+                    None
+                }
                 other => Some(other.to_string()),
             };
         }

@@ -147,24 +147,9 @@ impl PublicModel {
 /// Circuit width per node from calibration inputs: the widest ReLU input seen, plus a sign bit and
 /// `margin_bits` of headroom, capped at `l`. Non-ReLU nodes get 0.
 pub fn calibrate_relu_bits(ring: &pi_model::engine::RingModel, inputs: &[Vec<f32>], margin_bits: u32) -> Vec<u32> {
-    let graph = &ring.model.graph;
-    let index = graph.index();
-    let mut widest = vec![0u64; graph.nodes.len()];
-    for x in inputs {
-        let Ok(outs) = ring.run_all(ring.encode_input(x)) else { continue };
-        for (i, n) in graph.nodes.iter().enumerate() {
-            if !matches!(n.op, Op::Relu { .. }) {
-                continue;
-            }
-            let src: &[u64] = match index.get(n.inputs[0].as_str()) {
-                Some(&p) => &outs[p],
-                None => continue,
-            };
-            let m = src.iter().map(|&v| ring.fp.to_i64(v).unsigned_abs()).max().unwrap_or(0);
-            widest[i] = widest[i].max(m);
-        }
-    }
-    graph
+    let widest = widest_relu_inputs(ring, inputs);
+    ring.model
+        .graph
         .nodes
         .iter()
         .enumerate()
@@ -176,4 +161,75 @@ pub fn calibrate_relu_bits(ring: &pi_model::engine::RingModel, inputs: &[Vec<f32
             _ => 0,
         })
         .collect()
+}
+
+/// Largest `|v|` of each ReLU node's input over `inputs` (0 for other nodes).
+fn widest_relu_inputs(ring: &pi_model::engine::RingModel, inputs: &[Vec<f32>]) -> Vec<u64> {
+    let graph = &ring.model.graph;
+    let index = graph.index();
+    let mut widest = vec![0u64; graph.nodes.len()];
+    for x in inputs {
+        let Ok(outs) = ring.run_all(ring.encode_input(x)) else { continue };
+        for (i, n) in graph.nodes.iter().enumerate() {
+            if !matches!(n.op, Op::Relu { .. }) {
+                continue;
+            }
+            let Some(&p) = index.get(n.inputs[0].as_str()) else { continue };
+            let m = outs[p].iter().map(|&v| ring.fp.to_i64(v).unsigned_abs()).max().unwrap_or(0);
+            widest[i] = widest[i].max(m);
+        }
+    }
+    widest
+}
+
+/// How one ReLU layer's circuit width fares on inputs it was not chosen from.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct WidthCheck {
+    pub node: String,
+    /// The circuit width `k` (a kept neuron's input must satisfy `|v| < 2^(k-1)`).
+    pub bits: u32,
+    /// Bits (sign included) of the largest input magnitude seen on the checked inputs.
+    pub needed_bits: u32,
+    /// Inputs of kept neurons that would wrap (`|v| >= 2^(k-1)`: a wrong ReLU output), and how
+    /// many were checked.
+    pub wraps: u64,
+    pub values: u64,
+}
+
+/// Checks circuit widths `bits` (one per node, as [`calibrate_relu_bits`] returns) against the
+/// activations of `inputs`, on the kept neurons only (linearized ones never enter a circuit).
+pub fn check_relu_bits(ring: &pi_model::engine::RingModel, inputs: &[Vec<f32>], bits: &[u32]) -> Vec<WidthCheck> {
+    let graph = &ring.model.graph;
+    let index = graph.index();
+    let relus: Vec<(usize, Vec<bool>)> = graph
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| matches!(n.op, Op::Relu { .. }))
+        .map(|(i, n)| (i, ring.model.pixel_mask(n, graph.input_shape_of(n))))
+        .collect();
+    let mut checks: Vec<WidthCheck> = relus
+        .iter()
+        .map(|&(i, _)| WidthCheck {
+            node: graph.nodes[i].name.clone(),
+            bits: bits[i],
+            needed_bits: 0,
+            wraps: 0,
+            values: 0,
+        })
+        .collect();
+    for x in inputs {
+        let Ok(outs) = ring.run_all(ring.encode_input(x)) else { continue };
+        for ((i, mask), c) in relus.iter().zip(checks.iter_mut()) {
+            let Some(&p) = index.get(graph.nodes[*i].inputs[0].as_str()) else { continue };
+            let limit = 1u64 << c.bits.saturating_sub(1).min(63);
+            for (&v, _) in outs[p].iter().zip(mask).filter(|(_, keep)| **keep) {
+                let m = ring.fp.to_i64(v).unsigned_abs();
+                c.needed_bits = c.needed_bits.max(65 - m.leading_zeros());
+                c.values += 1;
+                c.wraps += u64::from(m >= limit);
+            }
+        }
+    }
+    checks
 }

@@ -74,3 +74,51 @@ async fn linearized_layers_cost_no_bytes_and_no_round() {
     let want = served.ring.decode_output(&served.ring.run(&x).unwrap());
     assert_eq!(argmax(&want), argmax(&r.logits));
 }
+
+#[test]
+fn width_check_counts_wraps_on_kept_neurons_only() {
+    use crate::public::check_relu_bits;
+    let model = Model::random(arch::small_cnn(10).unwrap(), 3, Some(0.3)).unwrap().fold_batchnorm();
+    let ring = RingModel::new(&model, FixedPoint::DEFAULT).unwrap();
+    let n: usize = model.graph.input_shape.iter().product();
+    let mut rng = ChaCha20Rng::seed_from_u64(8);
+    let inputs: Vec<Vec<f32>> = (0..4).map(|_| (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect()).collect();
+    let kept = model.kept_relus() as u64;
+
+    // Widths fitted on the same inputs never wrap on them, and leave exactly the margin.
+    let bits = calibrate_relu_bits(&ring, &inputs, 3);
+    let checks = check_relu_bits(&ring, &inputs, &bits);
+    assert_eq!(checks.len(), model.relu_counts().len());
+    assert_eq!(checks.iter().map(|c| c.values).sum::<u64>(), kept * 4);
+    for c in &checks {
+        assert_eq!(c.wraps, 0, "{c:?}");
+        assert!(c.bits >= c.needed_bits + 3 || c.bits == ring.fp.l, "{c:?}");
+    }
+
+    // Two bits too narrow: some kept neuron wraps, counted exactly against the plaintext engine.
+    let narrow: Vec<u32> = checks.iter().map(|c| c.needed_bits.saturating_sub(2).max(1)).collect();
+    let mut per_node = bits.clone();
+    let relu_nodes: Vec<usize> =
+        model.graph.nodes.iter().enumerate().filter(|(_, n)| n.op.kind() == "relu").map(|(i, _)| i).collect();
+    for (&i, &k) in relu_nodes.iter().zip(&narrow) {
+        per_node[i] = k;
+    }
+    let checks = check_relu_bits(&ring, &inputs, &per_node);
+    let index = model.graph.index();
+    for ((c, &i), &k) in checks.iter().zip(&relu_nodes).zip(&narrow) {
+        let node = &model.graph.nodes[i];
+        let mask = model.pixel_mask(node, model.graph.input_shape_of(node));
+        let mut want = 0;
+        for x in &inputs {
+            let outs = ring.run_all(ring.encode_input(x)).unwrap();
+            let src = &outs[index[node.inputs[0].as_str()]];
+            want += src
+                .iter()
+                .zip(&mask)
+                .filter(|(v, keep)| **keep && ring.fp.to_i64(**v).unsigned_abs() >= 1 << (k - 1))
+                .count() as u64;
+        }
+        assert_eq!(c.wraps, want, "{c:?}");
+        assert!(c.wraps > 0, "{c:?}");
+    }
+}
