@@ -91,12 +91,12 @@ pub async fn run_layers(
     let start = Instant::now();
     let client = HeClient::from_os_rng(params.clone())?;
     let (mut cch, mut sch) = Channel::memory_pair();
-    let (a, b) = tokio::join!(client.setup(&mut cch), HeServer::setup(&mut sch, &params));
+    let encoder = KernelEncoder::new(&params)?;
+    let (a, b) = tokio::join!(client.setup(&mut cch), HeServer::setup(&mut sch, &encoder));
     a?;
     let server = b?;
     let setup_s = start.elapsed().as_secs_f64();
     let setup_bytes = cch.counters().sent;
-    let encoder = KernelEncoder::new(&params)?;
     let mut rng = SplitMix(0x1234_5678);
     let mut reports = Vec::with_capacity(layers.len());
     let mut total = LinearTotals { all_correct: true, ..Default::default() };

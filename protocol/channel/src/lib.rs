@@ -113,6 +113,9 @@ pub enum ChannelError {
     Integrity(String),
     #[error("no data from peer for {0:?}")]
     Timeout(Duration),
+    /// A write could not finish: the peer stopped reading (its receive buffer and ours are full).
+    #[error("peer took none of our data for {0:?} (it stopped reading)")]
+    WriteTimeout(Duration),
     #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
     FrameTooLarge { len: usize, max: usize },
     #[error("peer speaks protocol version {got}, this build speaks {expected}")]
@@ -292,7 +295,7 @@ impl Channel {
     /// Turns the outcome of a timed write into the channel's error.
     async fn write_outcome(&mut self, r: Option<std::io::Result<()>>) -> Result<(), ChannelError> {
         match r {
-            None => Err(ChannelError::Timeout(self.timeout)),
+            None => Err(ChannelError::WriteTimeout(self.timeout)),
             Some(Ok(())) => Ok(()),
             Some(Err(e)) => Err(self.explain(e).await),
         }
@@ -507,7 +510,9 @@ mod tests {
         // A peer that never reads: writes time out instead of blocking forever.
         let (_raw, other) = tokio::io::duplex(1024);
         let mut ch = Channel::new(other).with_timeout(Duration::from_millis(50));
-        assert!(matches!(ch.send_now(MsgKind::Data, &vec![0u8; 1 << 20]).await, Err(ChannelError::Timeout(_))));
+        let e = ch.send_now(MsgKind::Data, &vec![0u8; 1 << 20]).await.unwrap_err();
+        assert!(matches!(e, ChannelError::WriteTimeout(_)), "{e}");
+        assert!(e.to_string().contains("stopped reading"), "{e}");
         // Garbage bincode.
         let (mut a, mut b) = Channel::memory_pair();
         a.send_now(MsgKind::Hello, &[0xff; 3]).await.unwrap();

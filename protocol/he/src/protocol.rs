@@ -193,15 +193,18 @@ pub struct HeServer {
 }
 
 impl HeServer {
-    /// Receives the client's parameters (which must equal `expected`) and public key.
-    pub async fn setup(ch: &mut Channel, expected: &HeParams) -> Result<Self, HeError> {
+    /// Receives the client's parameters (which must equal the encoder's) and public key. The
+    /// session shares the encoder's context (NTT tables for every level, tens of MB) instead of
+    /// building its own.
+    pub async fn setup(ch: &mut Channel, encoder: &super::kernel::KernelEncoder) -> Result<Self, HeError> {
+        let expected = &encoder.ctx.params;
         let params: HeParams = ch.recv_msg(MsgKind::HeKeys).await?;
         if &params != expected {
             return Err(HeError::Params(format!(
                 "client proposes HE parameters {params:?}, server expects {expected:?}"
             )));
         }
-        let ctx = params.context()?;
+        let ctx = encoder.ctx.clone();
         let bytes = ch.recv(MsgKind::HeKeys).await?;
         let ctx_c = ctx.clone();
         let public_key = blocking(move || engine::parse_seeded(&ctx_c, &bytes)).await?;

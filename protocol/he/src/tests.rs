@@ -76,7 +76,8 @@ async fn check_layers(l: u32, shapes: &[LayerShape], cache: Option<KernelCache>)
     let params = HeParams::new(l).unwrap();
     let client = HeClient::new(params.clone(), &mut rng).unwrap();
     let (mut cch, mut sch) = Channel::memory_pair();
-    let (setup_c, server) = tokio::join!(client.setup(&mut cch), HeServer::setup(&mut sch, &params));
+    let enc = KernelEncoder::new(&params).unwrap();
+    let (setup_c, server) = tokio::join!(client.setup(&mut cch), HeServer::setup(&mut sch, &enc));
     setup_c.unwrap();
     let server = server.unwrap();
     let mask = (1u64 << l) - 1;
@@ -200,7 +201,8 @@ async fn a_layer_encoded_for_other_parameters_is_refused() {
     let params = HeParams::new(59).unwrap();
     let client = HeClient::new(params.clone(), &mut ChaCha20Rng::seed_from_u64(9)).unwrap();
     let (mut cch, mut sch) = Channel::memory_pair();
-    let (a, b) = tokio::join!(client.setup(&mut cch), HeServer::setup(&mut sch, &params));
+    let enc = KernelEncoder::new(&params).unwrap();
+    let (a, b) = tokio::join!(client.setup(&mut cch), HeServer::setup(&mut sch, &enc));
     a.unwrap();
     let server = b.unwrap();
     let shape = fc(16, 4);
@@ -216,7 +218,8 @@ async fn full_range_weights_are_refused_not_leaked() {
     let params = HeParams::new(59).unwrap();
     let client = HeClient::new(params.clone(), &mut rng).unwrap();
     let (mut cch, mut sch) = Channel::memory_pair();
-    let (a, b) = tokio::join!(client.setup(&mut cch), HeServer::setup(&mut sch, &params));
+    let enc = KernelEncoder::new(&params).unwrap();
+    let (a, b) = tokio::join!(client.setup(&mut cch), HeServer::setup(&mut sch, &enc));
     a.unwrap();
     let server = b.unwrap();
     let shape = fc(64, 8);
@@ -240,20 +243,24 @@ async fn malformed_peer_data_is_an_error() {
     let (mut cch, mut sch) = Channel::memory_pair();
     let other = HeParams::new(44).unwrap();
     cch.send_msg(MsgKind::HeKeys, &other).await.unwrap();
-    assert!(matches!(HeServer::setup(&mut sch, &params).await, Err(HeError::Params(_))));
+    let enc = KernelEncoder::new(&params).unwrap();
+    assert!(matches!(HeServer::setup(&mut sch, &enc).await, Err(HeError::Params(_))));
 
     let (mut cch, mut sch) = Channel::memory_pair();
     cch.send_msg(MsgKind::HeKeys, &params).await.unwrap();
     cch.send_now(MsgKind::HeKeys, &[1, 2, 3]).await.unwrap();
-    assert!(matches!(HeServer::setup(&mut sch, &params).await, Err(HeError::Malformed(_))));
+    let enc = KernelEncoder::new(&params).unwrap();
+    assert!(matches!(HeServer::setup(&mut sch, &enc).await, Err(HeError::Malformed(_))));
 
     let (mut cch, mut sch) = Channel::memory_pair();
     cch.send_msg(MsgKind::HeKeys, &params).await.unwrap();
     cch.send_now(MsgKind::HeKeys, &vec![0xff; ctx.query_bytes()]).await.unwrap();
-    assert!(matches!(HeServer::setup(&mut sch, &params).await, Err(HeError::Malformed(_))));
+    let enc = KernelEncoder::new(&params).unwrap();
+    assert!(matches!(HeServer::setup(&mut sch, &enc).await, Err(HeError::Malformed(_))));
 
     let (mut cch, mut sch) = Channel::memory_pair();
-    let (a, b) = tokio::join!(client.setup(&mut cch), HeServer::setup(&mut sch, &params));
+    let enc = KernelEncoder::new(&params).unwrap();
+    let (a, b) = tokio::join!(client.setup(&mut cch), HeServer::setup(&mut sch, &enc));
     a.unwrap();
     let server = b.unwrap();
     let shape = fc(16, 4);
@@ -273,7 +280,8 @@ async fn malformed_peer_data_is_an_error() {
 
     // Header for another layer.
     let (mut cch, mut sch) = Channel::memory_pair();
-    let (a, b) = tokio::join!(client.setup(&mut cch), HeServer::setup(&mut sch, &params));
+    let enc = KernelEncoder::new(&params).unwrap();
+    let (a, b) = tokio::join!(client.setup(&mut cch), HeServer::setup(&mut sch, &enc));
     a.unwrap();
     let server = b.unwrap();
     let r = vec![0u64; 16];

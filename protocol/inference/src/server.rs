@@ -21,6 +21,8 @@ pub struct ServedModel {
     pub public: PublicModel,
     /// Per plan step: the layer's HE encoding (`None` for steps that are not linear layers).
     he: Vec<Option<Arc<EncodedLayer>>>,
+    /// The HE context, built once and shared by every session.
+    encoder: KernelEncoder,
 }
 
 impl ServedModel {
@@ -46,7 +48,7 @@ impl ServedModel {
                 _ => None,
             });
         }
-        Ok(Self { ring, public, he })
+        Ok(Self { ring, public, he, encoder })
     }
 
     /// Bytes of transformed kernel plaintexts kept, and the bytes keeping every layer's would take.
@@ -125,7 +127,7 @@ impl ServerSession {
         if ack.hash != model.public.hash {
             return Err(InferenceError::HashMismatch { served: model.public.hash.clone(), expected: ack.hash });
         }
-        let he = HeServer::setup(ch, &HeParams::new(model.public.fp.l)?).await?;
+        let he = HeServer::setup(ch, &model.encoder).await?;
         let gc = GarblerSession::setup(ch).await?;
         Ok(Self { model, plan, he, gc, served: 0, max_inferences })
     }
