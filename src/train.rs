@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use pi_linearizer::{Budget, ImportConfig, LinearizeConfig, Method, NoProgress, Progress, Schedule, TrainConfig};
+use pi_linearizer::{
+    Budget, ImportConfig, LinearizeConfig, Method, NoProgress, Progress, Schedule, TrainConfig, WithoutMasks,
+};
 use pi_model::Granularity;
 use serde::Serialize;
 
@@ -316,9 +318,24 @@ pub struct ImportArgs {
     /// Write the JSON report to this file.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Import a checkpoint without SNL alphas with every ReLU kept (refused otherwise: missing
+    /// alphas are more often a naming mistake than an intent).
+    #[arg(long)]
+    all_relus: bool,
+    /// Rename a checkpoint name prefix before matching, whole dotted components: `fc=linear` for a
+    /// ResNet-18 whose classifier is called `fc`. Repeatable.
+    #[arg(long, value_name = "FROM=TO", value_parser = parse_rename)]
+    rename: Vec<(String, String)>,
     /// Print the JSON report on stdout.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_rename(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((from, to)) if !from.is_empty() && !to.is_empty() => Ok((from.to_string(), to.to_string())),
+        _ => Err(format!("expected FROM=TO (e.g. fc=linear), got {s:?}")),
+    }
 }
 
 impl ImportArgs {
@@ -331,6 +348,8 @@ impl ImportArgs {
             threshold: self.threshold,
             fold: self.fold,
             report: self.report.clone(),
+            without_masks: if self.all_relus { WithoutMasks::KeepAllRelus } else { WithoutMasks::Refuse },
+            renames: self.rename.clone(),
         }
     }
 }

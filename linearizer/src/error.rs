@@ -125,7 +125,11 @@ pub enum CheckpointError {
     #[error("unknown architecture {0:?} for import (resnet18, wrn22-8)")]
     UnknownArch(String),
     /// The classifier weight, which gives the class count, is absent or not 2-D.
-    #[error("checkpoint has no 2-D {classifier}; is it a {arch} checkpoint? (give --classes if the names differ)")]
+    #[error(
+        "checkpoint has no SNL alphas (`...alphaK.alphas`) for any of {arch}'s {relu_layers} ReLU layers: import it with every ReLU kept by passing --all-relus, or --rename the alphas' prefixes"
+    )]
+    NoMasks { arch: String, relu_layers: usize },
+    #[error("checkpoint has no 2-D {classifier}; is it a {arch} checkpoint? (give --rename FROM={classifier_prefix} if the classifier is named otherwise)", classifier_prefix = classifier.trim_end_matches(".weight"))]
     NoClassifier { classifier: &'static str, arch: String },
     /// The architecture cannot be built with these settings.
     #[error(transparent)]

@@ -36,7 +36,27 @@ pub struct ImportConfig {
     pub fold: bool,
     /// Also write the JSON report to this file.
     pub report: Option<PathBuf>,
+    /// What to do with a checkpoint that carries no SNL alphas.
+    pub without_masks: WithoutMasks,
+    /// Checkpoint name prefixes to rename before matching (`fc` -> `linear`: a ResNet-18 whose
+    /// classifier is called `fc`). A prefix matches whole dotted components only.
+    pub renames: Vec<(String, String)>,
 }
+
+/// A checkpoint without SNL alphas (`...alphaK.alphas`) describes a network with every ReLU: a
+/// plain trained network, or a file whose alphas sit under names the import does not know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WithoutMasks {
+    /// Refuse it, naming what is missing (the default: silently keeping every ReLU hides a
+    /// naming mistake).
+    Refuse,
+    /// Import it with every ReLU kept (`pi import --all-relus`).
+    KeepAllRelus,
+}
+
+/// Top-level keys under which checkpoints keep the network's state dict (the first one present
+/// is unwrapped; everything outside it is reported as ignored).
+const CONTAINERS: [&str; 4] = ["state_dict", "model_state_dict", "net", "model"];
 
 impl ImportConfig {
     /// The defaults of `pi import`: class count from the checkpoint, alpha threshold 0.01,
@@ -50,6 +70,8 @@ impl ImportConfig {
             threshold: 0.01,
             fold: false,
             report: None,
+            without_masks: WithoutMasks::Refuse,
+            renames: Vec::new(),
         }
     }
 }
@@ -62,8 +84,12 @@ pub struct ImportReport {
     pub checkpoint: String,
     pub out: String,
     pub tensors_read: usize,
-    /// Checkpoint entries that are not part of the network (optimizer state, counters...).
+    /// Checkpoint entries that are not part of the network, with why: outside the state dict
+    /// (optimizer state...), not floating point (`num_batches_tracked`...), or not a tensor of the
+    /// architecture. Sorted by name.
     pub ignored: Vec<String>,
+    /// Renamed prefixes (`FROM=TO`) and how many entries each renamed.
+    pub renamed: Vec<String>,
     /// True when the checkpoint carried SNL alphas (else every ReLU is kept).
     pub had_masks: bool,
     /// Alphas that were neither 0 nor 1 and were binarised at the threshold.
@@ -115,7 +141,7 @@ fn decode(name: &str, bytes: &[u8], kind: &'static str) -> Result<Vec<f32>> {
 
 /// Reads every tensor of a PyTorch checkpoint; integer tensors (e.g. BatchNorm's
 /// `num_batches_tracked`) are skipped.
-fn read_pytorch(path: &Path) -> Result<BTreeMap<String, Raw>> {
+fn read_pytorch(path: &Path, skipped: &mut Vec<String>) -> Result<BTreeMap<String, Raw>> {
     let reader =
         PytorchReader::new(path).map_err(|reason| LinearizeError::NotPytorch { path: path.to_path_buf(), reason })?;
     let mut out = BTreeMap::new();
@@ -125,7 +151,10 @@ fn read_pytorch(path: &Path) -> Result<BTreeMap<String, Raw>> {
             PtDType::F64 => "f64",
             PtDType::F16 => "f16",
             PtDType::BF16 => "bf16",
-            _ => continue,
+            other => {
+                skipped.push(format!("{name} (not floating point: {other:?})"));
+                continue;
+            }
         };
         let bytes = t.read().map_err(|source| LinearizeError::ReadTensor { name: name.clone(), source })?;
         out.insert(name.clone(), Raw { shape: t.shape().to_vec(), data: decode(name, &bytes, kind)? });
@@ -134,7 +163,7 @@ fn read_pytorch(path: &Path) -> Result<BTreeMap<String, Raw>> {
 }
 
 /// Reads every floating-point tensor of a safetensors file.
-fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Raw>> {
+fn read_safetensors(path: &Path, skipped: &mut Vec<String>) -> Result<BTreeMap<String, Raw>> {
     let bytes =
         std::fs::read(path).map_err(|source| LinearizeError::ReadCheckpoint { path: path.to_path_buf(), source })?;
     let st = SafeTensors::deserialize(&bytes)
@@ -146,16 +175,27 @@ fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Raw>> {
             Dtype::F64 => "f64",
             Dtype::F16 => "f16",
             Dtype::BF16 => "bf16",
-            _ => continue,
+            other => {
+                skipped.push(format!("{name} (not floating point: {other:?})"));
+                continue;
+            }
         };
         out.insert(name.clone(), Raw { shape: view.shape().to_vec(), data: decode(&name, view.data(), kind)? });
     }
     Ok(out)
 }
 
+/// What a checkpoint file holds for the import: the network's tensors (unwrapped, renamed), the
+/// entries skipped (each with why), and the renames applied (with counts).
+struct Checkpoint {
+    tensors: BTreeMap<String, Raw>,
+    skipped: Vec<String>,
+    renamed: Vec<String>,
+}
+
 /// Reads a checkpoint by its content: safetensors files start with a little-endian header
 /// length followed by `{`; anything else goes to the PyTorch reader.
-fn read_checkpoint(path: &Path) -> Result<BTreeMap<String, Raw>> {
+fn read_checkpoint(path: &Path, renames: &[(String, String)]) -> Result<Checkpoint> {
     let head = {
         use std::io::Read;
         let mut f = std::fs::File::open(path)
@@ -166,21 +206,49 @@ fn read_checkpoint(path: &Path) -> Result<BTreeMap<String, Raw>> {
     };
     let is_safetensors =
         head.len() == 9 && head[8] == b'{' && u64::from_le_bytes(head[..8].try_into().expect("8 bytes")) < (1 << 30);
-    let mut tensors = if is_safetensors { read_safetensors(path)? } else { read_pytorch(path)? };
-    // `{'state_dict': ..., 'optimizer': ...}` -> the state dict; DataParallel's `module.` prefix.
-    if tensors.keys().any(|k| k.starts_with("state_dict.")) {
-        tensors = tensors
-            .into_iter()
-            .filter_map(|(k, v)| k.strip_prefix("state_dict.").map(|s| (s.to_string(), v)))
-            .collect();
+    let mut skipped = Vec::new();
+    let mut tensors =
+        if is_safetensors { read_safetensors(path, &mut skipped)? } else { read_pytorch(path, &mut skipped)? };
+    // `{'state_dict': ..., 'optimizer': ...}` (or `model_state_dict`, `net`, `model`) -> the
+    // state dict; everything else is reported.
+    if let Some(c) = CONTAINERS.iter().find(|c| tensors.keys().any(|k| k.starts_with(&format!("{c}.")))) {
+        let prefix = format!("{c}.");
+        let (inside, outside): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            tensors.into_iter().partition(|(k, _)| k.starts_with(&prefix));
+        skipped.extend(outside.into_keys().map(|k| format!("{k} (outside {c})")));
+        skipped = skipped.into_iter().map(|k| k.strip_prefix(&prefix).map(str::to_string).unwrap_or(k)).collect();
+        tensors = inside.into_iter().map(|(k, v)| (k[prefix.len()..].to_string(), v)).collect();
     }
+    // DataParallel's `module.` prefix.
     if !tensors.is_empty() && tensors.keys().all(|k| k.starts_with("module.")) {
         tensors = tensors.into_iter().map(|(k, v)| (k["module.".len()..].to_string(), v)).collect();
     }
     if tensors.is_empty() {
         return Err(LinearizeError::EmptyCheckpoint { path: path.to_path_buf() });
     }
-    Ok(tensors)
+    let mut renamed = Vec::new();
+    for (from, to) in renames {
+        let mut n = 0;
+        tensors = tensors
+            .into_iter()
+            .map(|(k, v)| match rename(&k, from, to) {
+                Some(r) => {
+                    n += 1;
+                    (r, v)
+                }
+                None => (k, v),
+            })
+            .collect();
+        renamed.push(format!("{from}={to} ({n} entries)"));
+    }
+    Ok(Checkpoint { tensors, skipped, renamed })
+}
+
+/// `key` with its leading dotted components `from` replaced by `to` (`None` if it does not start
+/// with them).
+fn rename(key: &str, from: &str, to: &str) -> Option<String> {
+    let rest = key.strip_prefix(from)?;
+    (rest.is_empty() || rest.starts_with('.')).then(|| format!("{to}{rest}"))
 }
 
 /// The checkpoint name of a model tensor: ReLU masks `X.reluK.mask` are SNL's `X.alphaK.alphas`.
@@ -193,11 +261,11 @@ fn checkpoint_name(tensor: &str) -> Option<String> {
 
 /// Builds a model of `arch` from checkpoint tensors; returns it with the import statistics.
 fn convert(
-    arch_name: &str,
-    classes: Option<usize>,
+    config: &ImportConfig,
     mut tensors: BTreeMap<String, Raw>,
-    threshold: f32,
+    skipped: Vec<String>,
 ) -> Result<(Model, ImportReport), CheckpointError> {
+    let (arch_name, classes, threshold) = (config.arch.as_str(), config.classes, config.threshold);
     if !matches!(arch_name, "resnet18" | "wrn22-8") {
         return Err(CheckpointError::UnknownArch(arch_name.to_string()));
     }
@@ -214,6 +282,10 @@ fn convert(
     let graph = arch::build(arch_name, classes)?;
     let expected = graph.expected_tensors();
     let has_alphas = tensors.keys().any(|k| k.ends_with(".alphas") || k.ends_with(".mask"));
+    if !has_alphas && config.without_masks == WithoutMasks::Refuse {
+        let relus = graph.expected_tensors().iter().filter(|(n, _)| n.ends_with(".mask")).count();
+        return Err(CheckpointError::NoMasks { arch: arch_name.to_string(), relu_layers: relus });
+    }
     let mut out = BTreeMap::new();
     let mut missing = Vec::new();
     let mut non_binary = 0;
@@ -254,7 +326,9 @@ fn convert(
     if !missing.is_empty() {
         return Err(CheckpointError::Missing { arch: arch_name.to_string(), missing });
     }
-    let ignored: Vec<String> = tensors.keys().cloned().collect();
+    let mut ignored: Vec<String> = tensors.into_keys().map(|k| format!("{k} (not a tensor of {arch_name})")).collect();
+    ignored.extend(skipped);
+    ignored.sort();
     let model = Model { graph, tensors: out };
     let report = ImportReport {
         arch: arch_name.to_string(),
@@ -263,6 +337,7 @@ fn convert(
         out: String::new(),
         tensors_read: expected.len(),
         ignored,
+        renamed: Vec::new(),
         had_masks: has_alphas,
         non_binary_alphas: non_binary,
         relus_total: model.relu_counts().iter().map(|c| c.total).sum(),
@@ -271,24 +346,32 @@ fn convert(
     Ok((model, report))
 }
 
-/// Reads a checkpoint file into a model of `arch` (unfolded BatchNorm).
-pub fn import_checkpoint(
-    arch_name: &str,
-    path: &Path,
-    classes: Option<usize>,
-    threshold: f32,
-) -> Result<(Model, ImportReport)> {
-    let tensors = read_checkpoint(path)?;
-    convert(arch_name, classes, tensors, threshold)
-        .map_err(|source| LinearizeError::Import { path: path.to_path_buf(), source })
+/// Reads `config.checkpoint` into a model of `config.arch` (unfolded BatchNorm); nothing is written.
+pub fn import_checkpoint(config: &ImportConfig) -> Result<(Model, ImportReport)> {
+    let path = &config.checkpoint;
+    let c = read_checkpoint(path, &config.renames)?;
+    let (model, mut report) = convert(config, c.tensors, c.skipped)
+        .map_err(|source| LinearizeError::Import { path: path.to_path_buf(), source })?;
+    report.renamed = c.renamed;
+    Ok((model, report))
 }
 
 /// Imports a checkpoint (see [`ImportConfig`]), saves the model to `out`, writes the report file
 /// when asked, and returns the report.
 pub fn import(config: &ImportConfig) -> Result<ImportReport> {
-    let (model, mut report) = import_checkpoint(&config.arch, &config.checkpoint, config.classes, config.threshold)?;
+    let (model, mut report) = import_checkpoint(config)?;
     if !report.ignored.is_empty() {
-        warn!(count = report.ignored.len(), first = %report.ignored[0], "checkpoint entries not used by the network");
+        warn!(count = report.ignored.len(), first = %report.ignored[0], "checkpoint entries not used by the network (all in the report's `ignored`)");
+    }
+    if report.non_binary_alphas > 0 {
+        warn!(
+            count = report.non_binary_alphas,
+            threshold = config.threshold,
+            "alphas neither 0 nor 1 (a checkpoint saved during mask learning?) were binarised: above the threshold a ReLU, else an identity"
+        );
+    }
+    if !report.had_masks {
+        warn!(relus = report.relus_kept, "no SNL alphas in the checkpoint: every ReLU kept (--all-relus)");
     }
     let out_model = if config.fold { model.fold_batchnorm() } else { model };
     pi_model::save(&out_model, &config.out)
@@ -311,6 +394,14 @@ mod tests {
         assert_eq!(checkpoint_name("layer1.0.relu1.mask").as_deref(), Some("layer1.0.alpha1.alphas"));
         assert_eq!(checkpoint_name("block2.layer.1.relu2.mask").as_deref(), Some("block2.layer.1.alpha2.alphas"));
         assert_eq!(checkpoint_name("conv1.weight"), None);
+    }
+
+    #[test]
+    fn renames_match_whole_components() {
+        assert_eq!(rename("fc.weight", "fc", "linear").as_deref(), Some("linear.weight"));
+        assert_eq!(rename("fc", "fc", "linear").as_deref(), Some("linear"));
+        assert_eq!(rename("fcx.weight", "fc", "linear"), None);
+        assert_eq!(rename("layer1.0.conv1.weight", "layer1.0", "layer1.1").as_deref(), Some("layer1.1.conv1.weight"));
     }
 
     #[test]

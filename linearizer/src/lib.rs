@@ -22,7 +22,7 @@ pub mod train;
 pub mod trainer;
 
 pub use error::{CheckpointError, LinearizeError, ParseBudgetError, Result};
-pub use import::{ImportConfig, ImportReport, import};
+pub use import::{ImportConfig, ImportReport, WithoutMasks, import};
 pub use optim::Schedule;
 pub use progress::{NoProgress, Progress};
 pub use snl::{Budget, LinearizeConfig, LinearizeReport, Method, linearize};

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use pi_linearizer::import::import_checkpoint;
-use pi_linearizer::{CheckpointError, ImportConfig, LinearizeError, import};
+use pi_linearizer::{CheckpointError, ImportConfig, LinearizeError, WithoutMasks, import};
 use pi_model::{Model, arch};
 
 /// Checkpoint tensors by name: shape and values.
@@ -143,7 +143,7 @@ fn safetensors_with_snl_names_round_trip() {
     let path = tmp.path().join("resnet18.safetensors");
     let (model, tensors) = snl_tensors("resnet18");
     write_safetensors(&path, &tensors);
-    let (imported, report) = import_checkpoint("resnet18", &path, None, 0.01).unwrap();
+    let (imported, report) = import_checkpoint(&ImportConfig::new("resnet18", &path, "")).unwrap();
     assert_same(&model, &imported);
     assert!(report.had_masks);
     assert_eq!(report.classes, 10);
@@ -157,19 +157,24 @@ fn pytorch_zip_checkpoint_round_trips() {
     let (model, tensors) = snl_tensors("resnet18");
     let path = tmp.path().join("snl_best_checkpoint_resnet18.pth.tar");
     write_pt(&path, &tensors, "module.");
-    let (imported, report) = import_checkpoint("resnet18", &path, None, 0.01).unwrap();
+    let (imported, report) = import_checkpoint(&ImportConfig::new("resnet18", &path, "")).unwrap();
     assert_same(&model, &imported);
     assert!(report.ignored.is_empty(), "{:?}", report.ignored);
 }
 
 #[test]
-fn wrn_without_alphas_keeps_every_relu() {
+fn wrn_without_alphas_is_refused_unless_every_relu_is_kept() {
     let tmp = tempfile::tempdir().unwrap();
     let (model, mut tensors) = snl_tensors("wrn22-8");
     tensors.retain(|k, _| !k.ends_with(".alphas"));
     let path = tmp.path().join("wrn.pt");
     write_pt(&path, &tensors, "");
-    let (imported, report) = import_checkpoint("wrn22-8", &path, None, 0.01).unwrap();
+    // Refused by default, naming the way out; imported with every ReLU kept when asked.
+    let err = import_checkpoint(&ImportConfig::new("wrn22-8", &path, "")).unwrap_err();
+    assert!(matches!(&err, LinearizeError::Import { source: CheckpointError::NoMasks { .. }, .. }), "{err}");
+    assert!(chain(&err).contains("--all-relus"), "{}", chain(&err));
+    let config = ImportConfig { without_masks: WithoutMasks::KeepAllRelus, ..ImportConfig::new("wrn22-8", &path, "") };
+    let (imported, report) = import_checkpoint(&config).unwrap();
     assert!(!report.had_masks);
     assert_eq!(imported.kept_relus(), 1_359_872);
     assert_eq!(imported.tensors["block1.layer.0.conv1.weight"], model.tensors["block1.layer.0.conv1.weight"]);
@@ -180,7 +185,7 @@ fn bad_checkpoints_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let garbage = tmp.path().join("garbage.pt");
     std::fs::write(&garbage, b"this is not a checkpoint").unwrap();
-    let err = import_checkpoint("resnet18", &garbage, None, 0.01).unwrap_err();
+    let err = import_checkpoint(&ImportConfig::new("resnet18", &garbage, "")).unwrap_err();
     assert!(matches!(&err, LinearizeError::NotPytorch { path, .. } if *path == garbage), "{err}");
     assert!(chain(&err).contains("garbage.pt"), "{}", chain(&err));
 
@@ -188,7 +193,7 @@ fn bad_checkpoints_are_clear_errors() {
     tensors.remove("layer2.1.conv2.weight");
     let missing = tmp.path().join("missing.safetensors");
     write_safetensors(&missing, &tensors);
-    let err = import_checkpoint("resnet18", &missing, None, 0.01).unwrap_err();
+    let err = import_checkpoint(&ImportConfig::new("resnet18", &missing, "")).unwrap_err();
     assert!(
         matches!(
             &err,
@@ -206,7 +211,7 @@ fn bad_checkpoints_are_clear_errors() {
     tensors.get_mut("layer1.0.conv1.weight").unwrap().0 = vec![64, 64, 9];
     let shaped = tmp.path().join("shape.safetensors");
     write_safetensors(&shaped, &tensors);
-    let err = import_checkpoint("resnet18", &shaped, None, 0.01).unwrap_err();
+    let err = import_checkpoint(&ImportConfig::new("resnet18", &shaped, "")).unwrap_err();
     assert!(
         matches!(
             &err,
@@ -218,14 +223,14 @@ fn bad_checkpoints_are_clear_errors() {
     assert!(chain(&err).contains("layer1.0.conv1.weight"), "{}", chain(&err));
 
     let absent = tmp.path().join("absent.pt");
-    let err = import_checkpoint("resnet18", &absent, None, 0.01).unwrap_err();
+    let err = import_checkpoint(&ImportConfig::new("resnet18", &absent, "")).unwrap_err();
     assert!(
         matches!(&err, LinearizeError::OpenCheckpoint { path, source }
             if *path == absent && source.kind() == std::io::ErrorKind::NotFound),
         "{err}"
     );
     assert!(chain(&err).contains("absent.pt"), "{}", chain(&err));
-    let err = import_checkpoint("small-cnn", &shaped, None, 0.01).unwrap_err();
+    let err = import_checkpoint(&ImportConfig::new("small-cnn", &shaped, "")).unwrap_err();
     assert!(
         matches!(&err, LinearizeError::Import { source: CheckpointError::UnknownArch(a), .. } if a == "small-cnn"),
         "{err}"
@@ -260,6 +265,7 @@ fn import_writes_the_model_and_the_report() {
         "out",
         "tensors_read",
         "ignored",
+        "renamed",
         "had_masks",
         "non_binary_alphas",
         "relus_total",
@@ -274,4 +280,53 @@ fn import_writes_the_model_and_the_report() {
     let folded = pi_model::load(&out).unwrap();
     assert!(folded.is_folded());
     assert_eq!(folded.kept_relus(), model.kept_relus());
+}
+
+/// What import skips and changes is all in the report: optimizer state outside the state dict
+/// (`model_state_dict` here), integer counters, non-binary alphas (counted, binarised at the
+/// threshold); `--rename fc=linear` maps a classifier named `fc`.
+#[test]
+fn import_reports_every_skipped_entry_and_renames_prefixes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, tensors) = snl_tensors("resnet18");
+    let mut wrapped: Tensors = BTreeMap::new();
+    for (k, v) in tensors {
+        let k = k.replacen("linear.", "fc.", 1);
+        wrapped.insert(format!("model_state_dict.{k}"), v);
+    }
+    wrapped.insert("optimizer_state.momentum.0".into(), (vec![2], vec![0.5, 0.5]));
+    // A mid-SNL checkpoint: three alphas strictly between 0 and 1.
+    let alphas = wrapped.get_mut("model_state_dict.layer1.0.alpha1.alphas").unwrap();
+    alphas.1[0] = 0.3;
+    alphas.1[1] = 0.005;
+    alphas.1[2] = 0.7;
+    let path = tmp.path().join("wrapped.safetensors");
+    write_safetensors(&path, &wrapped);
+    // Add an integer counter the way BatchNorm stores it (i64), which the import must list.
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let counter = 7i64.to_le_bytes();
+    let mut views: Vec<(String, safetensors::tensor::TensorView)> = st.tensors();
+    views.push((
+        "model_state_dict.bn1.num_batches_tracked".into(),
+        safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![], &counter).unwrap(),
+    ));
+    let path = tmp.path().join("wrapped2.safetensors");
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+
+    let err = import_checkpoint(&ImportConfig::new("resnet18", &path, "")).unwrap_err();
+    assert!(chain(&err).contains("--rename FROM=linear"), "{}", chain(&err));
+    let config =
+        ImportConfig { renames: vec![("fc".into(), "linear".into())], ..ImportConfig::new("resnet18", &path, "") };
+    let (imported, report) = import_checkpoint(&config).unwrap();
+    assert_eq!(report.renamed, ["fc=linear (2 entries)"]);
+    assert_eq!(
+        report.ignored,
+        ["bn1.num_batches_tracked (not floating point: I64)", "optimizer_state.momentum.0 (outside model_state_dict)"]
+    );
+    assert_eq!(report.non_binary_alphas, 3);
+    let mask = &imported.tensors["layer1.0.relu1.mask"];
+    let flat: Vec<f32> = mask.iter().copied().take(3).collect();
+    assert_eq!(flat, [1.0, 0.0, 1.0], "binarised at the 0.01 threshold");
+    assert_eq!(imported.tensors["linear.weight"], model.tensors["linear.weight"]);
 }

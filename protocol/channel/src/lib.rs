@@ -120,6 +120,10 @@ pub enum ChannelError {
     FrameTooLarge { len: usize, max: usize },
     #[error("peer speaks protocol version {got}, this build speaks {expected}")]
     WrongVersion { got: u16, expected: u16 },
+    #[error(
+        "peer speaks TLS and this side runs without it (--plaintext): use TLS on both sides or --plaintext on both"
+    )]
+    PeerSpeaksTls,
     #[error("unknown message kind {0}")]
     UnknownKind(u8),
     #[error("expected a {expected:?} message, got {got:?}")]
@@ -362,6 +366,10 @@ impl Channel {
         let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
         let version = u16::from_le_bytes([header[4], header[5]]);
         if version != PROTOCOL_VERSION {
+            // A TLS record (handshake type 0x16, version 3.x) where a frame should start.
+            if header[0] == 0x16 && header[1] == 0x03 && header[2] <= 0x04 {
+                return Err(ChannelError::PeerSpeaksTls);
+            }
             return Err(ChannelError::WrongVersion { got: version, expected: PROTOCOL_VERSION });
         }
         let kind = MsgKind::from_u8(header[6]).ok_or(ChannelError::UnknownKind(header[6]))?;
@@ -452,6 +460,11 @@ mod tests {
         let mut ch = Channel::new(other);
         raw.write_all(&[1, 0, 0, 0, 99, 0, 50, 0]).await.unwrap();
         assert!(matches!(ch.recv_any().await, Err(ChannelError::WrongVersion { got: 99, .. })));
+        // A TLS ClientHello where a frame should be: named as such.
+        let (mut raw, other) = tokio::io::duplex(1024);
+        raw.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01]).await.unwrap();
+        let e = Channel::new(other).recv_any().await.unwrap_err();
+        assert!(matches!(e, ChannelError::PeerSpeaksTls), "{e}");
         // Unknown kind.
         let (mut raw, other) = tokio::io::duplex(1024);
         let mut ch = Channel::new(other);

@@ -71,10 +71,26 @@ pub async fn tell_peer(ch: &mut Channel, e: &InferenceError) {
 
 /// Passes a session step's result through, telling the peer about a failure.
 pub(crate) async fn told<T>(ch: &mut Channel, r: Result<T, InferenceError>) -> Result<T, InferenceError> {
-    if let Err(e) = &r {
-        tell_peer(ch, e).await;
+    match r {
+        Err(e) => {
+            let e = e.lifted();
+            tell_peer(ch, &e).await;
+            Err(e)
+        }
+        ok => ok,
     }
-    r
+}
+
+impl InferenceError {
+    /// The peer's own error report, out of the phase that happened to be reading when it arrived:
+    /// "peer reported an error: session limit reached", not "homomorphic encryption: peer ...".
+    fn lifted(self) -> Self {
+        match self {
+            InferenceError::He(HeError::Channel(c @ ChannelError::Remote(_)))
+            | InferenceError::Gc(GcError::Channel(c @ ChannelError::Remote(_))) => InferenceError::Channel(c),
+            other => other,
+        }
+    }
 }
 
 #[cfg(test)]
