@@ -48,6 +48,10 @@ enum Command {
     /// Import a PyTorch (.pt/.pth) or safetensors checkpoint of ResNet-18 / WRN-22-8 (SNL parameter names).
     #[cfg(feature = "train")]
     Import(train::ImportArgs),
+    /// Write a model for the SNL reference code (PyTorch) to finetune: its parameter names, alpha
+    /// shapes and BatchNorm buffers, loadable with load_state_dict(strict=True).
+    #[cfg(feature = "train")]
+    Export(train::ExportArgs),
     /// Benchmarks: `pi bench gc`, `pi bench linear`.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -85,6 +89,8 @@ fn main() {
         Command::Linearize(a) => train::linearize(&a),
         #[cfg(feature = "train")]
         Command::Import(a) => train::import(&a),
+        #[cfg(feature = "train")]
+        Command::Export(a) => train::export(&a),
     };
     if let Err(e) = result {
         eprintln!("error: {}", report(&e));

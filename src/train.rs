@@ -428,6 +428,47 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Formats `pi export` writes.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// The public SNL code's state dict (ResNet-18 `ResNet_IN`, WRN-22-8) as .safetensors:
+    /// `safetensors.torch.load_file` then `load_state_dict(strict=True)`.
+    Snl,
+}
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// Model file (.safetensors) of resnet18 or wrn22-8, BatchNorm kept or folded (a folded model
+    /// is written with each BatchNorm as the identity-scale layer that carries the folded bias:
+    /// the same function, and trainable again).
+    model: PathBuf,
+    /// Target format.
+    #[arg(long, value_enum, default_value = "snl")]
+    format: ExportFormat,
+    /// Output file (.safetensors).
+    #[arg(long)]
+    out: PathBuf,
+    /// Print the JSON report on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `pi export`.
+pub fn export(a: &ExportArgs) -> anyhow::Result<()> {
+    let report = match a.format {
+        ExportFormat::Snl => pi_linearizer::export_snl(&a.model, &a.out)?,
+    };
+    if a.json {
+        print_json(&report)?;
+    } else {
+        println!(
+            "wrote {} ({} entries, BatchNorm {}, {} of {} ReLUs kept)",
+            report.out, report.tensors, report.batchnorm, report.relus_kept, report.relus_total
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,6 +21,9 @@ pub enum LinearizeError {
         #[source]
         source: FormatError,
     },
+    /// A model cannot be exported in the requested format.
+    #[error("exporting {}: {reason}", path.display())]
+    Export { path: PathBuf, reason: String },
     /// A model file could not be written.
     #[error("saving {}", path.display())]
     SaveModel {

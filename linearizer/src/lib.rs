@@ -12,6 +12,7 @@ pub mod baselines;
 pub mod batches;
 pub mod error;
 pub mod executor;
+pub mod export;
 pub mod import;
 pub mod masked_relu;
 pub mod optim;
@@ -22,6 +23,7 @@ pub mod train;
 pub mod trainer;
 
 pub use error::{CheckpointError, LinearizeError, ParseBudgetError, Result};
+pub use export::{ExportReport, export_snl};
 pub use import::{ImportConfig, ImportReport, WithoutMasks, import};
 pub use optim::Schedule;
 pub use progress::{NoProgress, Progress};

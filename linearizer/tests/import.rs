@@ -330,3 +330,52 @@ fn import_reports_every_skipped_entry_and_renames_prefixes() {
     assert_eq!(flat, [1.0, 0.0, 1.0], "binarised at the 0.01 threshold");
     assert_eq!(imported.tensors["linear.weight"], model.tensors["linear.weight"]);
 }
+
+/// `export --format snl` is the inverse of import: the reference's names, `[1, C, H, W]` alphas
+/// and a `num_batches_tracked` per BatchNorm (what `load_state_dict(strict=True)` wants); an
+/// unfolded model comes back tensor for tensor, a folded one (BatchNorm rebuilt as identity-scale
+/// layers carrying the folded bias) computes the same logits.
+#[test]
+fn export_snl_round_trips_through_import() {
+    use pi_linearizer::export_snl;
+    let tmp = tempfile::tempdir().unwrap();
+    for arch_name in ["resnet18", "wrn22-8"] {
+        let model = Model::random(arch::build(arch_name, 10).unwrap(), 5, Some(0.3)).unwrap();
+        let src = tmp.path().join(format!("{arch_name}.safetensors"));
+        pi_model::save(&model, &src).unwrap();
+        let out = tmp.path().join(format!("{arch_name}-snl.safetensors"));
+        let report = export_snl(&src, &out).unwrap();
+        assert_eq!(report.batchnorm, "kept");
+        let bytes = std::fs::read(&out).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let bn = model.graph.nodes.iter().filter(|n| n.op.kind() == "batchnorm").count();
+        let counters = st.names().iter().filter(|n| n.ends_with(".num_batches_tracked")).count();
+        assert_eq!(counters, bn);
+        let alpha = if arch_name == "resnet18" { "layer1.0.alpha1.alphas" } else { "block1.layer.0.alpha1.alphas" };
+        assert_eq!(st.tensor(alpha).unwrap().shape().len(), 4);
+        assert_eq!(st.tensor(alpha).unwrap().shape()[0], 1);
+        let (back, import_report) = import_checkpoint(&ImportConfig::new(arch_name, &out, "")).unwrap();
+        assert_same(&model, &back);
+        assert_eq!(import_report.ignored.len(), bn, "only the counters are not part of our model");
+
+        // Folded: the same function after export and import.
+        let folded = model.fold_batchnorm();
+        let src = tmp.path().join(format!("{arch_name}-folded.safetensors"));
+        pi_model::save(&folded, &src).unwrap();
+        let report = export_snl(&src, &out).unwrap();
+        assert_eq!(report.batchnorm, "unfolded");
+        let (back, _) = import_checkpoint(&ImportConfig::new(arch_name, &out, "")).unwrap();
+        let n: usize = model.graph.input_shape.iter().product();
+        let x: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+        let want = pi_model::engine::run_f32(&folded, &x).unwrap();
+        let got = pi_model::engine::run_f32(&back.fold_batchnorm(), &x).unwrap();
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (a, b) in want.iter().zip(&got) {
+            assert!((a - b).abs() <= 1e-4 * scale.max(1.0), "{want:?} vs {got:?}");
+        }
+    }
+    let small = tmp.path().join("small.safetensors");
+    pi_model::save(&Model::random(arch::small_cnn(10).unwrap(), 1, None).unwrap(), &small).unwrap();
+    let err = export_snl(&small, &tmp.path().join("x.safetensors")).unwrap_err();
+    assert!(chain(&err).contains("resnet18 and wrn22-8"), "{}", chain(&err));
+}
