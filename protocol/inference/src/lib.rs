@@ -43,4 +43,6 @@ pub enum Request {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
