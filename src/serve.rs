@@ -176,6 +176,14 @@ pub fn serve(a: &ServeArgs) -> anyhow::Result<()> {
             None => println!("plaintext: no TLS, messages cross the network unprotected"),
         }
         println!("model commitment {}", server.model().public.hash);
+        let m = server.model();
+        let sessions = m.session_inferences().min(a.max_inferences);
+        tracing::info!(
+            distance_per_inference_log2 = format!("{:.1}", m.distance_per_inference_log2()),
+            session_inferences = sessions,
+            "statistical budget: HE replies within 2^-{} per session; a session ends after {sessions} inferences",
+            pi_inference::server::SESSION_STAT_SEC
+        );
         let (cached, all) = server.model().he_cache_bytes();
         tracing::info!(
             relus = server.model().public.kept_relus(),

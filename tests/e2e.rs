@@ -259,10 +259,11 @@ async fn malformed_frames_get_clear_errors() {
         h.push(kind as u8);
         h
     };
+    let next_version = format!("protocol version {}", PROTOCOL_VERSION + 1);
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), "protocol version"),
         (header(u32::MAX, PROTOCOL_VERSION, MsgKind::HelloAck), "exceeds the limit"),
-        (header(4, PROTOCOL_VERSION + 1, MsgKind::HelloAck), "protocol version 2"),
+        (header(4, PROTOCOL_VERSION + 1, MsgKind::HelloAck), &next_version),
         ([header(3, PROTOCOL_VERSION, MsgKind::HelloAck), vec![0xff; 3]].concat(), "malformed HelloAck"),
     ];
     for (bytes, expected) in cases {
@@ -610,4 +611,25 @@ async fn eight_concurrent_clients_are_served_and_the_memory_comes_back() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(after < 200.0, "server RSS {after:.0} MB after the load (idle {idle:.0} MB)");
+}
+
+/// A session runs at most the inferences the server announces (its limit, within the statistical
+/// budget of the HE replies); a client with more images opens new sessions as it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reconnects_when_its_session_is_spent() {
+    use pi_client::{ClientOptions, ClientTransport, InferOptions};
+    let model = Model::random(arch::small_cnn(10).unwrap(), 3, Some(0.05)).unwrap();
+    let (addr, served) = start_server(&model, Limits { max_inferences_per_session: 2, ..Limits::default() }).await;
+    // The model's own budget: 2^-40 over the session, and one more inference would exceed it.
+    let (per, cap) = (served.distance_per_inference_log2(), served.session_inferences() as f64);
+    assert!(per < -40.0 && cap.log2() + per <= -40.0 && (cap + 1.0).log2() + per > -40.0, "{per} {cap}");
+    let opts = InferOptions {
+        server: addr,
+        data: bundled_data(),
+        count: 5,
+        reference_model: None,
+        connection: ClientOptions::new(ClientTransport::Plaintext),
+    };
+    let report = pi_client::run(&opts, |_, _| {}).await.unwrap();
+    assert_eq!(report.inferences, 5);
 }

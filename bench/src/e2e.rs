@@ -285,18 +285,23 @@ pub(crate) async fn session_images(
             (Some(tls), pinned)
         }
     };
+    // A session runs at most `session_inferences` (the statistical budget of the HE replies); the
+    // client opens as many sessions as the images need, one after the other.
+    let sessions = images.len().div_ceil(served.session_inferences()).max(1);
     let server = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await?;
-        stream.set_nodelay(true)?;
-        let ch = match tls_server {
-            None => Channel::new(stream),
-            Some(tls) => Channel::new(tls.accept(stream).await?),
-        };
-        let mut ch = ch.with_timeout(timeout);
-        let mut session = ServerSession::handshake(&mut ch, served, usize::MAX).await?;
         let mut stats = Vec::new();
-        while session.next_request(&mut ch).await?.is_some() {
-            stats.push(session.serve_inference(&mut ch).await?);
+        for _ in 0..sessions {
+            let (stream, _) = listener.accept().await?;
+            stream.set_nodelay(true)?;
+            let ch = match &tls_server {
+                None => Channel::new(stream),
+                Some(tls) => Channel::new(tls.accept(stream).await?),
+            };
+            let mut ch = ch.with_timeout(timeout);
+            let mut session = ServerSession::handshake(&mut ch, served.clone(), usize::MAX).await?;
+            while session.next_request(&mut ch).await?.is_some() {
+                stats.push(session.serve_inference(&mut ch).await?);
+            }
         }
         Ok::<_, BenchError>(stats)
     });
@@ -309,6 +314,10 @@ pub(crate) async fn session_images(
         let hash = client.public().hash.clone();
         let mut results = Vec::with_capacity(images.len());
         for image in images {
+            if client.remaining_inferences() == 0 {
+                client.close().await?;
+                client = Client::connect(&addr, &copts).await?;
+            }
             results.push(client.infer(image).await?.costs);
             progress(results.len());
         }

@@ -180,6 +180,12 @@ impl Client {
         self.ch.counters()
     }
 
+    /// Inferences this session may still run; at 0, connect again (the server's limit, kept
+    /// within the statistical budget of its HE replies).
+    pub fn remaining_inferences(&self) -> u64 {
+        self.session.remaining_inferences()
+    }
+
     /// What the server announced: architecture, masks, fixed-point parameters, hash.
     pub fn public(&self) -> &PublicModel {
         self.session.public()
@@ -306,6 +312,11 @@ pub async fn run(opts: &InferOptions, mut progress: impl FnMut(usize, usize)) ->
     let mut layers: Vec<LayerCost> = Vec::new();
     for i in 0..count {
         let x = ds.image(i);
+        if client.remaining_inferences() == 0 {
+            // The session's budget is spent: a new session (fresh keys and base OTs) goes on.
+            client.close().await?;
+            client = Client::connect(&opts.server, &opts.connection).await?;
+        }
         let r = client.session.infer(&mut client.ch, x).await.map_err(|source| ClientError::At { index: i, source })?;
         let prediction = argmax(&r.logits);
         accumulate_layers(&mut layers, &r.layers, count);

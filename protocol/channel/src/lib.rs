@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 
 /// Wire protocol version; bumped on any incompatible change of a message.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Bytes of the frame header.
 pub const HEADER_LEN: usize = 7;
 /// Default upper bound on a single frame's payload (bulk data is streamed in many frames).

@@ -86,6 +86,18 @@ impl EncodedLayer {
     }
 
     /// The HE parameters this layer was encoded for.
+    /// Bits by which the flooding exceeds the worst product noise for these weights.
+    pub fn flood_margin_bits(&self) -> u32 {
+        self.margin
+    }
+
+    /// log2 of the statistical distance one inference's replies of this layer can add: every
+    /// coefficient of every reply ciphertext is flooded with `margin` bits to spare, so by the
+    /// smudging lemma at most `replies x N x 2^-margin` in sum.
+    pub fn reply_distance_log2(&self) -> f64 {
+        ((self.plan.n_replies() * self.ctx.degree()) as f64).log2() - f64::from(self.margin)
+    }
+
     pub fn params(&self) -> &HeParams {
         &self.ctx.params
     }

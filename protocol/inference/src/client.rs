@@ -67,6 +67,8 @@ pub struct ClientSession {
     he: HeClient,
     gc: EvaluatorSession,
     rng: ChaCha20Rng,
+    /// Inferences the server still allows in this session.
+    remaining: u64,
 }
 
 /// One inference's offline material and what producing it cost; consumed by the online phase.
@@ -114,12 +116,18 @@ impl ClientSession {
         let he = HeClient::from_os_rng(HeParams::new(public.fp.l)?)?;
         he.setup(ch).await?;
         let gc = EvaluatorSession::setup(ch).await?;
-        Ok(Self { public, plan, he, gc, rng: ChaCha20Rng::from_os_rng() })
+        Ok(Self { public, plan, he, gc, rng: ChaCha20Rng::from_os_rng(), remaining: hello.session_inferences })
     }
 
     /// The model the server announced.
     pub fn public(&self) -> &PublicModel {
         &self.public
+    }
+
+    /// Inferences this session may still run (the server announced its limit); at 0, open a new
+    /// session.
+    pub fn remaining_inferences(&self) -> u64 {
+        self.remaining
     }
 
     /// One private inference on an image (already normalised, `C x H x W`): offline then online.
@@ -138,6 +146,7 @@ impl ClientSession {
 
     async fn prepare_inner(&mut self, ch: &mut Channel) -> Result<Prepared, InferenceError> {
         ch.send_msg(MsgKind::Begin, &Request::Infer).await?;
+        self.remaining = self.remaining.saturating_sub(1);
         let (c0, io0) = (ch.counters(), ch.io_time());
         let t0 = Instant::now();
         let offline = self.offline(ch).await?;

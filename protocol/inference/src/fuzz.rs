@@ -122,7 +122,11 @@ fn hello_bytes() -> Vec<u8> {
         .get_or_init(|| {
             runtime().block_on(async {
                 let (mut a, mut b) = Channel::memory_pair();
-                let hello = Hello { version: pi_channel::PROTOCOL_VERSION, model: model().public.clone() };
+                let hello = Hello {
+                    version: pi_channel::PROTOCOL_VERSION,
+                    model: model().public.clone(),
+                    session_inferences: 4,
+                };
                 a.send_msg(MsgKind::Hello, &hello).await.unwrap();
                 b.recv(MsgKind::Hello).await.unwrap()
             })

@@ -27,6 +27,9 @@ use serde::{Deserialize, Serialize};
 pub struct Hello {
     pub version: u16,
     pub model: PublicModel,
+    /// Inferences this session may run: the server's limit, within the statistical budget of the
+    /// HE replies (see [`ServedModel::session_inferences`]). A client needing more reconnects.
+    pub session_inferences: u64,
 }
 
 /// Client's answer: the model hash it expects (the server refuses a mismatch too).

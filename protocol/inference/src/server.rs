@@ -51,12 +51,30 @@ impl ServedModel {
         Ok(Self { ring, public, he, encoder })
     }
 
+    /// log2 of the statistical distance that all HE replies of one inference can add to the
+    /// client's view of the weights (summed over every coefficient of every reply).
+    pub fn distance_per_inference_log2(&self) -> f64 {
+        let sum: f64 = self.he.iter().flatten().map(|l| l.reply_distance_log2().exp2()).sum();
+        if sum > 0.0 { sum.log2() } else { f64::NEG_INFINITY }
+    }
+
+    /// Most inferences one session may run while the distance summed over the session stays
+    /// within `2^-SESSION_STAT_SEC` (at least 1: each coefficient alone is within `2^-40` anyway).
+    pub fn session_inferences(&self) -> usize {
+        let room = -(SESSION_STAT_SEC as f64) - self.distance_per_inference_log2();
+        if room >= 62.0 { usize::MAX } else { (room.exp2().floor() as usize).max(1) }
+    }
+
     /// Bytes of transformed kernel plaintexts kept, and the bytes keeping every layer's would take.
     pub fn he_cache_bytes(&self) -> (usize, usize) {
         let layers = self.he.iter().flatten();
         (layers.clone().map(|l| l.cached_bytes()).sum(), layers.map(|l| l.transformed_bytes()).sum())
     }
 }
+
+/// Statistical security of a whole session: the flooding of every HE reply of every inference
+/// together is within `2^-40` of a reply that does not depend on the weights.
+pub const SESSION_STAT_SEC: u32 = 40;
 
 /// What one served inference cost the server.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -122,7 +140,10 @@ impl ServerSession {
         max_inferences: usize,
     ) -> Result<Self, InferenceError> {
         let plan = Plan::compile(&model.public)?;
-        ch.send_msg(MsgKind::Hello, &Hello { version: PROTOCOL_VERSION, model: model.public.clone() }).await?;
+        let max_inferences = max_inferences.min(model.session_inferences());
+        let hello =
+            Hello { version: PROTOCOL_VERSION, model: model.public.clone(), session_inferences: max_inferences as u64 };
+        ch.send_msg(MsgKind::Hello, &hello).await?;
         let ack: HelloAck = ch.recv_msg(MsgKind::HelloAck).await?;
         if ack.hash != model.public.hash {
             return Err(InferenceError::HashMismatch { served: model.public.hash.clone(), expected: ack.hash });
