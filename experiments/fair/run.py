@@ -188,6 +188,9 @@ def main():
     p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--work", default="/tmp/exp/fair", help="models and logs of the runs")
     p.add_argument("--no-ablations", action="store_true", help="stop after the table's runs")
+    p.add_argument("--only", action="append", metavar="METHOD-sSEED",
+                   help="run only these queue entries (e.g. layer-s0; repeatable), to fit a session")
+    p.add_argument("--budgets", help="with --only: only these budgets (comma-separated)")
     p.add_argument("--dry-run", action="store_true")
     args = p.parse_args()
     lock = os.path.join(args.work, "queue.pid")
@@ -204,11 +207,15 @@ def main():
     r.wait_for_teacher()
     r.full_model()
     for method, seed, budgets in QUEUE:
+        if args.only and f"{method}-s{seed}" not in args.only:
+            continue
+        if args.only and args.budgets:
+            budgets = [b for b in budgets if str(b) in args.budgets.split(",")]
         if method == "snl":
             r.snl(seed)
         else:
             r.baseline(method, seed, budgets)
-    if not args.no_ablations:
+    if not args.no_ablations and not args.only:
         for name, extra in ABLATION_QUEUE:
             r.snl(0, name, extra, ABLATIONS)
     log("queue done")
