@@ -163,19 +163,24 @@ pub fn calibrate_relu_bits(ring: &pi_model::engine::RingModel, inputs: &[Vec<f32
         .collect()
 }
 
-/// Largest `|v|` of each ReLU node's input over `inputs` (0 for other nodes).
+/// Largest `|v|` of each ReLU node's input over `inputs`, on its kept neurons only (linearized
+/// ones never enter a circuit); 0 for other nodes and for fully linearized layers.
 fn widest_relu_inputs(ring: &pi_model::engine::RingModel, inputs: &[Vec<f32>]) -> Vec<u64> {
     let graph = &ring.model.graph;
     let index = graph.index();
+    let masks: Vec<Option<Vec<bool>>> = graph
+        .nodes
+        .iter()
+        .map(|n| matches!(n.op, Op::Relu { .. }).then(|| ring.model.pixel_mask(n, graph.input_shape_of(n))))
+        .collect();
     let mut widest = vec![0u64; graph.nodes.len()];
     for x in inputs {
         let Ok(outs) = ring.run_all(ring.encode_input(x)) else { continue };
         for (i, n) in graph.nodes.iter().enumerate() {
-            if !matches!(n.op, Op::Relu { .. }) {
-                continue;
-            }
+            let Some(mask) = &masks[i] else { continue };
             let Some(&p) = index.get(n.inputs[0].as_str()) else { continue };
-            let m = outs[p].iter().map(|&v| ring.fp.to_i64(v).unsigned_abs()).max().unwrap_or(0);
+            let kept = outs[p].iter().zip(mask).filter(|(_, keep)| **keep);
+            let m = kept.map(|(&v, _)| ring.fp.to_i64(v).unsigned_abs()).max().unwrap_or(0);
             widest[i] = widest[i].max(m);
         }
     }
