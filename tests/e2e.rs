@@ -144,12 +144,17 @@ fn pi_infer_against_pi_serve_matches_the_fixed_point_engine() {
     assert_eq!(salt.trim().len(), 64);
 }
 
-/// An in-process server on a real loopback socket.
-async fn start_server(model: &Model, limits: Limits) -> (String, Arc<pi_inference::server::ServedModel>) {
+/// `model` prepared for serving the way `pi serve` does it: from a model file, default options.
+fn prepared(model: &Model) -> pi_inference::server::ServedModel {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.safetensors");
     format::save(model, &path).unwrap();
-    let served = Arc::new(pi_server::prepare(&path, &PrepareOptions::default()).unwrap());
+    pi_server::prepare(&path, &PrepareOptions::default()).unwrap()
+}
+
+/// An in-process server on a real loopback socket.
+async fn start_server(model: &Model, limits: Limits) -> (String, Arc<pi_inference::server::ServedModel>) {
+    let served = Arc::new(prepared(model));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(pi_server::serve(listener, served.clone(), limits, ServerTransport::Plaintext));
@@ -338,10 +343,7 @@ async fn embedded_server_and_client_agree_with_the_fixed_point_engine() {
     use pi_client::{Client, ClientOptions, ClientTransport};
     use pi_server::{Server, ServerOptions};
     let model = Model::random(arch::small_cnn(10).unwrap(), 6, Some(0.1)).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.safetensors");
-    format::save(&model, &path).unwrap();
-    let served = pi_server::prepare(&path, &PrepareOptions::default()).unwrap();
+    let served = prepared(&model);
     // Over TLS with a pinned self-signed certificate, as `pi serve` and `pi infer` run by default.
     let tls = Arc::new(pi_tls::TlsServer::self_signed().unwrap());
     let pinned = ClientTransport::pinned(tls.fingerprint()).unwrap();
@@ -494,10 +496,7 @@ async fn tampering_proxy(server: String, to_client: bool, at: u64) -> String {
 async fn tampering_in_transit_ends_the_session_with_a_clear_error_under_tls() {
     use pi_client::{Client, ClientOptions, ClientTransport};
     let model = Model::random(arch::small_cnn(10).unwrap(), 5, Some(0.1)).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.safetensors");
-    format::save(&model, &path).unwrap();
-    let served = Arc::new(pi_server::prepare(&path, &PrepareOptions::default()).unwrap());
+    let served = Arc::new(prepared(&model));
     let tls = Arc::new(pi_tls::TlsServer::self_signed().unwrap());
     let options = ClientOptions::new(ClientTransport::pinned(tls.fingerprint()).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
