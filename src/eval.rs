@@ -40,7 +40,7 @@ pub struct EvalArgs {
 pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
     let model = format::load(&a.file).with_context(|| format!("loading {}", a.file.display()))?.fold_batchnorm();
     let dir = a.data.clone().unwrap_or_else(data::default_fashion_mnist_dir);
-    let mut ds = pi_client::load_images(&dir)?;
+    let mut ds = pi_client::load_images(&dir, Some(&model.normalization))?;
     if let Some(n) = a.count {
         ds = ds.take(n);
     }

@@ -38,6 +38,11 @@ struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     commitment: Option<String>,
     input_shape: Vec<usize>,
+    /// Inputs are `(pixel / 255 - mean) / std` per channel.
+    normalization: pi_model::data::Normalization,
+    /// False for format-version-1 files, whose normalisation is implied by the input and class
+    /// count (the data format's default at the time).
+    normalization_stored: bool,
     classes: usize,
     parameters: usize,
     relus_total: usize,
@@ -47,7 +52,7 @@ struct Report {
 }
 
 pub fn run(a: &InspectArgs) -> anyhow::Result<()> {
-    let model = format::load(&a.file).with_context(|| format!("loading {}", a.file.display()))?;
+    let (model, version) = format::load_versioned(&a.file).with_context(|| format!("loading {}", a.file.display()))?;
     let shapes = model.graph.shapes();
     let counts = model.relu_counts();
     let layers: Vec<Layer> = model
@@ -77,10 +82,12 @@ pub fn run(a: &InspectArgs) -> anyhow::Result<()> {
     let r = Report {
         file: a.file.display().to_string(),
         arch: model.graph.arch.clone(),
-        format_version: format::FORMAT_VERSION,
+        format_version: version,
         hash: format::content_hash(&model),
         commitment: commitment(&a.file, &format::content_hash(&model))?,
         input_shape: model.graph.input_shape.clone(),
+        normalization: model.normalization.clone(),
+        normalization_stored: version >= 2,
         classes: model.graph.classes,
         parameters: model.parameter_count(),
         relus_total,
@@ -93,6 +100,12 @@ pub fn run(a: &InspectArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("{}  ({}, input {:?}, {} classes)", r.file, r.arch, r.input_shape, r.classes);
+    println!(
+        "normalisation: (pixel/255 - mean) / std, mean {:?} std {:?}{}",
+        r.normalization.mean,
+        r.normalization.std,
+        if r.normalization_stored { "" } else { "  (format version 1: implied by input and classes)" }
+    );
     println!("hash {}  (unsalted: for your records, not for clients)", r.hash);
     if let Some(c) = &r.commitment {
         println!("commitment {c}  (what pi serve announces with {})", pi_server::default_salt_path(&a.file).display());

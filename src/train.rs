@@ -8,6 +8,7 @@ use pi_linearizer::{
     Budget, ImportConfig, LinearizeConfig, Method, NoProgress, Progress, Schedule, TrainConfig, WithoutMasks,
 };
 use pi_model::Granularity;
+use pi_model::data::{NORMALIZATION_PRESETS, Normalization};
 use serde::Serialize;
 
 /// Learning-rate schedule flag.
@@ -326,9 +327,26 @@ pub struct ImportArgs {
     /// ResNet-18 whose classifier is called `fc`. Repeatable.
     #[arg(long, value_name = "FROM=TO", value_parser = parse_rename)]
     rename: Vec<(String, String)>,
+    /// The input normalisation the checkpoint was trained with, stored in the model so that it
+    /// computes here what it computed in PyTorch. Default: the SNL reference code's own constants
+    /// for the dataset the class count names (snl-cifar10 for 10 classes, snl-cifar100 for 100).
+    /// `cifar10`/`cifar100` are the datasets' exact statistics (torchvision tutorials' values).
+    #[arg(long, value_name = "PRESET", value_parser = parse_preset, conflicts_with_all = ["mean", "std"])]
+    normalization: Option<Normalization>,
+    /// Per-channel means of `transforms.Normalize(mean, std)`, comma-separated (with --std).
+    #[arg(long, value_name = "A,B,C", value_delimiter = ',', requires = "std")]
+    mean: Vec<f32>,
+    /// Per-channel standard deviations, comma-separated (with --mean).
+    #[arg(long, value_name = "A,B,C", value_delimiter = ',', requires = "mean")]
+    std: Vec<f32>,
     /// Print the JSON report on stdout.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_preset(s: &str) -> Result<Normalization, String> {
+    Normalization::preset(s)
+        .ok_or_else(|| format!("unknown normalisation {s:?} (known: {})", NORMALIZATION_PRESETS.join(", ")))
 }
 
 fn parse_rename(s: &str) -> Result<(String, String), String> {
@@ -349,6 +367,11 @@ impl ImportArgs {
             fold: self.fold,
             report: self.report.clone(),
             without_masks: if self.all_relus { WithoutMasks::KeepAllRelus } else { WithoutMasks::Refuse },
+            normalization: if self.mean.is_empty() {
+                self.normalization.clone()
+            } else {
+                Some(Normalization { mean: self.mean.clone(), std: self.std.clone() })
+            },
             renames: self.rename.clone(),
         }
     }

@@ -99,7 +99,7 @@ fn pi_infer_against_pi_serve_matches_the_fixed_point_engine() {
     assert_eq!(logits.dim(), (4, 10));
     let plain = format::load(&model).unwrap().fold_batchnorm();
     let ring = RingModel::new(&plain, FixedPoint::DEFAULT).unwrap();
-    let ds = pi_client::load_images(&bundled_data()).unwrap();
+    let ds = pi_client::load_images(&bundled_data(), None).unwrap();
     for (i, rec) in r["per_inference"].as_array().unwrap().iter().enumerate() {
         let row: Vec<f32> = logits.row(i).to_vec();
         assert_eq!(argmax(&row), rec["prediction"].as_u64().unwrap() as usize);
@@ -583,7 +583,7 @@ async fn eight_concurrent_clients_are_served_and_the_memory_comes_back() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let addr = lines.next().unwrap().unwrap().trim_start_matches("listening on ").to_string();
     let pid = child.id();
-    let ds = pi_client::load_images(&bundled_data()).unwrap();
+    let ds = pi_client::load_images(&bundled_data(), None).unwrap();
     let images: Vec<Vec<f32>> = (0..5).map(|i| ds.image(i).to_vec()).collect();
     let idle = rss_mb(pid);
     let tasks: Vec<_> = (0..8)
@@ -631,4 +631,38 @@ async fn a_client_reconnects_when_its_session_is_spent() {
     };
     let report = pi_client::run(&opts, |_, _| {}).await.unwrap();
     assert_eq!(report.inferences, 5);
+}
+
+/// The normalisation travels with the model: the server announces it, the client prepares its
+/// images with it. Checked against the fixed-point engine run here on the images normalised by
+/// the model's statistics, which differ enough from the data format's default to change the logits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_normalises_images_as_the_served_model_says() {
+    use pi_client::{ClientOptions, ClientTransport, InferOptions};
+    use pi_model::data::{Normalization, Split, load_dir_with};
+    let mut model = Model::random(arch::small_cnn(10).unwrap(), 5, Some(0.05)).unwrap();
+    model.normalization = Normalization { mean: vec![0.5], std: vec![0.125] };
+    let (addr, served) = start_server(&model, Limits::default()).await;
+    assert_eq!(served.public.normalization, model.normalization);
+    let opts = InferOptions {
+        server: addr,
+        data: bundled_data(),
+        count: 3,
+        reference_model: None,
+        connection: ClientOptions::new(ClientTransport::Plaintext),
+    };
+    let report = pi_client::run(&opts, |_, _| {}).await.unwrap();
+    let ring = RingModel::new(&model.fold_batchnorm(), FixedPoint::DEFAULT).unwrap();
+    let own = load_dir_with(&bundled_data(), Split::Test, Some(model.normalization.clone())).unwrap();
+    let default = pi_client::load_images(&bundled_data(), None).unwrap();
+    let mut moved = 0f32;
+    for (i, rec) in report.per_inference.iter().enumerate() {
+        let want = ring.decode_output(&ring.run(own.image(i)).unwrap());
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = want.iter().zip(&rec.logits).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err < 1e-3 * scale + 1e-2, "PI {:?} vs fixed point {want:?}", rec.logits);
+        let other = ring.decode_output(&ring.run(default.image(i)).unwrap());
+        moved = moved.max(want.iter().zip(&other).fold(0f32, |m, (a, b)| m.max((a - b).abs())));
+    }
+    assert!(moved > 0.1, "the two normalisations give logits within {moved}: the test could not fail");
 }

@@ -61,7 +61,9 @@ from safetensors import safe_open
 with safe_open(sys.argv[1], framework="numpy") as f:
     meta = f.metadata()
     arch = json.loads(meta["architecture"])
-    assert meta["format"] == "pi-model" and meta["format_version"] == "1"
+    assert meta["format"] == "pi-model" and meta["format_version"] == "2"
+    norm = json.loads(meta["normalization"])
+    assert norm == {"mean": [0.4914, 0.4822, 0.4465], "std": [0.247, 0.2435, 0.2616]}, norm
     assert arch["arch"] == "resnet18" and len(arch["nodes"]) > 0
     assert f.get_tensor("conv1.weight").shape == (64, 3, 3, 3)
     print(len(list(f.keys())))
@@ -84,7 +86,7 @@ fn eval_writes_logits_npy_and_takes_data_files() {
     let images = root.join("data/fashion-mnist/t10k-images-idx3-ubyte.gz");
     let dir = tempfile::tempdir().unwrap();
     let model = pi_model::format::load(&model_path).unwrap().fold_batchnorm();
-    let ds = pi_client::load_images(&images).unwrap();
+    let ds = pi_client::load_images(&images, None).unwrap();
     for fixed in [false, true] {
         let npy = dir.path().join(format!("logits-{fixed}.npy"));
         let mut args = vec!["eval", model_path.to_str().unwrap(), "--data", images.to_str().unwrap()];
@@ -158,4 +160,49 @@ fn the_same_model_is_written_byte_for_byte_the_same() {
         .collect();
     assert!(files.iter().all(|f| f == &files[0]));
     assert_eq!(inspect_json(dir.path().join("m0.safetensors").to_str().unwrap())["relus_total"].as_u64(), Some(20_384));
+}
+
+/// The input normalisation travels in the file: `pi import` defaults to the SNL reference code's
+/// constants for the checkpoint's dataset and takes a preset or explicit statistics; `pi inspect`
+/// shows it; a version-1 file (the bundled model) loads with its data format's default.
+#[test]
+fn import_records_the_normalisation_and_inspect_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    assert!(pi(&["init", "--arch", "resnet18", "--out", &p("m.safetensors")]).status.success());
+    let out = pi(&["export", &p("m.safetensors"), "--format", "snl", "--out", &p("snl.safetensors"), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let exported: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(exported["normalization"]["std"][0].as_f64().unwrap() as f32, 0.2470);
+    let (checkpoint, imported) = (p("snl.safetensors"), p("i.safetensors"));
+    let import = |extra: &[&str]| {
+        let mut args = vec!["import", "--arch", "resnet18", "--checkpoint", &checkpoint, "--out", &imported];
+        args.extend(extra);
+        let out = pi(&args);
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let std_of = || -> Vec<f32> {
+        let j = inspect_json(&p("i.safetensors"));
+        assert_eq!(j["format_version"], 2);
+        assert_eq!(j["normalization_stored"], true);
+        j["normalization"]["std"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect()
+    };
+    assert!(import(&[]).0);
+    assert_eq!(std_of(), [0.2023, 0.1994, 0.2010], "the reference code's CIFAR-10 constants");
+    assert!(import(&["--normalization", "cifar10"]).0);
+    assert_eq!(std_of(), [0.2470, 0.2435, 0.2616]);
+    assert!(import(&["--mean", "0.5,0.5,0.5", "--std", "0.25,0.5,1"]).0);
+    assert_eq!(std_of(), [0.25, 0.5, 1.0]);
+    let (ok, err) = import(&["--normalization", "imagenet"]);
+    assert!(!ok && err.contains("snl-cifar100"), "{err}");
+    let (ok, err) = import(&["--mean", "0.5,0.5", "--std", "1,1"]);
+    assert!(!ok && err.contains("2 means and 2 stds for 3 channels"), "{err}");
+    let (ok, err) = import(&["--mean", "0.5"]);
+    assert!(!ok && err.contains("--std"), "{err}");
+
+    // The bundled model predates the field: version 1, Fashion-MNIST's statistics implied.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let j = inspect_json(root.join("models/small-cnn-fmnist.safetensors").to_str().unwrap());
+    assert_eq!((j["format_version"].as_u64(), j["normalization_stored"].as_bool()), (Some(1), Some(false)));
+    assert_eq!(j["normalization"]["mean"][0].as_f64().unwrap() as f32, 0.2860);
 }

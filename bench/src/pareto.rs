@@ -112,7 +112,8 @@ pub async fn run(
     if opts.count == 0 {
         return Err(BenchError::Params("--count must be at least 1".into()));
     }
-    let ds = pi_client::load_images(&opts.data).map_err(|e| BenchError::Params(e.to_string()))?;
+    let load = |norm| pi_client::load_images(&opts.data, norm).map_err(|e| BenchError::Params(e.to_string()));
+    let ds = load(None)?;
     let mut models = Vec::new();
     for path in &opts.models {
         let model = format::load(path).map_err(|e| BenchError::Params(format!("{}: {e}", path.display())))?;
@@ -128,7 +129,13 @@ pub async fn run(
         models.push(model);
     }
     let count = opts.count.min(ds.len());
-    let images: Vec<Vec<f32>> = (0..count).map(|i| ds.image(i).to_vec()).collect();
+    // The images as each model normalises them (models of one family share one copy).
+    let mut normalised: Vec<pi_model::data::Dataset> = vec![ds];
+    for model in &models {
+        if !normalised.iter().any(|d| d.normalization == model.normalization) {
+            normalised.push(load(Some(&model.normalization))?);
+        }
+    }
     let eopts = e2e::E2eOptions {
         net: Some(opts.net),
         repeat: count,
@@ -140,6 +147,8 @@ pub async fn run(
     let mut points = Vec::new();
     for (path, model) in opts.models.iter().zip(&models) {
         let name = path.display().to_string();
+        let ds = normalised.iter().find(|d| d.normalization == model.normalization).expect("loaded above");
+        let images: Vec<Vec<f32>> = (0..count).map(|i| ds.image(i).to_vec()).collect();
         let folded = model.fold_batchnorm();
         let f32_pred: Vec<usize> = (0..ds.len())
             .into_par_iter()

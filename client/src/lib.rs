@@ -8,7 +8,7 @@
 
 use pi_channel::{Channel, Link, Shaped};
 use pi_inference::{ClientSession, InferenceError, InferenceResult, LayerCost, PublicModel};
-use pi_model::data::{self, Dataset, Split};
+use pi_model::data::{self, Dataset, Normalization, Split};
 use pi_model::engine::{RingModel, argmax, run_f32};
 use pi_model::{Model, format};
 use pi_tls::{ClientStream, Fingerprint, ServerTrust, TlsClient, TlsError};
@@ -116,6 +116,11 @@ pub enum ClientError {
     Shape { images: Vec<usize>, model: Vec<usize> },
     #[error("loading reference {path}: {source}")]
     Reference { path: PathBuf, source: pi_model::format::FormatError },
+    #[error(
+        "reference {path} normalises inputs with mean {:?} std {:?}, the served model with mean {:?} std {:?}: not the same function",
+        reference.mean, reference.std, served.mean, served.std
+    )]
+    ReferenceNormalization { path: PathBuf, reference: Normalization, served: Normalization },
     #[error(transparent)]
     Engine(#[from] pi_model::engine::EngineError),
     #[error("inference {index}: {source}")]
@@ -191,7 +196,8 @@ impl Client {
         self.session.public()
     }
 
-    /// Classifies one image (normalised, `C x H x W`) privately: offline then online phase.
+    /// Classifies one image (`C x H x W`, normalised as `self.public().normalization` says)
+    /// privately: offline then online phase.
     pub async fn infer(&mut self, image: &[f32]) -> Result<Inference, ClientError> {
         let costs = self.session.infer(&mut self.ch, image).await?;
         Ok(Inference { prediction: argmax(&costs.logits), costs })
@@ -258,21 +264,24 @@ pub struct Report {
 }
 
 /// Loads images: a dataset directory (its test split), a CIFAR `.bin` batch, or an IDX images file
-/// with its labels file beside it (`*-images-idx3-ubyte[.gz]` / `*-labels-idx1-ubyte[.gz]`).
-pub fn load_images(path: &Path) -> Result<Dataset, ClientError> {
+/// with its labels file beside it (`*-images-idx3-ubyte[.gz]` / `*-labels-idx1-ubyte[.gz]`),
+/// normalised as `normalization` (a model's; `None`: the data format's default).
+pub fn load_images(path: &Path, normalization: Option<&Normalization>) -> Result<Dataset, ClientError> {
     let data_err = |source| ClientError::Data { path: path.to_path_buf(), source };
     if path.is_dir() {
-        return data::load_dir(path, Split::Test).map_err(data_err);
+        return data::load_dir_with(path, Split::Test, normalization.cloned()).map_err(data_err);
     }
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     if name.ends_with(".bin") {
-        return data::load_cifar_bin(&[path], false).map_err(data_err);
+        let norm = normalization.cloned().unwrap_or_else(Normalization::cifar10);
+        return data::load_cifar_bin_with(&[path], false, norm).map_err(data_err);
     }
     let labels = path.with_file_name(name.replace("images-idx3", "labels-idx1"));
     if labels == path {
         return Err(ClientError::UnknownData(path.to_path_buf()));
     }
-    data::load_idx(path, &labels).map_err(data_err)
+    let norm = normalization.cloned().unwrap_or_else(Normalization::fashion_mnist);
+    data::load_idx_with(path, &labels, norm).map_err(data_err)
 }
 
 fn percentile(v: &[f64], p: f64) -> f64 {
@@ -292,17 +301,29 @@ struct Reference {
 /// Connects, runs the inferences and builds the report; `progress(done, total)` is called after
 /// each inference.
 pub async fn run(opts: &InferOptions, mut progress: impl FnMut(usize, usize)) -> Result<Report, ClientError> {
-    let ds = load_images(&opts.data)?;
+    // Read once before connecting (a bad file fails fast), again with the served model's
+    // normalisation when the data format's default is not it.
+    let mut ds = load_images(&opts.data, None)?;
     let count = opts.count.min(ds.len());
     let mut client = Client::connect(&opts.server, &opts.connection).await?;
     let public = client.public().clone();
     if ds.shape.as_slice() != public.graph.input_shape.as_slice() {
         return Err(ClientError::Shape { images: ds.shape.to_vec(), model: public.graph.input_shape.clone() });
     }
+    if ds.normalization != public.normalization {
+        ds = load_images(&opts.data, Some(&public.normalization))?;
+    }
     let reference = match &opts.reference_model {
         Some(p) => {
             let model =
                 format::load(p).map_err(|source| ClientError::Reference { path: p.clone(), source })?.fold_batchnorm();
+            if model.normalization != public.normalization {
+                return Err(ClientError::ReferenceNormalization {
+                    path: p.clone(),
+                    reference: model.normalization,
+                    served: public.normalization.clone(),
+                });
+            }
             let ring = RingModel::new(&model, public.fp)?;
             Some(Reference { model, ring })
         }

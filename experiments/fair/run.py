@@ -140,15 +140,18 @@ class Runner:
         install(TEACHER_REPORT, os.path.join(FAMILY, "full.json"))
         log("installed models/family/full.safetensors and full.json")
 
-    def snl(self, seed, name="snl", extra=(), folder=REPORTS):
-        if all(os.path.exists(report_path(name, b, seed, folder)) for b in BUDGETS):
+    def snl(self, seed, name="snl", extra=(), folder=REPORTS, budgets=BUDGETS):
+        """One SNL run for all `budgets`. Mask learning stops once the smallest is met and the
+        lambda schedule does not depend on the budgets, so a run over the larger budgets only is
+        the same run cut short: its masks and finetuning at those budgets are the full run's."""
+        if all(os.path.exists(report_path(name, b, seed, folder)) for b in budgets):
             return
         stem = os.path.join(self.work, f"{name}-s{seed}")
-        cmd = self.base(seed) + ["--method", "snl", "--budget", ",".join(map(str, BUDGETS))] + SNL_FLAGS
+        cmd = self.base(seed) + ["--method", "snl", "--budget", ",".join(map(str, budgets))] + SNL_FLAGS
         cmd += list(extra) + ["--out", stem + ".safetensors", "--report", stem + ".json"]
         if not self.run(f"{name}-s{seed}", cmd) or self.args.dry_run:
             return
-        for b in BUDGETS:
+        for b in budgets:
             install(f"{stem}-{b}.json", report_path(name, b, seed, folder))
             if name == "snl" and seed == FAMILY_SEED:
                 self.family(f"{stem}-{b}", f"snl-{b}")
@@ -212,7 +215,7 @@ def main():
         if args.only and args.budgets:
             budgets = [b for b in budgets if str(b) in args.budgets.split(",")]
         if method == "snl":
-            r.snl(seed)
+            r.snl(seed, budgets=budgets)
         else:
             r.baseline(method, seed, budgets)
     if not args.no_ablations and not args.only:

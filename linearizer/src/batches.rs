@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use pi_model::data::{Dataset, Split, load_dir};
+use pi_model::data::{Dataset, Normalization, Split, load_dir_with};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -24,11 +24,22 @@ pub struct Splits {
     pub test: Dataset,
 }
 
-/// Loads `dir`, holds out `val_size` training images (the last ones of a fixed shuffle) for
-/// validation, and optionally keeps only the first `train_limit` of the rest.
-pub fn load_splits(dir: &Path, val_size: usize, train_limit: Option<usize>, seed: u64) -> Result<Splits> {
+/// Loads `dir` normalised as `normalization` (`None`: the data format's default), holds out
+/// `val_size` training images (the last ones of a fixed shuffle) for validation, and optionally
+/// keeps only the first `train_limit` of the rest.
+pub fn load_splits(
+    dir: &Path,
+    normalization: Option<&Normalization>,
+    val_size: usize,
+    train_limit: Option<usize>,
+    seed: u64,
+) -> Result<Splits> {
     let load = |split, name| {
-        load_dir(dir, split).map_err(|source| LinearizeError::Dataset { split: name, dir: dir.to_path_buf(), source })
+        load_dir_with(dir, split, normalization.cloned()).map_err(|source| LinearizeError::Dataset {
+            split: name,
+            dir: dir.to_path_buf(),
+            source,
+        })
     };
     let full = load(Split::Train, "training")?;
     let test = load(Split::Test, "test")?;

@@ -143,6 +143,14 @@ pub enum CheckpointError {
     /// A tensor holding NaN or infinity.
     #[error("{name}: non-finite value at index {index}")]
     NonFinite { name: String, index: usize },
+    /// No normalisation given and the class count names no dataset of the reference code.
+    #[error(
+        "{classes} classes: which normalisation was {arch} trained with? Give --normalization (snl-cifar10, snl-cifar100, ...) or --mean and --std"
+    )]
+    UnknownNormalization { classes: usize, arch: String },
+    /// The normalisation given does not fit the network's input.
+    #[error("normalisation: {0}")]
+    BadNormalization(String),
     /// Tensors of the architecture that the checkpoint lacks (checkpoint names).
     #[error("checkpoint lacks {} tensor(s) of {arch}: {}", missing.len(), first_eight(missing))]
     Missing { arch: String, missing: Vec<String> },

@@ -9,6 +9,7 @@ use burn::tensor::module::{avg_pool2d, batch_norm, batch_norm_train, conv2d};
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 use ndarray::{ArrayD, IxDyn};
+use pi_model::data::Normalization;
 use pi_model::graph::{INPUT, param_shapes};
 use pi_model::{Granularity, Model, Op, ValidGraph};
 
@@ -61,6 +62,8 @@ pub struct Net {
     /// ReLU nodes whose masks are all ones and frozen: evaluated as a plain ReLU.
     plain_relu: HashMap<String, bool>,
     device: Device,
+    /// The model's input normalisation, kept for [`Net::to_model`].
+    pub normalization: Normalization,
     /// BatchNorm running-statistics momentum (PyTorch convention: weight of the new batch).
     pub bn_momentum: f64,
 }
@@ -136,6 +139,7 @@ impl Net {
             last_use,
             plain_relu: HashMap::new(),
             device: device.clone(),
+            normalization: model.normalization.clone(),
             bn_momentum: 0.1,
         };
         net.set_trainable(true, false);
@@ -379,7 +383,7 @@ impl Net {
             tensors
                 .insert(format!("{node}.running_var"), ArrayD::from_shape_vec(IxDyn(&[c]), to_vec(v)).expect("shape"));
         }
-        Model { graph: self.graph.clone(), tensors }
+        Model { graph: self.graph.clone(), tensors, normalization: self.normalization.clone() }
     }
 
     /// Copies parameters and statistics from another executor of the same graph (best-checkpoint restore).
@@ -413,6 +417,7 @@ impl Net {
             last_use: self.last_use.clone(),
             plain_relu: self.plain_relu.clone(),
             device: self.device.clone(),
+            normalization: self.normalization.clone(),
             bn_momentum: self.bn_momentum,
         }
     }

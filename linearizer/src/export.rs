@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, IxDyn};
+use pi_model::data::Normalization;
 use pi_model::{Model, Op, arch};
 use serde::Serialize;
 
@@ -27,6 +28,9 @@ pub struct ExportReport {
     pub batchnorm: &'static str,
     pub relus_total: usize,
     pub relus_kept: usize,
+    /// The input normalisation the network expects (`transforms.Normalize(mean, std)` in
+    /// PyTorch); also in the file's metadata under `normalization`.
+    pub normalization: Normalization,
 }
 
 /// SNL's name of a model tensor: the ReLU mask `X.reluK.mask` is `X.alphaK.alphas`.
@@ -89,7 +93,7 @@ fn unfolded(model: &Model) -> std::result::Result<(Model, &'static str), String>
         let array = ArrayD::from_shape_vec(IxDyn(&shape), value).map_err(|e| format!("{name}: {e}"))?;
         tensors.insert(name, array);
     }
-    Ok((Model { graph, tensors }, "unfolded"))
+    Ok((Model { graph, tensors, normalization: model.normalization.clone() }, "unfolded"))
 }
 
 /// Writes `model` as a state dict of the public SNL code (ResNet-18 or WRN-22-8) to `out`.
@@ -145,7 +149,9 @@ pub fn export_snl(model_path: &Path, out: &Path) -> Result<ExportReport> {
         .map(|(n, s, b, d)| safetensors::tensor::TensorView::new(*d, s.clone(), b).map(|v| (n.clone(), v)))
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| bad(e.to_string()))?;
-    safetensors::serialize_to_file(views, None, out)
+    let norm_json = serde_json::to_string(&model.normalization).map_err(|e| bad(e.to_string()))?;
+    let meta = std::collections::HashMap::from([("normalization".to_string(), norm_json)]);
+    safetensors::serialize_to_file(views, Some(meta), out)
         .map_err(|e| LinearizeError::Export { path: PathBuf::from(out), reason: format!("writing: {e}") })?;
     Ok(ExportReport {
         model: model_path.display().to_string(),
@@ -156,6 +162,7 @@ pub fn export_snl(model_path: &Path, out: &Path) -> Result<ExportReport> {
         batchnorm,
         relus_total: model.relu_counts().iter().map(|c| c.total).sum(),
         relus_kept: model.kept_relus(),
+        normalization: model.normalization.clone(),
     })
 }
 

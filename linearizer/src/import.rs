@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use burn_store::pytorch_reader::{DType as PtDType, PytorchReader};
 use ndarray::{ArrayD, IxDyn};
+use pi_model::data::Normalization;
 use pi_model::{Model, arch};
 use safetensors::{Dtype, SafeTensors};
 use serde::Serialize;
@@ -38,6 +39,9 @@ pub struct ImportConfig {
     pub report: Option<PathBuf>,
     /// What to do with a checkpoint that carries no SNL alphas.
     pub without_masks: WithoutMasks,
+    /// The input normalisation the network was trained with; `None`: the SNL reference code's
+    /// constants for the dataset the class count names (10: CIFAR-10, 100: CIFAR-100).
+    pub normalization: Option<Normalization>,
     /// Checkpoint name prefixes to rename before matching (`fc` -> `linear`: a ResNet-18 whose
     /// classifier is called `fc`). A prefix matches whole dotted components only.
     pub renames: Vec<(String, String)>,
@@ -71,6 +75,7 @@ impl ImportConfig {
             fold: false,
             report: None,
             without_masks: WithoutMasks::Refuse,
+            normalization: None,
             renames: Vec::new(),
         }
     }
@@ -96,6 +101,10 @@ pub struct ImportReport {
     pub non_binary_alphas: usize,
     pub relus_total: usize,
     pub relus_kept: usize,
+    /// The input normalisation written into the model.
+    pub normalization: Normalization,
+    /// Where it came from: `given` or the reference constants' preset name (`snl-cifar10`...).
+    pub normalization_source: String,
 }
 
 /// A checkpoint tensor converted to f32.
@@ -280,6 +289,18 @@ fn convert(
         },
     };
     let graph = arch::build(arch_name, classes)?;
+    let (normalization, normalization_source) = match &config.normalization {
+        Some(n) => (n.clone(), "given".to_string()),
+        None => {
+            let preset = match classes {
+                10 => "snl-cifar10",
+                100 => "snl-cifar100",
+                _ => return Err(CheckpointError::UnknownNormalization { classes, arch: arch_name.to_string() }),
+            };
+            (Normalization::preset(preset).expect("known preset"), preset.to_string())
+        }
+    };
+    normalization.check(graph.input_shape[0]).map_err(CheckpointError::BadNormalization)?;
     let expected = graph.expected_tensors();
     let has_alphas = tensors.keys().any(|k| k.ends_with(".alphas") || k.ends_with(".mask"));
     if !has_alphas && config.without_masks == WithoutMasks::Refuse {
@@ -329,7 +350,7 @@ fn convert(
     let mut ignored: Vec<String> = tensors.into_keys().map(|k| format!("{k} (not a tensor of {arch_name})")).collect();
     ignored.extend(skipped);
     ignored.sort();
-    let model = Model { graph, tensors: out };
+    let model = Model { graph, tensors: out, normalization: normalization.clone() };
     let report = ImportReport {
         arch: arch_name.to_string(),
         classes,
@@ -342,6 +363,8 @@ fn convert(
         non_binary_alphas: non_binary,
         relus_total: model.relu_counts().iter().map(|c| c.total).sum(),
         relus_kept: model.kept_relus(),
+        normalization,
+        normalization_source,
     };
     Ok((model, report))
 }

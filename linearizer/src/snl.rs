@@ -279,7 +279,7 @@ pub fn linearize(config: &LinearizeConfig, progress: &mut dyn Progress) -> Resul
         .map_err(|source| LinearizeError::LoadModel { path: config.model.clone(), source })?;
     let dir = config.data.clone().unwrap_or_else(pi_model::data::default_fashion_mnist_dir);
     let split_seed = config.split_seed.unwrap_or(config.seed);
-    let splits = load_splits(&dir, config.val_size, config.train_limit, split_seed)?;
+    let splits = load_splits(&dir, Some(&input.normalization), config.val_size, config.train_limit, split_seed)?;
     if input.graph.input_shape != splits.train.shape.to_vec() || input.graph.classes != splits.train.classes {
         return Err(LinearizeError::DatasetMismatch {
             model_shape: input.graph.input_shape.clone(),

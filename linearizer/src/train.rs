@@ -118,10 +118,19 @@ pub struct TrainReport {
 pub fn train(config: &TrainConfig, progress: &mut dyn Progress) -> Result<TrainReport> {
     let started = Instant::now();
     let dir = config.data.clone().unwrap_or_else(pi_model::data::default_fashion_mnist_dir);
-    let splits = load_splits(&dir, config.val_size, config.train_limit, config.seed)?;
-    let model = match &config.init {
-        Some(p) => pi_model::load(p).map_err(|source| LinearizeError::LoadModel { path: p.clone(), source })?,
-        None => Model::random(arch::build(&config.arch, splits.train.classes)?, config.seed, None)?,
+    let init = match &config.init {
+        Some(p) => Some(pi_model::load(p).map_err(|source| LinearizeError::LoadModel { path: p.clone(), source })?),
+        None => None,
+    };
+    // A model to continue keeps its normalisation; a new one records the data's.
+    let splits =
+        load_splits(&dir, init.as_ref().map(|m| &m.normalization), config.val_size, config.train_limit, config.seed)?;
+    let model = match init {
+        Some(m) => m,
+        None => Model {
+            normalization: splits.train.normalization.clone(),
+            ..Model::random(arch::build(&config.arch, splits.train.classes)?, config.seed, None)?
+        },
     };
     if model.graph.input_shape != splits.train.shape.to_vec() {
         return Err(LinearizeError::InputShape {

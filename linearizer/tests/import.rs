@@ -7,6 +7,7 @@ use std::path::Path;
 
 use pi_linearizer::import::import_checkpoint;
 use pi_linearizer::{CheckpointError, ImportConfig, LinearizeError, WithoutMasks, import};
+use pi_model::data::Normalization;
 use pi_model::{Model, arch};
 
 /// Checkpoint tensors by name: shape and values.
@@ -147,6 +148,17 @@ fn safetensors_with_snl_names_round_trip() {
     assert_same(&model, &imported);
     assert!(report.had_masks);
     assert_eq!(report.classes, 10);
+    // No normalisation given: the reference code's constants for CIFAR-10.
+    assert_eq!(imported.normalization, Normalization::snl_cifar10());
+    assert_eq!(report.normalization_source, "snl-cifar10");
+    // A class count that names no dataset of the reference code needs the normalisation given.
+    let seven = ImportConfig { classes: Some(7), ..ImportConfig::new("resnet18", &path, "") };
+    let err = import_checkpoint(&seven).unwrap_err();
+    assert!(
+        matches!(&err, LinearizeError::Import { source: CheckpointError::UnknownNormalization { classes: 7, .. }, .. }),
+        "{err}"
+    );
+    assert!(chain(&err).contains("--normalization"), "{}", chain(&err));
     assert_eq!(report.relus_total, 491_520);
     assert_eq!(report.relus_kept, model.kept_relus());
 }

@@ -1,6 +1,11 @@
 //! The model file: one `.safetensors` file with f32 tensors for weights and masks and, in the
-//! `__metadata__`, the architecture as JSON, the format version and a content hash.
+//! `__metadata__`, the architecture as JSON, the input normalisation as JSON, the format version
+//! and a content hash.
+//!
+//! Version 1 files (no normalisation) still load, with the normalisation their data format
+//! implied ([`Normalization::legacy_default`]).
 
+use crate::data::Normalization;
 use crate::graph::{Graph, GraphError, Op};
 use crate::model::{Model, Tensor};
 use ndarray::{ArrayD, IxDyn};
@@ -11,7 +16,9 @@ use std::path::Path;
 /// Value of the `format` metadata key.
 pub const FORMAT_NAME: &str = "pi-model";
 /// Current format version (metadata key `format_version`).
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format version this build reads.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 /// Layer kinds a file may contain.
 pub const LAYER_KINDS: &[&str] =
     &["conv2d", "batchnorm", "linear", "relu", "add", "avg_pool", "global_avg_pool", "flatten"];
@@ -27,7 +34,9 @@ pub enum FormatError {
     Malformed(String),
     #[error("no pi-model metadata (key {0:?} missing): not a model file of this project")]
     MissingMetadata(&'static str),
-    #[error("unsupported format version {found} (this build reads version {FORMAT_VERSION})")]
+    #[error(
+        "unsupported format version {found} (this build reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION})"
+    )]
     UnsupportedVersion { found: String },
     #[error("unknown layer kind {kind:?} in node {node:?} (known: {known})", known = LAYER_KINDS.join(", "))]
     UnknownLayerKind { node: String, kind: String },
@@ -49,12 +58,29 @@ pub enum FormatError {
     WrongDtype { name: String, dtype: String },
     #[error("tensor {name:?} holds a non-finite value at index {index}")]
     NonFinite { name: String, index: usize },
+    #[error("bad input normalisation in the metadata: {0}")]
+    BadNormalization(String),
     #[error("content hash mismatch: file says {stored}, contents hash to {computed} (corrupted file)")]
     HashMismatch { stored: String, computed: String },
 }
 
-/// Content hash (hex blake3) of a model: the architecture JSON and every tensor's name, shape and bytes.
+/// Content hash (hex blake3) of a model: the architecture JSON, every tensor's name, shape and
+/// bytes, and the input normalisation (it changes the function the model computes).
 pub fn content_hash(model: &Model) -> String {
+    let mut h = hash_body(model);
+    let norm = serde_json::to_vec(&model.normalization).expect("normalisation serialises");
+    h.update(b"normalization\0");
+    h.update(&(norm.len() as u64).to_le_bytes());
+    h.update(&norm);
+    h.finalize().to_hex().to_string()
+}
+
+/// The hash a version-1 file stored: architecture and tensors only.
+fn content_hash_v1(model: &Model) -> String {
+    hash_body(model).finalize().to_hex().to_string()
+}
+
+fn hash_body(model: &Model) -> blake3::Hasher {
     let mut h = blake3::Hasher::new();
     h.update(b"pi-model v1\0");
     let arch = serde_json::to_vec(&model.graph).expect("graph serialises");
@@ -71,7 +97,7 @@ pub fn content_hash(model: &Model) -> String {
             h.update(&v.to_le_bytes());
         }
     }
-    h.finalize().to_hex().to_string()
+    h
 }
 
 /// Serialises a model to the bytes of a `.safetensors` file.
@@ -88,6 +114,10 @@ pub fn to_bytes(model: &Model) -> Vec<u8> {
     meta.insert("format".to_string(), FORMAT_NAME.to_string());
     meta.insert("format_version".to_string(), FORMAT_VERSION.to_string());
     meta.insert("architecture".to_string(), serde_json::to_string(&model.graph).expect("graph serialises"));
+    meta.insert(
+        "normalization".to_string(),
+        serde_json::to_string(&model.normalization).expect("normalisation serialises"),
+    );
     meta.insert("hash".to_string(), content_hash(model));
     canonical_header(safetensors::serialize(views, Some(meta)).expect("valid model serialises"))
 }
@@ -139,8 +169,13 @@ pub fn save(model: &Model, path: &Path) -> Result<(), FormatError> {
 
 /// Reads and validates a model file.
 pub fn load(path: &Path) -> Result<Model, FormatError> {
+    load_versioned(path).map(|(model, _)| model)
+}
+
+/// [`load`], also telling the file's format version (1: the normalisation was implied).
+pub fn load_versioned(path: &Path) -> Result<(Model, u32), FormatError> {
     let bytes = std::fs::read(path).map_err(|source| FormatError::Io { path: path.display().to_string(), source })?;
-    load_bytes(&bytes)
+    load_bytes_versioned(&bytes)
 }
 
 fn map_st(e: SafeTensorError) -> FormatError {
@@ -173,6 +208,11 @@ fn parse_graph(json: &str) -> Result<Graph, FormatError> {
 
 /// Parses and validates the bytes of a model file. Never panics, whatever the bytes.
 pub fn load_bytes(bytes: &[u8]) -> Result<Model, FormatError> {
+    load_bytes_versioned(bytes).map(|(model, _)| model)
+}
+
+/// [`load_bytes`], also telling the file's format version.
+pub fn load_bytes_versioned(bytes: &[u8]) -> Result<(Model, u32), FormatError> {
     let st = SafeTensors::deserialize(bytes).map_err(map_st)?;
     let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(map_st)?;
     let meta = metadata.metadata().as_ref().ok_or(FormatError::MissingMetadata("format"))?;
@@ -180,12 +220,22 @@ pub fn load_bytes(bytes: &[u8]) -> Result<Model, FormatError> {
         return Err(FormatError::MissingMetadata("format"));
     }
     let version = meta.get("format_version").ok_or(FormatError::MissingMetadata("format_version"))?;
-    if version.parse::<u32>().ok() != Some(FORMAT_VERSION) {
-        return Err(FormatError::UnsupportedVersion { found: version.clone() });
-    }
+    let version = match version.parse::<u32>() {
+        Ok(v) if (OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&v) => v,
+        _ => return Err(FormatError::UnsupportedVersion { found: version.clone() }),
+    };
     let arch = meta.get("architecture").ok_or(FormatError::MissingMetadata("architecture"))?;
     let stored_hash = meta.get("hash").ok_or(FormatError::MissingMetadata("hash"))?;
     let graph = parse_graph(arch)?.validate()?;
+    let normalization = if version >= 2 {
+        let json = meta.get("normalization").ok_or(FormatError::MissingMetadata("normalization"))?;
+        let norm: Normalization =
+            serde_json::from_str(json).map_err(|e| FormatError::BadNormalization(e.to_string()))?;
+        norm.check(graph.input_shape[0]).map_err(FormatError::BadNormalization)?;
+        norm
+    } else {
+        Normalization::legacy_default(graph.input_shape[0], graph.classes)
+    };
     let expected = graph.expected_tensors();
 
     let mut tensors = BTreeMap::new();
@@ -221,12 +271,12 @@ pub fn load_bytes(bytes: &[u8]) -> Result<Model, FormatError> {
     if let Some(missing) = expected.keys().find(|k| !tensors.contains_key(*k)) {
         return Err(FormatError::MissingTensor(missing.clone()));
     }
-    let model = Model { graph, tensors };
-    let computed = content_hash(&model);
+    let model = Model { graph, tensors, normalization };
+    let computed = if version >= 2 { content_hash(&model) } else { content_hash_v1(&model) };
     if &computed != stored_hash {
         return Err(FormatError::HashMismatch { stored: stored_hash.clone(), computed });
     }
-    Ok(model)
+    Ok((model, version))
 }
 
 /// True for the layer kinds that hold weights (for `pi inspect`).
@@ -259,8 +309,51 @@ mod tests {
         safetensors::serialize(views, Some(meta)).unwrap()
     }
 
+    /// A version-1 file of `m` (no normalisation in the metadata, the old hash).
     fn rewrite(m: &Model) -> Vec<u8> {
-        write(&serde_json::to_string(&m.graph).unwrap(), &m.tensors, "1", Some(content_hash(m)))
+        write(&serde_json::to_string(&m.graph).unwrap(), &m.tensors, "1", Some(content_hash_v1(m)))
+    }
+
+    #[test]
+    fn normalization_travels_with_the_model() {
+        let mut m = small();
+        m.normalization = Normalization { mean: vec![0.5], std: vec![0.25] };
+        let back = load_bytes(&to_bytes(&m)).unwrap();
+        assert_eq!(back.normalization, m.normalization);
+        // The hash covers it: another normalisation is another function.
+        assert_ne!(content_hash(&m), content_hash(&small()));
+    }
+
+    #[test]
+    fn version_1_files_load_with_their_data_format_default() {
+        let m = small();
+        let back = load_bytes(&rewrite(&m)).unwrap();
+        assert_eq!(back.normalization, Normalization::fashion_mnist());
+        assert_eq!(back, m);
+        let c100 = Model::random(arch::resnet18(100).unwrap(), 1, None).unwrap();
+        assert_eq!(load_bytes(&rewrite(&c100)).unwrap().normalization, Normalization::cifar100());
+    }
+
+    #[test]
+    fn bad_normalization_is_refused() {
+        for norm in [
+            Normalization { mean: vec![0.1, 0.2], std: vec![1.0] },
+            Normalization { mean: vec![0.1], std: vec![-1.0] },
+            Normalization { mean: vec![], std: vec![1.0] },
+        ] {
+            let mut m = small();
+            m.normalization = norm;
+            let err = load_bytes(&to_bytes(&m)).unwrap_err();
+            assert!(matches!(err, FormatError::BadNormalization(_)), "{err}");
+        }
+        // Present but not the JSON of a normalisation.
+        let m = small();
+        let mut bytes = to_bytes(&m);
+        let json = br#""normalization":"{"#;
+        let at = bytes.windows(json.len()).position(|w| w == json).unwrap() + json.len() - 1;
+        bytes[at] = b'[';
+        let err = load_bytes(&bytes).unwrap_err();
+        assert!(matches!(err, FormatError::BadNormalization(_)), "{err}");
     }
 
     #[test]
@@ -333,8 +426,8 @@ mod tests {
     fn unsupported_version_and_hash_mismatch() {
         let m = small();
         let json = serde_json::to_string(&m.graph).unwrap();
-        let err = load_bytes(&write(&json, &m.tensors, "2", Some(content_hash(&m)))).unwrap_err();
-        assert!(matches!(&err, FormatError::UnsupportedVersion { found } if found == "2"), "{err}");
+        let err = load_bytes(&write(&json, &m.tensors, "3", Some(content_hash(&m)))).unwrap_err();
+        assert!(matches!(&err, FormatError::UnsupportedVersion { found } if found == "3"), "{err}");
         let err = load_bytes(&write(&json, &m.tensors, "1", Some("00".repeat(32)))).unwrap_err();
         assert!(matches!(err, FormatError::HashMismatch { .. }));
         // Not a model file at all: a plain safetensors file without our metadata.

@@ -1,5 +1,6 @@
 //! A graph together with its weights and masks; random initialisation and BatchNorm folding.
 
+use crate::data::Normalization;
 use crate::graph::{Granularity, GraphError, Node, Op, ValidGraph};
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng, seq::SliceRandom};
@@ -14,6 +15,9 @@ pub type Tensor = ArrayD<f32>;
 pub struct Model {
     pub graph: ValidGraph,
     pub tensors: BTreeMap<String, Tensor>,
+    /// How raw pixels become the network's input: part of the function the model computes, so
+    /// it travels with the model (file metadata, the server's greeting).
+    pub normalization: Normalization,
 }
 
 /// ReLU statistics of one ReLU node.
@@ -69,7 +73,15 @@ impl Model {
                 );
             }
         }
-        Ok(Model { graph, tensors })
+        let normalization = Normalization::legacy_default(graph.input_shape[0], graph.classes);
+        Ok(Model { graph, tensors, normalization })
+    }
+
+    /// A model whose normalisation is the data format's default for its input and class count
+    /// (what every model was trained with before the normalisation was stored).
+    pub fn with_default_normalization(graph: ValidGraph, tensors: BTreeMap<String, Tensor>) -> Model {
+        let normalization = Normalization::legacy_default(graph.input_shape[0], graph.classes);
+        Model { graph, tensors, normalization }
     }
 
     /// The tensor `"{node}.{param}"`; panics if absent, which a validated model rules out.
@@ -205,7 +217,7 @@ impl Model {
             }
             nodes.push(n);
         }
-        Model { graph: self.graph.rewired(nodes), tensors }
+        Model { graph: self.graph.rewired(nodes), tensors, normalization: self.normalization.clone() }
     }
 
     /// True when the model has no BatchNorm left (what the engines and the protocol run).

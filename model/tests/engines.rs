@@ -98,5 +98,5 @@ fn unfolded_reference(m: &Model, x: &[f32]) -> Vec<f32> {
             };
         }
     }
-    run_f32(&Model { graph: g.validate().unwrap(), tensors: t }, x).unwrap()
+    run_f32(&Model::with_default_normalization(g.validate().unwrap(), t), x).unwrap()
 }

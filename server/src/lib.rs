@@ -200,7 +200,7 @@ fn calibration_inputs(ring: &RingModel, calibration: &Calibration) -> Result<Cal
     match calibration {
         Calibration::None => Ok(None),
         Calibration::Dataset(dir) => {
-            let ds = data::load_dir(dir, Split::Train)
+            let ds = data::load_dir_with(dir, Split::Train, Some(ring.model.normalization.clone()))
                 .map_err(|source| ServerError::Calibration { path: dir.to_path_buf(), source })?;
             if ds.shape.as_slice() != shape.as_slice() {
                 return Err(ServerError::CalibrationShape { images: ds.shape.to_vec(), model: shape.clone() });

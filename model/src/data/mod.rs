@@ -37,6 +37,10 @@ pub struct Normalization {
     pub std: Vec<f32>,
 }
 
+/// Names accepted by [`Normalization::preset`] (`pi import --normalization`).
+pub const NORMALIZATION_PRESETS: &[&str] =
+    &["snl-cifar10", "snl-cifar100", "cifar10", "cifar100", "fashion-mnist", "mnist", "unit"];
+
 impl Normalization {
     /// Fashion-MNIST training-set statistics; the default for IDX files.
     pub fn fashion_mnist() -> Self {
@@ -58,9 +62,45 @@ impl Normalization {
         Self { mean: vec![0.5071, 0.4865, 0.4409], std: vec![0.2673, 0.2564, 0.2762] }
     }
 
+    /// The SNL reference code's CIFAR-10 constants (its `datasets.py`): CIFAR-10's means with
+    /// the per-channel std of a different estimate (0.2023, 0.1994, 0.2010).
+    pub fn snl_cifar10() -> Self {
+        Self { mean: vec![0.4914, 0.4822, 0.4465], std: vec![0.2023, 0.1994, 0.2010] }
+    }
+
+    /// The SNL reference code's CIFAR-100 constants.
+    pub fn snl_cifar100() -> Self {
+        Self { mean: vec![0.5071, 0.4867, 0.4408], std: vec![0.2675, 0.2565, 0.2761] }
+    }
+
     /// Only scale to [0, 1] (mean 0, std 1).
     pub fn unit() -> Self {
         Self { mean: vec![0.0], std: vec![1.0] }
+    }
+
+    /// The statistics called `name` (see [`NORMALIZATION_PRESETS`]).
+    pub fn preset(name: &str) -> Option<Self> {
+        Some(match name {
+            "fashion-mnist" => Self::fashion_mnist(),
+            "mnist" => Self::mnist(),
+            "cifar10" => Self::cifar10(),
+            "cifar100" => Self::cifar100(),
+            "snl-cifar10" => Self::snl_cifar10(),
+            "snl-cifar100" => Self::snl_cifar100(),
+            "unit" => Self::unit(),
+            _ => return None,
+        })
+    }
+
+    /// What models written before the normalisation was stored in the file were trained with:
+    /// the data format's default, told apart by the input channels and the class count.
+    pub fn legacy_default(channels: usize, classes: usize) -> Self {
+        match (channels, classes) {
+            (1, _) => Self::fashion_mnist(),
+            (3, 100) => Self::cifar100(),
+            (3, _) => Self::cifar10(),
+            _ => Self::unit(),
+        }
     }
 
     /// Mean and std of channel `c`, broadcasting single-value statistics.
@@ -70,20 +110,18 @@ impl Normalization {
     }
 
     /// Checks that the statistics fit `channels` channels and every std is finite and positive.
-    fn validate(&self, channels: usize) -> Result<(), DataError> {
+    pub fn validate(&self, channels: usize) -> Result<(), DataError> {
+        self.check(channels).map_err(DataError::BadNormalization)
+    }
+
+    /// [`Normalization::validate`] with the problem as a sentence.
+    pub fn check(&self, channels: usize) -> Result<(), String> {
         let fits = |len: usize| len == 1 || len == channels;
         if !fits(self.mean.len()) || !fits(self.std.len()) {
-            return Err(DataError::BadNormalization(format!(
-                "{} means and {} stds for {channels} channels",
-                self.mean.len(),
-                self.std.len()
-            )));
+            return Err(format!("{} means and {} stds for {channels} channels", self.mean.len(), self.std.len()));
         }
         if self.mean.iter().any(|m| !m.is_finite()) || self.std.iter().any(|s| !s.is_finite() || *s <= 0.0) {
-            return Err(DataError::BadNormalization(format!(
-                "means {:?} and stds {:?} must be finite with positive stds",
-                self.mean, self.std
-            )));
+            return Err(format!("means {:?} and stds {:?} must be finite with positive stds", self.mean, self.std));
         }
         Ok(())
     }

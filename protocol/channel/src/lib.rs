@@ -15,8 +15,9 @@ use serde::{Serialize, de::DeserializeOwned};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 
-/// Wire protocol version; bumped on any incompatible change of a message.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Wire protocol version; bumped on any incompatible change of a message (3: the greeting
+/// carries the model's input normalisation).
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Bytes of the frame header.
 pub const HEADER_LEN: usize = 7;
 /// Default upper bound on a single frame's payload (bulk data is streamed in many frames).

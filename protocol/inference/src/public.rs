@@ -1,6 +1,7 @@
 //! What the server announces about its model: everything the client needs to run the protocol
 //! (architecture, ReLU masks, fixed-point parameters, circuit widths) and nothing about the weights.
 
+use pi_model::data::Normalization;
 use pi_model::engine::ScalePlan;
 use pi_model::graph::{Op, ValidGraph};
 use pi_model::{FixedPoint, Model};
@@ -19,6 +20,8 @@ pub struct PublicModel {
     pub masks: Vec<Vec<bool>>,
     /// Per graph node: for ReLU nodes the garbled circuit's input width `k` (`|y| < 2^(k-1)`), else 0.
     pub relu_bits: Vec<u32>,
+    /// How the client turns pixels into the network's input (the model's preprocessing).
+    pub normalization: Normalization,
 }
 
 /// Serialises a graph as JSON text inside any serde format (bincode cannot encode its flattened enums).
@@ -93,7 +96,8 @@ impl PublicModel {
         let relu_bits = relu_bits.unwrap_or_else(|| {
             model.graph.nodes.iter().map(|n| if matches!(n.op, Op::Relu { .. }) { fp.l } else { 0 }).collect()
         });
-        let p = PublicModel { hash, graph: model.graph.clone(), fp, masks, relu_bits };
+        let normalization = model.normalization.clone();
+        let p = PublicModel { hash, graph: model.graph.clone(), fp, masks, relu_bits, normalization };
         p.validate()?;
         Ok(p)
     }
@@ -108,6 +112,7 @@ impl PublicModel {
         let err = |s: String| PublicModelError(s);
         self.fp.validate().map_err(err)?;
         check_activations(&self.graph)?;
+        self.normalization.check(self.graph.input_shape[0]).map_err(|e| err(format!("normalisation: {e}")))?;
         let shapes = self.graph.shapes();
         if self.graph.nodes.iter().any(|n| matches!(n.op, Op::Batchnorm { .. })) {
             return Err(err("graph is not folded".into()));
