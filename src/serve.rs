@@ -130,6 +130,12 @@ pub struct ServeArgs {
     /// Sessions served at once; more clients are refused with "server busy".
     #[arg(long, default_value_t = 32)]
     max_sessions: usize,
+    /// Memory budget of the whole server, in MiB: the session limit becomes the smaller of
+    /// --max-sessions and what fits beside the prepared model (its resident memory at start) at
+    /// the most one session can hold (estimated from the model and logged). A budget that holds
+    /// no session is refused at start.
+    #[arg(long, value_name = "MIB")]
+    max_memory: Option<usize>,
     /// Inferences one session may request.
     #[arg(long, default_value_t = 10_000)]
     max_inferences: usize,
@@ -154,7 +160,7 @@ pub fn serve(a: &ServeArgs) -> anyhow::Result<()> {
         .max_frame_mib
         .checked_mul(1 << 20)
         .ok_or_else(|| anyhow::anyhow!("--max-frame-mib {} is beyond any frame size", a.max_frame_mib))?;
-    let limits = Limits {
+    let mut limits = Limits {
         max_frame,
         read_timeout: Duration::from_secs(a.timeout_secs),
         max_sessions: a.max_sessions,
@@ -168,6 +174,19 @@ pub fn serve(a: &ServeArgs) -> anyhow::Result<()> {
     let salt_file = a.salt_file.clone().unwrap_or_else(|| pi_server::default_salt_path(&a.model));
     let options = PrepareOptions { salt: SaltSource::File(salt_file), ..a.options.prepare() };
     let model = pi_server::prepare(&a.model, &options)?;
+    if let Some(mib) = a.max_memory {
+        let budget =
+            mib.checked_mul(1 << 20).ok_or_else(|| anyhow::anyhow!("--max-memory {mib} is beyond any memory"))?;
+        let plan = pi_server::MemoryPlan::new(budget, &model)?;
+        limits.max_sessions = limits.max_sessions.min(plan.sessions);
+        tracing::info!(
+            resident_mib = plan.resident >> 20,
+            per_session_mib = format!("{:.1}", plan.per_session as f64 / (1 << 20) as f64),
+            sessions = limits.max_sessions,
+            "memory budget {mib} MiB: at most {} sessions at once",
+            limits.max_sessions
+        );
+    }
     runtime()?.block_on(async {
         let server = Server::bind(model, &ServerOptions { listen: a.listen.clone(), limits, transport }).await?;
         println!("listening on {}", server.local_addr());

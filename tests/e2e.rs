@@ -455,36 +455,53 @@ async fn a_trickling_client_loses_its_slot_at_the_handshake_deadline() {
     assert!(start.elapsed() < Duration::from_secs(30));
 }
 
-/// Relays `from` to `to`, flipping one bit of the byte at offset `flip` (if any) on the way.
-async fn relay(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, flip: Option<u64>) {
+/// What a man in the middle does to one direction of a connection.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Flip one bit of the byte at this offset.
+    Flip(u64),
+    /// Forward the bytes before this offset, then close the direction (a peer killed or a link
+    /// cut at that point).
+    Cut(u64),
+}
+
+/// Relays `from` to `to`, applying `fault` (if any) on the way.
+async fn relay(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    fault: Option<Fault>,
+) {
     let mut buf = vec![0u8; 1 << 16];
     let mut seen = 0u64;
     loop {
-        let n = match from.read(&mut buf).await {
+        let mut n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if let Some(at) = flip.filter(|&at| at >= seen && at < seen + n as u64) {
-            buf[(at - seen) as usize] ^= 0x10;
+        let here = |at: u64| at >= seen && at < seen + n as u64;
+        match fault {
+            Some(Fault::Flip(at)) if here(at) => buf[(at - seen) as usize] ^= 0x10,
+            Some(Fault::Cut(at)) if here(at) => n = (at - seen) as usize,
+            _ => {}
         }
         seen += n as u64;
-        if to.write_all(&buf[..n]).await.is_err() {
+        if to.write_all(&buf[..n]).await.is_err() || matches!(fault, Some(Fault::Cut(at)) if seen >= at) {
             break;
         }
     }
     let _ = to.shutdown().await;
 }
 
-/// A man in the middle between one client and `server`: relays both directions and flips one
-/// bit at byte `at` of the server-to-client stream (`to_client`) or the other one.
-async fn tampering_proxy(server: String, to_client: bool, at: u64) -> String {
+/// A man in the middle between one client and `server`: relays both directions and applies
+/// `fault` to the server-to-client stream (`to_client`) or the other one.
+async fn faulty_proxy(server: String, to_client: bool, fault: Fault) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move {
         let (client, _) = listener.accept().await.unwrap();
         let upstream = TcpStream::connect(&server).await.unwrap();
         let ((cr, cw), (sr, sw)) = (client.into_split(), upstream.into_split());
-        tokio::join!(relay(sr, cw, to_client.then_some(at)), relay(cr, sw, (!to_client).then_some(at)));
+        tokio::join!(relay(sr, cw, to_client.then_some(fault)), relay(cr, sw, (!to_client).then_some(fault)));
     });
     addr
 }
@@ -524,7 +541,7 @@ async fn tampering_in_transit_ends_the_session_with_a_clear_error_under_tls() {
     for (to_client, at) in
         [(true, 700), (false, 300), (true, bytes_down / 2), (false, bytes_up / 2), (false, bytes_up - 200)]
     {
-        let proxy = tampering_proxy(addr.clone(), to_client, at).await;
+        let proxy = faulty_proxy(addr.clone(), to_client, Fault::Flip(at)).await;
         let e = infer(proxy).await.expect_err("a tampered session fails").to_string();
         assert!(e.contains("altered or corrupted in transit") || e.contains("TLS handshake failed"), "{e}");
     }
@@ -665,4 +682,249 @@ async fn the_client_normalises_images_as_the_served_model_says() {
         moved = moved.max(want.iter().zip(&other).fold(0f32, |m, (a, b)| m.max((a - b).abs())));
     }
     assert!(moved > 0.1, "the two normalisations give logits within {moved}: the test could not fail");
+}
+
+/// Clients that vanish anywhere in a session cost only their own: each session is cut off at one
+/// of 24 places spread over both directions' byte streams (greeting, HE keys, base OTs, HE
+/// queries and replies, garbled tables, OT, online messages), while a valid client is served
+/// alongside. Each cut session fails on the client's side, none hangs, and every valid client gets
+/// the prediction an undisturbed session gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_cut_off_anywhere_cost_only_their_own_session() {
+    use pi_client::{Client, ClientOptions};
+    let model = Model::random(arch::small_cnn(10).unwrap(), 8, Some(0.05)).unwrap();
+    let (addr, _) = start_server_timeout(&model, Duration::from_secs(5)).await;
+    let options = ClientOptions::new(pi_client::ClientTransport::Plaintext);
+    let x = random_images(1, 28 * 28, 4).pop().unwrap();
+    let infer = |to: String| {
+        let (options, x) = (options.clone(), x.clone());
+        async move {
+            let mut c = Client::connect(&to, &options).await?;
+            let out = c.infer(&x).await?;
+            Ok::<_, pi_client::ClientError>((out.prediction, c.counters()))
+        }
+    };
+    let (want, n) = infer(addr.clone()).await.unwrap();
+    let spread = |total: u64| {
+        let mut at: Vec<u64> = vec![0, 3, HEADER_LEN as u64 + 1, 200];
+        at.extend([100, 20, 10, 5, 3, 2].iter().map(|d| total / d));
+        at.extend([total * 9 / 10, total - 100]);
+        at
+    };
+    let cuts: Vec<(bool, u64)> = spread(n.received)
+        .into_iter()
+        .map(|at| (true, at))
+        .chain(spread(n.sent).into_iter().map(|at| (false, at)))
+        .collect();
+    assert_eq!(cuts.len(), 24);
+    for (to_client, at) in cuts {
+        let proxy = faulty_proxy(addr.clone(), to_client, Fault::Cut(at)).await;
+        let (cut, valid) = tokio::join!(
+            tokio::time::timeout(Duration::from_secs(30), infer(proxy)),
+            tokio::time::timeout(Duration::from_secs(60), infer(addr.clone()))
+        );
+        let cut = cut.unwrap_or_else(|_| panic!("cut at {at} (to client: {to_client}) hung"));
+        assert!(cut.is_err(), "a session cut at byte {at} (to client: {to_client}) cannot finish");
+        assert_eq!(valid.expect("served in time").unwrap().0, want, "cut at {at} (to client: {to_client})");
+    }
+}
+
+/// Two clients that hold both slots of `max_sessions: 2` by trickling a message mid-inference
+/// (one byte every 0.5 s, inside the read timeout) lose them at the inference deadline and are
+/// told why; a valid client that keeps asking for a slot is served well within 60 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_holding_every_slot_lose_them_at_the_inference_deadline() {
+    let model = Model::random(arch::small_cnn(10).unwrap(), 9, Some(0.05)).unwrap();
+    let limits = Limits {
+        max_sessions: 2,
+        read_timeout: Duration::from_secs(30),
+        inference_deadline: Duration::from_secs(4),
+        ..Limits::default()
+    };
+    let (addr, served) = start_server(&model, limits).await;
+    let hash = served.public.hash.clone();
+    let start = std::time::Instant::now();
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        // One socket, two descriptors: the channel speaks the handshake, the raw one trickles.
+        let std_stream = std::net::TcpStream::connect(&addr).unwrap();
+        std_stream.set_nonblocking(true).unwrap();
+        let mut s = TcpStream::from_std(std_stream.try_clone().unwrap()).unwrap();
+        let mut ch = Channel::new(TcpStream::from_std(std_stream).unwrap());
+        ClientSession::handshake(&mut ch, Some(&hash)).await.unwrap();
+        ch.send_msg(MsgKind::Begin, &Request::Infer).await.unwrap();
+        drop(ch); // closes one descriptor only: the socket stays open through the other
+        slow.push(tokio::spawn(async move {
+            // The first HE query's frame, one byte at a time.
+            let mut frame = 100u32.to_le_bytes().to_vec();
+            frame.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+            frame.push(MsgKind::HeQuery as u8);
+            frame.extend(std::iter::repeat_n(0u8, 100));
+            for b in frame {
+                if s.write_all(&[b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if start.elapsed() > Duration::from_millis(3500) {
+                    break; // stop writing before the deadline, so the error frame is not reset away
+                }
+            }
+            server_error(&mut s).await
+        }));
+    }
+    let mut refused = 0;
+    let served_at = loop {
+        let mut ch = connect(&addr).await;
+        match ClientSession::handshake(&mut ch, Some(&hash)).await {
+            Ok(mut c) => {
+                c.infer(&mut ch, &vec![0.1; 28 * 28]).await.unwrap();
+                break start.elapsed();
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("server busy"), "{e}");
+                refused += 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    assert!(refused > 0, "the slow clients held both slots");
+    assert!(served_at < Duration::from_secs(60), "served after {served_at:?}");
+    for s in slow {
+        let said = s.await.unwrap();
+        assert!(said.contains("inference not finished within the server's 4 s deadline"), "{said}");
+    }
+}
+
+/// A flood of connections that announce 60 MiB frames and send little, plus silent ones, makes
+/// `pi serve` allocate only what arrives (the payload buffer grows with the bytes), and a valid
+/// client is served meanwhile.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_oversized_frame_headers_costs_no_memory() {
+    use pi_client::{Client, ClientOptions, ClientTransport};
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/small-cnn-fmnist.safetensors");
+    let dir = tempfile::tempdir().unwrap();
+    let salt = dir.path().join("m.salt");
+    let mut child = pi()
+        .args(["serve", "--model", model.to_str().unwrap(), "--listen", "127.0.0.1:0", "--plaintext"])
+        .args(["--max-sessions", "40", "--salt-file", salt.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = lines.next().unwrap().unwrap().trim_start_matches("listening on ").to_string();
+    let pid = child.id();
+    let idle = rss_mb(pid);
+    let mut held = Vec::new();
+    for i in 0..32 {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        let mut h = [0u8; HEADER_LEN];
+        s.read_exact(&mut h).await.unwrap();
+        let mut hello = vec![0u8; u32::from_le_bytes(h[..4].try_into().unwrap()) as usize];
+        s.read_exact(&mut hello).await.unwrap();
+        if i < 28 {
+            let mut frame = (60u32 << 20).to_le_bytes().to_vec();
+            frame.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+            frame.push(MsgKind::HelloAck as u8);
+            frame.extend(std::iter::repeat_n(0u8, 64 << 10));
+            s.write_all(&frame).await.unwrap();
+        }
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let flooded = rss_mb(pid);
+    let x = pi_client::load_images(&bundled_data(), None).unwrap().image(0).to_vec();
+    let mut c = Client::connect(&addr, &ClientOptions::new(ClientTransport::Plaintext)).await.unwrap();
+    c.infer(&x).await.unwrap();
+    c.close().await.unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(held);
+    // 32 sessions x 60 MiB would be 1.9 GB; what arrived is 28 x 64 KiB.
+    assert!(flooded - idle < 80.0, "server RSS {idle:.0} MB idle, {flooded:.0} MB flooded");
+}
+
+/// `--max-memory` sizes the session limit from the prepared model's resident memory and the most
+/// one session can hold: a budget that holds no session is refused at start; with room for N
+/// sessions, an (N+1)th client is refused as busy while N run, and the server's resident memory
+/// stays within the budget throughout.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_limit_follows_the_memory_budget() {
+    use pi_client::{Client, ClientOptions, ClientTransport};
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/small-cnn-fmnist.safetensors");
+    let dir = tempfile::tempdir().unwrap();
+    let salt = dir.path().join("m.salt");
+    let serve = |budget: &str| {
+        let mut c = pi();
+        c.args(["serve", "--model", model.to_str().unwrap(), "--listen", "127.0.0.1:0", "--plaintext"])
+            .args(["--max-memory", budget, "--salt-file", salt.to_str().unwrap()])
+            .env("NO_COLOR", "1");
+        c
+    };
+    let out = serve("1").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("holds no session"), "{err}");
+
+    let budget_mb = 200.0;
+    let mut child = serve("200").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = lines.next().unwrap().unwrap().trim_start_matches("listening on ").to_string();
+    // The log line with the limit; the rest of the log is drained (a closed pipe would fail the
+    // server's next log write).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(n) = l.split("at most ").nth(1).and_then(|r| r.split(' ').next()) {
+                let _ = tx.send(n.parse::<usize>().ok());
+            }
+        }
+    });
+    let sessions = rx.recv().unwrap().expect("the server logs its session limit");
+    assert!(sessions >= 1);
+    let pid = child.id();
+    let options = ClientOptions::new(ClientTransport::Plaintext);
+    let mut clients = Vec::new();
+    for _ in 0..sessions {
+        clients.push(Client::connect(&addr, &options).await.unwrap());
+    }
+    let busy = Client::connect(&addr, &options).await.err().expect("no slot left").to_string();
+    assert!(busy.contains("server busy"), "{busy}");
+    let ds = pi_client::load_images(&bundled_data(), None).unwrap();
+    let images: Vec<Vec<f32>> = (0..3).map(|i| ds.image(i).to_vec()).collect();
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (done, watch) = (Arc::new(std::sync::atomic::AtomicBool::new(false)), peak.clone());
+    let watcher = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                watch.fetch_max(rss_mb(pid) as u64, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            let images = images.clone();
+            tokio::spawn(async move {
+                for x in &images {
+                    c.infer(x).await?;
+                }
+                c.close().await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().expect("every admitted session is served");
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    watcher.await.unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    eprintln!("memory budget {budget_mb} MB: {sessions} sessions, peak RSS {peak} MB");
+    assert!(peak > 0.0 && peak <= budget_mb, "peak RSS {peak} MB with {sessions} sessions, budget {budget_mb} MB");
 }

@@ -220,6 +220,44 @@ fn calibration_inputs(ring: &RingModel, calibration: &Calibration) -> Result<Cal
     }
 }
 
+/// How many sessions a memory budget holds (`pi serve --max-memory`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryPlan {
+    pub budget: usize,
+    /// The process's resident memory with the model prepared (0 where /proc is not available).
+    pub resident: usize,
+    /// [`ServedModel::session_memory_bytes`]: the most one session holds at its peak.
+    pub per_session: usize,
+    /// Sessions that fit: `(budget - resident) / per_session`.
+    pub sessions: usize,
+}
+
+impl MemoryPlan {
+    /// Sizes the sessions of `model` within `budget` bytes, given what the process holds now;
+    /// refuses a budget that holds no session.
+    pub fn new(budget: usize, model: &ServedModel) -> Result<Self, ServerError> {
+        let resident = resident_bytes().unwrap_or(0);
+        let per_session = model.session_memory_bytes().max(1);
+        let sessions = budget.saturating_sub(resident) / per_session;
+        if sessions == 0 {
+            return Err(ServerError::Settings(format!(
+                "a memory budget of {} MiB holds no session: the prepared model takes {} MiB and one session up to {} MiB",
+                budget >> 20,
+                resident >> 20,
+                per_session.div_ceil(1 << 20)
+            )));
+        }
+        Ok(Self { budget, resident, per_session, sessions })
+    }
+}
+
+/// Resident memory of this process (Linux: `/proc/self/statm`), `None` elsewhere.
+pub fn resident_bytes() -> Option<usize> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: usize = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
 /// Transport limits of the server.
 #[derive(Clone, Debug)]
 pub struct Limits {

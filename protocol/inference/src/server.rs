@@ -65,6 +65,38 @@ impl ServedModel {
         if room >= 62.0 { usize::MAX } else { (room.exp2().floor() as usize).max(1) }
     }
 
+    /// An upper bound of the memory one session holds at its peak, beyond what the served model
+    /// holds for every session (for `pi serve --max-memory`): every step's output share (the
+    /// online phase keeps them all) and the HE shares of the linear layers; per kept ReLU the
+    /// garbler's `k` zero-labels and output offset, and, while a layer is garbled, both labels of
+    /// each OT for the client's `k` input bits plus the extension matrix; the largest HE call
+    /// (queries received and expanded, replies, share); the client's public key; and the
+    /// channel's buffers with the largest frames both ways (8 MiB of HE ciphertexts).
+    pub fn session_memory_bytes(&self) -> usize {
+        let plan = Plan::compile(&self.public).expect("validated when the model was prepared");
+        let shapes = self.public.graph.shapes();
+        let activations: usize =
+            self.public.graph.nodes.iter().map(|n| shapes[&n.name].iter().product::<usize>()).sum();
+        let mut he_shares = 0;
+        let (mut garbled, mut garbling) = (0, 0);
+        for step in &plan.steps {
+            match &step.kind {
+                StepKind::Linear { shape } => he_shares += 8 * shape.output_len(),
+                StepKind::Relu { kept, gc: Some(p), .. } => {
+                    let k = p.k as usize;
+                    garbled += kept.len() * (16 * k + 8);
+                    garbling = garbling.max(kept.len() * k * (2 * 16 + 16 + 1));
+                }
+                _ => {}
+            }
+        }
+        let layers = self.he.iter().flatten();
+        let he_call = layers.clone().map(|l| l.peak_call_bytes()).max().unwrap_or(0);
+        let public_key = layers.map(|l| l.public_key_bytes()).max().unwrap_or(0);
+        let channel = 2 * (64 << 10) + 2 * (8 << 20);
+        8 * activations + he_shares + garbled + garbling + he_call + public_key + channel
+    }
+
     /// Bytes of transformed kernel plaintexts kept, and the bytes keeping every layer's would take.
     pub fn he_cache_bytes(&self) -> (usize, usize) {
         let layers = self.he.iter().flatten();
