@@ -12,6 +12,7 @@ mod serve;
 mod train;
 
 use clap::{Parser, Subcommand};
+use std::io::Write;
 
 /// Two-party private CNN inference with selective ReLU linearization.
 ///
@@ -73,7 +74,7 @@ fn main() {
     let default = if quiet { "warn" } else { "info" };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into()))
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogSink)
         .init();
     let result = match cli.command {
         Command::Init(a) => init::run(&a),
@@ -93,8 +94,24 @@ fn main() {
         Command::Export(a) => train::export(&a),
     };
     if let Err(e) = result {
-        eprintln!("error: {}", report(&e));
+        let _ = writeln!(std::io::stderr(), "error: {}", report(&e));
         std::process::exit(1);
+    }
+}
+
+/// Stderr for the log that drops what it cannot write: a server whose log reader went away (a
+/// closed pipe) goes on serving, where the default writer's failure report would panic it.
+struct LogSink;
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
     }
 }
 

@@ -928,3 +928,32 @@ async fn the_session_limit_follows_the_memory_budget() {
     eprintln!("memory budget {budget_mb} MB: {sessions} sessions, peak RSS {peak} MB");
     assert!(peak > 0.0 && peak <= budget_mb, "peak RSS {peak} MB with {sessions} sessions, budget {budget_mb} MB");
 }
+
+/// `pi serve` whose log reader goes away (its stderr a pipe closed by the reader, as when a log
+/// collector dies) goes on serving: log lines are dropped, not fatal.
+#[test]
+fn pi_serve_survives_a_closed_log_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = init_model(dir.path(), "small-cnn", "0.05");
+    let mut child = pi()
+        .args(["serve", "--model", model.to_str().unwrap(), "--listen", "127.0.0.1:0", "--plaintext"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = lines.next().unwrap().unwrap().trim_start_matches("listening on ").to_string();
+    for _ in 0..2 {
+        // Each session logs on connect and on close: the second one runs after failed log writes.
+        let out = pi()
+            .args(["infer", "--server", &addr, "--plaintext", "--data", bundled_data().to_str().unwrap()])
+            .args(["--count", "1"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the server exited");
+    let _ = child.kill();
+    let _ = child.wait();
+}
