@@ -50,7 +50,8 @@ SNL_FLAGS = [
 ]
 # Priority order (one run at a time on 2 cores): (method, seed, budgets). Random at 1,000 and 500
 # ReLUs is matched to SNL's 78 and 127 mask epochs (about 1 and 1.7 hours); an SNL seed takes
-# about 2.5 hours, and a run must finish inside the session that starts it.
+# about 2.5 hours for all five budgets, 1 to 1.5 hours down to 1,000 (`--only snl-s1 --budgets
+# 8000,4000,2000,1000`), and a run must finish inside the session that starts it.
 QUEUE = [
     ("snl", 0, BUDGETS), ("random", 0, [8000, 4000, 2000, 1000]), ("snl", 1, BUDGETS),
     ("random", 0, [500]), ("snl", 2, BUDGETS), ("layer", 0, BUDGETS),
