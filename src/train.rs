@@ -327,9 +327,10 @@ pub struct ImportArgs {
     /// ResNet-18 whose classifier is called `fc`. Repeatable.
     #[arg(long, value_name = "FROM=TO", value_parser = parse_rename)]
     rename: Vec<(String, String)>,
-    /// The input normalisation the checkpoint was trained with, stored in the model so that it
-    /// computes here what it computed in PyTorch. Default: the SNL reference code's own constants
-    /// for the dataset the class count names (snl-cifar10 for 10 classes, snl-cifar100 for 100).
+    /// The input normalisation the checkpoint was trained with (snl-cifar10, snl-cifar100,
+    /// cifar10, cifar100, fashion-mnist, mnist, unit), stored in the model so that it computes
+    /// here what it computed in PyTorch. Default: the SNL reference code's own constants for the
+    /// dataset the class count names (snl-cifar10 for 10 classes, snl-cifar100 for 100).
     /// `cifar10`/`cifar100` are the datasets' exact statistics (torchvision tutorials' values).
     #[arg(long, value_name = "PRESET", value_parser = parse_preset, conflicts_with_all = ["mean", "std"])]
     normalization: Option<Normalization>,
