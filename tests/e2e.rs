@@ -254,6 +254,37 @@ async fn server_error(s: &mut TcpStream) -> String {
     }
 }
 
+/// A frame header announcing `len` payload bytes of `kind`, followed by `sent` zero bytes.
+fn raw_frame(kind: MsgKind, len: u32, sent: usize) -> Vec<u8> {
+    let mut frame = len.to_le_bytes().to_vec();
+    frame.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    frame.push(kind as u8);
+    frame.extend(std::iter::repeat_n(0u8, sent));
+    frame
+}
+
+/// Reads one whole frame (e.g. the server's greeting) and drops it.
+async fn skip_frame(s: &mut TcpStream) {
+    let mut h = [0u8; HEADER_LEN];
+    s.read_exact(&mut h).await.unwrap();
+    let mut payload = vec![0u8; u32::from_le_bytes(h[..4].try_into().unwrap()) as usize];
+    s.read_exact(&mut payload).await.unwrap();
+}
+
+/// Writes `bytes` one at a time, `every` apart, and stops once `stop_after` has passed since
+/// `start`: writing to a socket the server has closed would reset it and lose its error frame.
+async fn trickle(s: &mut TcpStream, bytes: &[u8], every: Duration, start: std::time::Instant, stop_after: Duration) {
+    for b in bytes {
+        if s.write_all(&[*b]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(every).await;
+        if start.elapsed() > stop_after {
+            break;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frames_get_clear_errors() {
     let model = Model::random(arch::small_cnn(10).unwrap(), 3, Some(0.05)).unwrap();
@@ -418,26 +449,10 @@ async fn a_trickling_client_loses_its_slot_at_the_handshake_deadline() {
 
     let start = std::time::Instant::now();
     let mut slow = TcpStream::connect(&addr).await.unwrap();
-    let mut h = [0u8; HEADER_LEN];
-    slow.read_exact(&mut h).await.unwrap();
-    let mut hello = vec![0u8; u32::from_le_bytes(h[..4].try_into().unwrap()) as usize];
-    slow.read_exact(&mut hello).await.unwrap();
-    let mut frame = 1000u32.to_le_bytes().to_vec();
-    frame.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-    frame.push(MsgKind::HelloAck as u8);
-    frame.extend(std::iter::repeat_n(0u8, 1000));
+    skip_frame(&mut slow).await;
+    let frame = raw_frame(MsgKind::HelloAck, 1000, 1000);
     let trickle = tokio::spawn(async move {
-        for b in frame {
-            if slow.write_all(&[b]).await.is_err() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(400)).await;
-            // Stop before the deadline: writing to a socket the server has closed would reset it
-            // and lose the error frame it sent.
-            if start.elapsed() > Duration::from_millis(1700) {
-                break;
-            }
-        }
+        trickle(&mut slow, &frame, Duration::from_millis(400), start, Duration::from_millis(1700)).await;
         slow
     });
     // While the slow client is within its deadline, the slot is taken.
@@ -756,19 +771,8 @@ async fn slow_clients_holding_every_slot_lose_them_at_the_inference_deadline() {
         drop(ch); // closes one descriptor only: the socket stays open through the other
         slow.push(tokio::spawn(async move {
             // The first HE query's frame, one byte at a time.
-            let mut frame = 100u32.to_le_bytes().to_vec();
-            frame.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-            frame.push(MsgKind::HeQuery as u8);
-            frame.extend(std::iter::repeat_n(0u8, 100));
-            for b in frame {
-                if s.write_all(&[b]).await.is_err() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                if start.elapsed() > Duration::from_millis(3500) {
-                    break; // stop writing before the deadline, so the error frame is not reset away
-                }
-            }
+            let frame = raw_frame(MsgKind::HeQuery, 100, 100);
+            trickle(&mut s, &frame, Duration::from_millis(500), start, Duration::from_millis(3500)).await;
             server_error(&mut s).await
         }));
     }
@@ -819,16 +823,9 @@ async fn a_flood_of_oversized_frame_headers_costs_no_memory() {
     let mut held = Vec::new();
     for i in 0..32 {
         let mut s = TcpStream::connect(&addr).await.unwrap();
-        let mut h = [0u8; HEADER_LEN];
-        s.read_exact(&mut h).await.unwrap();
-        let mut hello = vec![0u8; u32::from_le_bytes(h[..4].try_into().unwrap()) as usize];
-        s.read_exact(&mut hello).await.unwrap();
+        skip_frame(&mut s).await;
         if i < 28 {
-            let mut frame = (60u32 << 20).to_le_bytes().to_vec();
-            frame.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-            frame.push(MsgKind::HelloAck as u8);
-            frame.extend(std::iter::repeat_n(0u8, 64 << 10));
-            s.write_all(&frame).await.unwrap();
+            s.write_all(&raw_frame(MsgKind::HelloAck, 60 << 20, 64 << 10)).await.unwrap();
         }
         held.push(s);
     }
