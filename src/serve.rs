@@ -3,7 +3,9 @@
 use pi_channel::Link;
 use pi_client::{ClientOptions, ClientTransport, Report};
 use pi_model::FixedPoint;
-use pi_server::{Calibration, Limits, PrepareOptions, ReluBits, SaltSource, Server, ServerOptions, ServerTransport};
+use pi_server::{
+    Calibration, Limits, PrepareOptions, ReluBits, SaltSource, Server, ServerOptions, ServerTransport, Truncation,
+};
 use pi_tls::{Fingerprint, ServerTrust, TlsClient, TlsServer};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -95,6 +97,13 @@ pub struct ModelOptions {
     /// theirs per inference. ResNet-18 needs 3,931 MiB for all layers, the bundled model 9.
     #[arg(long, default_value_t = pi_server::DEFAULT_HE_CACHE_BYTES >> 20)]
     he_cache_mib: usize,
+    /// How shares are rescaled after products and at linearized neurons. `local`: each party
+    /// shifts its own share (free; the result is off by one unit with a probability set by the
+    /// client's share, which lets a client correlate repeated queries, see docs/security.md).
+    /// `exact`: a small garbled circuit per truncated value (13 ANDs at f = 12) gives exactly the
+    /// fixed-point engine's result; it costs bytes and one more round trip per rescaled output.
+    #[arg(long, default_value_t = Truncation::Local)]
+    truncation: Truncation,
 }
 
 impl ModelOptions {
@@ -107,6 +116,7 @@ impl ModelOptions {
             // `pi serve` keeps its salt in a file; the demo and benchmarks use a fresh one.
             salt: SaltSource::Fresh,
             he_cache_bytes: self.he_cache_mib.saturating_mul(1 << 20),
+            truncation: self.truncation,
         }
     }
 }
@@ -426,6 +436,7 @@ pub fn print_report(r: &Report) {
     println!("server {} ({})  model {}", r.server, r.transport, r.model_hash.get(..16).unwrap_or(&r.model_hash));
     println!("{:<34} {}", "inferences", r.inferences);
     println!("{:<34} {}", "garbled ReLUs per inference", r.relus);
+    println!("{:<34} {} ({} values in garbled circuits)", "truncation", r.truncation, r.truncations);
     println!("{:<34} {}", "online rounds per inference", r.online_rounds);
     println!("{:<34} p50 {:.3} s   p95 {:.3} s", "offline latency", r.offline_s_p50, r.offline_s_p95);
     println!("{:<34} p50 {:.3} s   p95 {:.3} s", "online latency", r.online_s_p50, r.online_s_p95);

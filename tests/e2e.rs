@@ -347,6 +347,19 @@ fn demo_prints_the_report_as_json() {
     }
     assert_eq!(r["inferences"], 3);
     assert_eq!(r["agreement_fixed_point"], 1.0);
+    assert_eq!((r["truncation"].as_str(), r["truncations"].as_u64()), (Some("local"), Some(0)));
+
+    // `--truncation exact`: the private logits are the fixed-point engine's exactly, at the cost of
+    // garbled truncations and one more round per rescaled output.
+    let out = pi().args(["demo", "--json", "--count", "2", "--truncation", "exact"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["truncation"], "exact");
+    assert!(e["truncations"].as_u64().unwrap() > 10_000, "{e}");
+    assert!(e["online_rounds"].as_u64() > r["online_rounds"].as_u64());
+    for rec in e["per_inference"].as_array().unwrap() {
+        assert_eq!(rec["max_logit_error"].as_f64(), Some(0.0), "{rec}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use crate::fit::{LineFit, fit_line};
 use crate::svg::{Panel, Series, Style};
 use pi_channel::{Channel, Link};
 use pi_client::{Client, ClientOptions, ClientTransport};
-use pi_inference::{InferenceResult, ServedModel, ServerInferenceStats, ServerSession};
+use pi_inference::{InferenceResult, ServedModel, ServerInferenceStats, ServerSession, Truncation};
 use pi_model::{Granularity, Model, Op, ValidGraph, arch};
 use pi_server::{Calibration, PrepareOptions};
 use pi_tls::TlsServer;
@@ -162,6 +162,12 @@ pub struct PointReport {
     pub offline_bytes: Bytes,
     pub online_bytes: Bytes,
     pub online_rounds: usize,
+    /// How shares were rescaled (`--truncation`), and how many values garbled circuits truncated
+    /// exactly per inference (0 with `local`).
+    #[serde(default)]
+    pub truncation: Truncation,
+    #[serde(default)]
+    pub truncations: usize,
     /// Once per session, before any inference: HE keys and base OTs.
     pub setup_s: f64,
     pub setup_bytes: u64,
@@ -257,6 +263,7 @@ fn relu_sites(graph: &ValidGraph) -> Result<Vec<(String, usize)>, BenchError> {
 /// One measured session: the client's results and the server's stats per inference.
 pub(crate) struct Session {
     hash: String,
+    truncation: Truncation,
     transport: Transport,
     setup_s: f64,
     setup_bytes: u64,
@@ -276,6 +283,7 @@ pub(crate) async fn session_images(
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     let served = Arc::new(served);
+    let truncation = served.public.truncation;
     let timeout = opts.timeout;
     let (tls_server, client_transport) = match opts.transport {
         Transport::Plaintext => (None, ClientTransport::Plaintext),
@@ -333,7 +341,7 @@ pub(crate) async fn session_images(
         }
     };
     let (hash, setup_s, setup_bytes, client) = client_result?;
-    Ok(Session { hash, transport: opts.transport, setup_s, setup_bytes, client, server: server_result? })
+    Ok(Session { hash, truncation, transport: opts.transport, setup_s, setup_bytes, client, server: server_result? })
 }
 
 /// Measures one model end to end (`opts.repeat` inferences of one random image in one session);
@@ -415,6 +423,8 @@ pub(crate) fn summarise(label: &str, model: &Model, s: Session) -> PointReport {
         offline_bytes: bytes(&|r| (r.offline_bytes.sent, r.offline_bytes.received)),
         online_bytes: bytes(&|r| (r.online_bytes.sent, r.online_bytes.received)),
         online_rounds: s.client.first().map(|r| r.online_rounds).unwrap_or(0),
+        truncation: s.truncation,
+        truncations: s.client.first().map(|r| r.truncations).unwrap_or(0),
         setup_s: s.setup_s,
         setup_bytes: s.setup_bytes,
         offline,

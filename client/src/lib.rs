@@ -225,6 +225,8 @@ pub struct InferenceRecord {
     pub online_bytes_received: u64,
     pub online_rounds: usize,
     pub relus: usize,
+    /// Values truncated exactly (garbled) in this inference.
+    pub truncations: usize,
     /// Prediction of the plaintext f32 model (with a reference model).
     pub prediction_f32: Option<usize>,
     /// Whether the PI prediction equals the fixed-point engine's (with a reference model).
@@ -258,6 +260,10 @@ pub struct Report {
     pub online_rounds: usize,
     /// Garbled ReLUs per inference.
     pub relus: usize,
+    /// How the server rescales shares: `local` or `exact` (`pi serve --truncation`).
+    pub truncation: String,
+    /// Values truncated exactly by garbled circuits per inference (0 with `local`).
+    pub truncations: usize,
     /// Per conv/linear and ReLU layer, averaged over the inferences: linearized ReLUs cost nothing.
     pub layers: Vec<LayerCost>,
     pub per_inference: Vec<InferenceRecord>,
@@ -363,6 +369,7 @@ pub async fn run(opts: &InferOptions, mut progress: impl FnMut(usize, usize)) ->
             online_bytes_received: r.online_bytes.received,
             online_rounds: r.online_rounds,
             relus: r.relus,
+            truncations: r.truncations,
             prediction_f32,
             agrees_fixed_point,
             max_logit_error,
@@ -370,7 +377,7 @@ pub async fn run(opts: &InferOptions, mut progress: impl FnMut(usize, usize)) ->
         progress(i + 1, count);
     }
     client.close().await?;
-    Ok(summarise(opts, &public.hash, records, layers))
+    Ok(summarise(opts, &public, records, layers))
 }
 
 /// Adds one inference's per-layer costs, divided by the number of inferences, into the average.
@@ -400,7 +407,12 @@ fn accumulate_layers(avg: &mut Vec<LayerCost>, one: &[LayerCost], count: usize) 
     }
 }
 
-fn summarise(opts: &InferOptions, hash: &str, records: Vec<InferenceRecord>, layers: Vec<LayerCost>) -> Report {
+fn summarise(
+    opts: &InferOptions,
+    public: &PublicModel,
+    records: Vec<InferenceRecord>,
+    layers: Vec<LayerCost>,
+) -> Report {
     let n = records.len().max(1) as f64;
     let frac = |f: &dyn Fn(&InferenceRecord) -> Option<bool>| -> Option<f64> {
         let v: Vec<bool> = records.iter().filter_map(f).collect();
@@ -413,7 +425,7 @@ fn summarise(opts: &InferOptions, hash: &str, records: Vec<InferenceRecord>, lay
     Report {
         server: opts.server.clone(),
         transport: opts.connection.transport.name().to_string(),
-        model_hash: hash.to_string(),
+        model_hash: public.hash.clone(),
         inferences: records.len(),
         accuracy_pi: frac(&|r| r.label.map(|l| l as usize == r.prediction)),
         accuracy_f32: frac(&|r| r.label.zip(r.prediction_f32).map(|(l, p)| l as usize == p)),
@@ -430,6 +442,8 @@ fn summarise(opts: &InferOptions, hash: &str, records: Vec<InferenceRecord>, lay
         online_bytes_received: avg(&|r| r.online_bytes_received),
         online_rounds: records.first().map(|r| r.online_rounds).unwrap_or(0),
         relus: records.first().map(|r| r.relus).unwrap_or(0),
+        truncation: public.truncation.name().to_string(),
+        truncations: records.first().map(|r| r.truncations).unwrap_or(0),
         layers,
         per_inference: records,
     }

@@ -8,6 +8,7 @@ pub mod commitment;
 pub use commitment::{Salt, SaltSource, default_salt_path};
 
 use pi_channel::Channel;
+pub use pi_inference::Truncation;
 use pi_inference::{InferenceError, PublicModel, PublicModelError, ServedModel, ServerSession};
 use pi_inference::{WidthCheck, calibrate_relu_bits, check_relu_bits, tell_peer};
 use pi_model::data::{self, Split};
@@ -58,6 +59,8 @@ pub struct PrepareOptions {
     /// Memory for NTT-transformed kernel plaintexts, kept between inferences so HE only multiplies
     /// (layers in order until the budget is spent; the rest transform theirs per inference).
     pub he_cache_bytes: usize,
+    /// How shares are rescaled ([`Truncation`]), announced to clients.
+    pub truncation: Truncation,
 }
 
 /// Inputs that size `--relu-bits auto` circuits. A ReLU whose input exceeds its circuit's width
@@ -90,6 +93,7 @@ impl Default for PrepareOptions {
             calibration: Calibration::None,
             salt: SaltSource::Fresh,
             he_cache_bytes: DEFAULT_HE_CACHE_BYTES,
+            truncation: Truncation::Local,
         }
     }
 }
@@ -158,7 +162,8 @@ pub fn prepare_model(model: &pi_model::Model, opts: &PrepareOptions) -> Result<S
             }
         },
     };
-    let public = PublicModel::new(&ring.model, hash, ring.fp, bits)?;
+    let mut public = PublicModel::new(&ring.model, hash, ring.fp, bits)?;
+    public.truncation = opts.truncation;
     Ok(ServedModel::new(ring, public, opts.he_cache_bytes)?)
 }
 

@@ -16,8 +16,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 
 /// Wire protocol version; bumped on any incompatible change of a message (3: the greeting
-/// carries the model's input normalisation).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// carries the model's input normalisation; 4: and the server's truncation, and a garbled
+/// layer's header its gadget).
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Bytes of the frame header.
 pub const HEADER_LEN: usize = 7;
 /// Default upper bound on a single frame's payload (bulk data is streamed in many frames).

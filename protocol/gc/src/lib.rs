@@ -27,11 +27,14 @@ mod pipeline;
 pub mod prg;
 pub mod relu;
 pub mod relu_layer;
+pub mod truncate;
 mod vaes;
 mod word;
 
 pub use circuit::{Bit, Circuit, CircuitBuilder, Gate};
 pub use relu::ReluParams;
+pub use relu_layer::Gadget;
+pub use truncate::TruncParams;
 
 use pi_channel::{ChannelError, TaskFailed};
 use std::fmt;

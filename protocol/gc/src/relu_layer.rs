@@ -1,8 +1,10 @@
-//! The two-party protocol for one ReLU layer of `n` neurons (server = garbler, client = evaluator).
+//! The two-party protocol for one garbled layer of `n` values (server = garbler, client = evaluator):
+//! a ReLU layer, or the exact truncation of linearized neurons and rescaled outputs ([`Gadget`]).
 //!
 //! The server holds `a[i]`, the client `b[i]`; `y = a + b` (mod `2^l`, with `|y| < 2^(k-1)`). The
 //! client picks fresh masks `r[i]`. Afterwards the server holds `z[i] - r[i]` and the client `r[i]`,
 //! where `z = relu(y) >> shift`: the masked value goes to the server, the client learns nothing.
+//! (A truncation layer ends with the shares of `floor(y / 2^shift)` that [`Gadget`] describes.)
 //!
 //! Offline (client inputs known): `G → E` header; OT extension for the bits of `b` (`E → G`, 16 bytes
 //! per bit); garbled tables and output ciphertexts (`G → E`, streamed). Online: `G → E` the labels of
@@ -15,7 +17,7 @@
 use crate::batch::{ArithCircuit, evaluate_batch, garble_batch, input_bits};
 use crate::ot::{CotReceiver, CotSender};
 use crate::prg::AesPrg;
-use crate::relu::relu_arith_circuit;
+use crate::truncate::TruncParams;
 use crate::{Delta, GcError, LANES, Label, ReluParams, malformed, pipeline};
 use pi_channel::{Channel, MsgKind, TaskFailed};
 use rand::{RngCore, SeedableRng};
@@ -29,8 +31,107 @@ const ONLINE_FRAME_BYTES: usize = 1 << 20;
 
 /// ReLUs per frame (tables, online labels and results alike): a multiple of [`LANES`].
 pub fn chunk_relus(p: &ReluParams) -> usize {
-    let per = 16 * p.k as usize;
-    ((ONLINE_FRAME_BYTES / per) / LANES * LANES).max(LANES)
+    Gadget::Relu(*p).chunk()
+}
+
+/// What a garbled layer computes per value: which circuit, how shares become its inputs, and how
+/// its output becomes each party's share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Gadget {
+    /// `relu(y) >> shift` ([`crate::relu`]): the server gets `z - r`, the client keeps `r`.
+    Relu(ReluParams),
+    /// `floor(y / 2^shift)` exactly ([`crate::truncate`]): the server gets
+    /// [`TruncParams::garbler_share`], the client [`TruncParams::evaluator_share`].
+    Truncate(TruncParams),
+}
+
+impl From<ReluParams> for Gadget {
+    fn from(p: ReluParams) -> Self {
+        Gadget::Relu(p)
+    }
+}
+
+impl From<TruncParams> for Gadget {
+    fn from(p: TruncParams) -> Self {
+        Gadget::Truncate(p)
+    }
+}
+
+impl Gadget {
+    /// Checks the parameters.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Gadget::Relu(p) => p.validate(),
+            Gadget::Truncate(p) => p.validate(),
+        }
+    }
+
+    /// Input bits per party and value.
+    pub fn bits(&self) -> usize {
+        match self {
+            Gadget::Relu(p) => p.k as usize,
+            Gadget::Truncate(p) => p.bits(),
+        }
+    }
+
+    /// `2^l - 1` of the ring.
+    pub fn mask(&self) -> u64 {
+        match self {
+            Gadget::Relu(p) => p.mask(),
+            Gadget::Truncate(p) => p.mask(),
+        }
+    }
+
+    /// The circuit with its arithmetic reading.
+    pub fn arith_circuit(&self) -> ArithCircuit {
+        match self {
+            Gadget::Relu(p) => ArithCircuit::relu(p),
+            Gadget::Truncate(p) => p.arith_circuit(),
+        }
+    }
+
+    /// Values per frame (tables, online labels and results alike): a multiple of [`LANES`].
+    pub fn chunk(&self) -> usize {
+        let per = 16 * self.bits();
+        ((ONLINE_FRAME_BYTES / per) / LANES * LANES).max(LANES)
+    }
+
+    /// Bytes per value the garbler sends offline (tables and output ciphertexts) and the OT for the
+    /// client's input bits takes (16 per bit); online, the server's labels and the masked result.
+    pub fn bytes_per_value(&self) -> (usize, usize) {
+        let bits = self.bits();
+        (self.arith_circuit().record_bytes() + 16 * bits, 16 * bits + 8)
+    }
+
+    fn garbler_word(&self, a: u64) -> u64 {
+        match self {
+            Gadget::Relu(_) => a,
+            Gadget::Truncate(p) => p.garbler_word(a),
+        }
+    }
+
+    fn evaluator_word(&self, b: u64) -> u64 {
+        match self {
+            Gadget::Relu(_) => b,
+            Gadget::Truncate(p) => p.evaluator_word(b),
+        }
+    }
+
+    /// The server's share of the gadget's value from its input share `a` and its unmasked output.
+    fn garbler_share(&self, a: u64, out: u64) -> u64 {
+        match self {
+            Gadget::Relu(_) => out,
+            Gadget::Truncate(p) => p.garbler_share(a, out),
+        }
+    }
+
+    /// The client's share of the gadget's value from its input share `b` and its mask `r`.
+    pub fn evaluator_share(&self, b: u64, r: u64) -> u64 {
+        match self {
+            Gadget::Relu(p) => r & p.mask(),
+            Gadget::Truncate(p) => p.evaluator_share(b, r),
+        }
+    }
 }
 
 fn chunk_ranges(n: usize, chunk: usize) -> Vec<(usize, usize)> {
@@ -40,7 +141,7 @@ fn chunk_ranges(n: usize, chunk: usize) -> Vec<(usize, usize)> {
 /// First message of a layer's offline phase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct OfflineHeader {
-    params: ReluParams,
+    params: Gadget,
     n: u64,
     first_id: u64,
 }
@@ -60,18 +161,24 @@ impl GarblerSession {
         Ok(Self { cot, next_id: 0, rng })
     }
 
-    /// Offline phase of one layer of `n` ReLUs: OT for the client's share bits, then garbling streamed
-    /// to the client.
-    pub async fn offline(&mut self, ch: &mut Channel, params: ReluParams, n: usize) -> Result<GarblerOffline, GcError> {
+    /// Offline phase of one layer of `n` values (ReLUs or truncations): OT for the client's share
+    /// bits, then garbling streamed to the client.
+    pub async fn offline(
+        &mut self,
+        ch: &mut Channel,
+        params: impl Into<Gadget>,
+        n: usize,
+    ) -> Result<GarblerOffline, GcError> {
+        let params = params.into();
         params.validate().map_err(GcError::Params)?;
         let first_id = self.next_id;
         self.next_id += n as u64;
         ch.send_msg(MsgKind::GarbledTables, &OfflineHeader { params, n: n as u64, first_id }).await?;
-        let k = params.k as usize;
+        let k = params.bits();
         let ein = self.cot.extend(ch, n * k).await?;
 
-        let ac = relu_arith_circuit(&params);
-        let chunk = chunk_relus(&params);
+        let ac = params.arith_circuit();
+        let chunk = params.chunk();
         let ranges = chunk_ranges(n, chunk);
         let mut seeds: Vec<[u8; 16]> = ranges
             .iter()
@@ -115,7 +222,7 @@ impl GarblerSession {
 
 /// The server's material for one layer, used once online.
 pub struct GarblerOffline {
-    params: ReluParams,
+    params: Gadget,
     first_id: u64,
     delta: Delta,
     /// Zero-labels of the server-share input wires, `k` per ReLU.
@@ -143,8 +250,8 @@ impl GarblerOffline {
         self.r_sum.is_empty()
     }
 
-    /// The layer's parameters.
-    pub fn params(&self) -> ReluParams {
+    /// The layer's gadget.
+    pub fn params(&self) -> Gadget {
         self.params
     }
 
@@ -154,31 +261,67 @@ impl GarblerOffline {
     }
 
     /// Online phase: sends the labels of the server's shares `a` and returns the server's share of the
-    /// output, `(relu(a + b) >> shift) - r mod 2^l` per ReLU.
+    /// output, `(relu(a + b) >> shift) - r mod 2^l` per ReLU (for a truncation layer,
+    /// [`TruncParams::garbler_share`]). One round trip: [`Self::send_labels`], then
+    /// [`GarblerPending::finish`].
     pub async fn online(self, ch: &mut Channel, a: &[u64]) -> Result<Vec<u64>, GcError> {
+        self.send_labels(ch, a).await?.finish(ch).await
+    }
+
+    /// First half of the online phase: sends the labels of the server's shares `a`. Several layers
+    /// may send theirs before any result is read (one round trip for all), as long as the client
+    /// evaluates them all before it sends ([`Evaluated::send`]).
+    pub async fn send_labels(mut self, ch: &mut Channel, a: &[u64]) -> Result<GarblerPending, GcError> {
         let n = self.len();
         if a.len() != n {
-            return Err(GcError::Params(format!("{} server shares for a layer of {n} ReLUs", a.len())));
+            return Err(GcError::Params(format!("{} server shares for a layer of {n} values", a.len())));
         }
-        let k = self.params.k as usize;
-        let chunk = chunk_relus(&self.params);
+        let k = self.params.bits();
+        let chunk = self.params.chunk();
         let d = self.delta.as_u128();
         let mut frame = Vec::with_capacity(chunk * k * 16);
+        let mut words = Vec::with_capacity(chunk);
         for &(lo, hi) in &chunk_ranges(n, chunk) {
             frame.clear();
+            words.clear();
+            words.extend(a[lo..hi].iter().map(|&x| self.params.garbler_word(x)));
             // Chunks hold whole groups, so the layer's batch order restricted to a chunk is the chunk's.
-            for (zero, bit) in self.a_zero[lo * k..hi * k].iter().zip(input_bits(&a[lo..hi], k)) {
+            for (zero, bit) in self.a_zero[lo * k..hi * k].iter().zip(input_bits(&words, k)) {
                 let label = zero.0 ^ (0u128.wrapping_sub(bit as u128) & d);
                 frame.extend_from_slice(&label.to_le_bytes());
             }
             ch.send(MsgKind::GarblerLabels, &frame).await?;
         }
+        words.zeroize();
         ch.flush().await?;
-        let mask = self.params.mask();
+        Ok(GarblerPending { params: self.params, r_sum: std::mem::take(&mut self.r_sum), a: a.to_vec() })
+    }
+}
+
+/// A layer whose labels are sent: what the server needs to read the client's masked results.
+pub struct GarblerPending {
+    params: Gadget,
+    r_sum: Vec<u64>,
+    a: Vec<u64>,
+}
+
+impl Drop for GarblerPending {
+    fn drop(&mut self) {
+        self.r_sum.zeroize();
+        self.a.zeroize();
+    }
+}
+
+impl GarblerPending {
+    /// Second half of the online phase: reads the client's masked results and returns the server's
+    /// shares.
+    pub async fn finish(self, ch: &mut Channel) -> Result<Vec<u64>, GcError> {
+        let (n, chunk, mask) = (self.r_sum.len(), self.params.chunk(), self.params.mask());
         let mut out = Vec::with_capacity(n);
         for &(lo, hi) in &chunk_ranges(n, chunk) {
             let masked = ch.recv_u64s(MsgKind::OnlineReluOutput, hi - lo).await?;
-            out.extend(masked.iter().zip(&self.r_sum[lo..hi]).map(|(&u, &r)| u.wrapping_sub(r) & mask));
+            let values = masked.iter().zip(&self.r_sum[lo..hi]).zip(&self.a[lo..hi]);
+            out.extend(values.map(|((&u, &r), &a)| self.params.garbler_share(a, u.wrapping_sub(r) & mask)));
         }
         Ok(out)
     }
@@ -198,14 +341,16 @@ impl EvaluatorSession {
         Ok(Self { cot, next_id: 0 })
     }
 
-    /// Offline phase of one layer: the client's shares `b` and fresh masks `r` (one per ReLU).
+    /// Offline phase of one layer: the client's shares `b` and fresh masks `r` (one per value). The
+    /// client's share of the layer's output is [`Gadget::evaluator_share`] of them.
     pub async fn offline(
         &mut self,
         ch: &mut Channel,
-        params: ReluParams,
+        params: impl Into<Gadget>,
         b: &[u64],
         r: &[u64],
     ) -> Result<EvaluatorOffline, GcError> {
+        let params = params.into();
         params.validate().map_err(GcError::Params)?;
         if b.len() != r.len() {
             return Err(GcError::Params(format!("{} shares but {} masks", b.len(), r.len())));
@@ -217,14 +362,15 @@ impl EvaluatorSession {
             return Err(malformed(MsgKind::GarbledTables, format!("offline header {header:?}, expected {expected:?}")));
         }
         self.next_id += n as u64;
-        let k = params.k as usize;
-        let choices: Vec<bool> = input_bits(b, k).collect();
+        let k = params.bits();
+        let words: Vec<u64> = b.iter().map(|&x| params.evaluator_word(x)).collect();
+        let choices: Vec<bool> = input_bits(&words, k).collect();
         let b_labels = self.cot.extend(ch, &choices).await?;
 
-        let ac = relu_arith_circuit(&params);
+        let ac = params.arith_circuit();
         let rec = ac.record_bytes();
         let mut records = Vec::new();
-        for (lo, hi) in chunk_ranges(n, chunk_relus(&params)) {
+        for (lo, hi) in chunk_ranges(n, params.chunk()) {
             records.push(ch.recv_exact_len(MsgKind::GarbledTables, (hi - lo) * rec).await?);
         }
         let mask = params.mask();
@@ -241,7 +387,7 @@ impl EvaluatorSession {
 
 /// The client's material for one layer, used once online.
 pub struct EvaluatorOffline {
-    params: ReluParams,
+    params: Gadget,
     first_id: u64,
     ac: Arc<ArithCircuit>,
     b_labels: Arc<Vec<Label>>,
@@ -268,18 +414,24 @@ impl EvaluatorOffline {
         self.r.is_empty()
     }
 
-    /// The layer's parameters.
-    pub fn params(&self) -> ReluParams {
+    /// The layer's gadget.
+    pub fn params(&self) -> Gadget {
         self.params
     }
 
     /// Online phase: receives the server's labels, evaluates, sends the masked outputs. Returns the
-    /// client's share of the layer output, which is its mask `r`.
-    pub async fn online(mut self, ch: &mut Channel) -> Result<Vec<u64>, GcError> {
+    /// client's mask `r` (its share of a ReLU layer's output). One round trip: [`Self::evaluate`],
+    /// then [`Evaluated::send`].
+    pub async fn online(self, ch: &mut Channel) -> Result<Vec<u64>, GcError> {
+        self.evaluate(ch).await?.send(ch).await
+    }
+
+    /// First half of the online phase: receives the server's labels and evaluates.
+    pub async fn evaluate(mut self, ch: &mut Channel) -> Result<Evaluated, GcError> {
         let n = self.len();
-        let k = self.params.k as usize;
+        let k = self.params.bits();
         let mask = self.params.mask();
-        let ranges = chunk_ranges(n, chunk_relus(&self.params));
+        let ranges = chunk_ranges(n, self.params.chunk());
         let r = Arc::new(std::mem::take(&mut self.r));
         let mut results: Vec<Vec<u8>> = Vec::with_capacity(ranges.len());
         let mut pending: Option<tokio::task::JoinHandle<Vec<u8>>> = None;
@@ -307,11 +459,30 @@ impl EvaluatorOffline {
         if let Some(h) = pending.take() {
             results.push(h.await.map_err(TaskFailed::from)?);
         }
-        for msg in &results {
+        Ok(Evaluated { results, r: Arc::try_unwrap(r).unwrap_or_else(|r| (*r).clone()) })
+    }
+}
+
+/// A layer the client has evaluated: its masked results, not yet sent.
+pub struct Evaluated {
+    results: Vec<Vec<u8>>,
+    r: Vec<u64>,
+}
+
+impl Drop for Evaluated {
+    fn drop(&mut self) {
+        self.r.zeroize();
+    }
+}
+
+impl Evaluated {
+    /// Second half of the online phase: sends the masked results; returns the client's mask `r`.
+    pub async fn send(mut self, ch: &mut Channel) -> Result<Vec<u64>, GcError> {
+        for msg in &self.results {
             ch.send(MsgKind::OnlineReluOutput, msg).await?;
         }
         ch.flush().await?;
-        Ok(Arc::try_unwrap(r).unwrap_or_else(|r| (*r).clone()))
+        Ok(std::mem::take(&mut self.r))
     }
 }
 
@@ -409,6 +580,55 @@ mod tests {
         let server = accept.await.unwrap();
         let layers = vec![(ReluParams { l: 59, k: 32, shift: 12 }, 3000), (ReluParams { l: 40, k: 24, shift: 8 }, 100)];
         run_layers(Channel::new(server), Channel::new(client), layers).await;
+    }
+
+    /// A ReLU layer and an exact truncation layer garbled offline, then run online in one round
+    /// trip (both label flights before either result): shares of `relu(y) >> 12` and of
+    /// `floor(y / 2^12)`, exactly, for values up to the truncation's `2^(l-2)`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn truncation_and_relu_layers_in_one_round_trip() {
+        let (mut server, mut client) = Channel::memory_pair();
+        let relu = ReluParams { l: 59, k: 32, shift: 12 };
+        let trunc = TruncParams { l: 59, shift: 12 };
+        let fp = FixedPoint { l: 59, f: 0 };
+        let mut rng = ChaCha12Rng::seed_from_u64(7);
+        let (a1, b1, r1) = shares(&relu, 3000, &mut rng);
+        let lim = 1i64 << 57;
+        let mut ys = vec![0i64, 1, -1, 4095, 4096, -4096, -4097, lim - 1, -lim];
+        ys.extend((0..5000).map(|_| rng.random::<i64>() >> 7));
+        let n2 = ys.len();
+        let a2: Vec<u64> = (0..n2).map(|_| rng.random::<u64>() & trunc.mask()).collect();
+        let b2: Vec<u64> = ys.iter().zip(&a2).map(|(&y, &a)| fp.from_i64(y).wrapping_sub(a) & trunc.mask()).collect();
+        let r2: Vec<u64> = (0..n2).map(|_| rng.random::<u64>() & trunc.mask()).collect();
+        let (sa1, sa2) = (a1.clone(), a2.clone());
+        let srv = tokio::spawn(async move {
+            let mut s = GarblerSession::setup(&mut server).await.unwrap();
+            let o1 = s.offline(&mut server, relu, sa1.len()).await.unwrap();
+            let o2 = s.offline(&mut server, trunc, sa2.len()).await.unwrap();
+            let before = server.counters();
+            let p1 = o1.send_labels(&mut server, &sa1).await.unwrap();
+            let p2 = o2.send_labels(&mut server, &sa2).await.unwrap();
+            let sent = server.counters().since(before);
+            (p1.finish(&mut server).await.unwrap(), p2.finish(&mut server).await.unwrap(), sent)
+        });
+        let mut c = EvaluatorSession::setup(&mut client).await.unwrap();
+        let e1 = c.offline(&mut client, relu, &b1, &r1).await.unwrap();
+        let e2 = c.offline(&mut client, Gadget::Truncate(trunc), &b2, &r2).await.unwrap();
+        let (v1, v2) = (e1.evaluate(&mut client).await.unwrap(), e2.evaluate(&mut client).await.unwrap());
+        assert_eq!(v1.send(&mut client).await.unwrap(), r1);
+        assert_eq!(v2.send(&mut client).await.unwrap(), r2);
+        let (o1, o2, sent) = srv.await.unwrap();
+        for i in 0..a1.len() {
+            assert_eq!(o1[i], expected(&relu, a1[i], b1[i], r1[i]));
+        }
+        let g = Gadget::Truncate(trunc);
+        for i in 0..n2 {
+            let t = o2[i].wrapping_add(g.evaluator_share(b2[i], r2[i])) & trunc.mask();
+            assert_eq!(t, fp.truncate(fp.from_i64(ys[i]), 12), "y={}", ys[i]);
+        }
+        let labels = |g: Gadget, n: usize| (n * 16 * g.bits() + n.div_ceil(g.chunk()) * HEADER_LEN) as u64;
+        assert_eq!(sent.sent, labels(relu.into(), a1.len()) + labels(g, n2));
+        assert_eq!(g.bytes_per_value(), (13 * 32 + 16 + 13 * 16, 13 * 16 + 8));
     }
 
     #[tokio::test]

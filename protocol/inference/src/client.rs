@@ -4,7 +4,7 @@
 //! tells the server why it failed, once ([`crate::tell_peer`]).
 
 use crate::error::told;
-use crate::plan::{Plan, StepKind};
+use crate::plan::{Plan, StepGc, StepKind};
 use crate::public::PublicModel;
 use crate::share::{Role, truncate_share};
 use crate::{Hello, HelloAck, InferenceError, Request};
@@ -35,6 +35,8 @@ pub struct InferenceResult {
     pub online_rounds: usize,
     /// Garbled ReLUs evaluated.
     pub relus: usize,
+    /// Values truncated exactly by garbled circuits (0 with local truncation).
+    pub truncations: usize,
     /// Cost per layer (conv/linear and ReLU nodes): linearized ReLUs show zero bytes and no round.
     pub layers: Vec<LayerCost>,
 }
@@ -47,6 +49,9 @@ pub struct LayerCost {
     /// ReLU nodes: activation elements, and how many are real ReLUs (garbled); 0 for linear nodes.
     pub relus_total: usize,
     pub relus_kept: usize,
+    /// Values of this node truncated exactly (linearized neurons and rescaled outputs; 0 with
+    /// local truncation).
+    pub truncations: usize,
     pub offline_bytes: u64,
     /// Wall time of the node's offline step, and the part of it spent blocked on the channel.
     pub offline_s: f64,
@@ -84,7 +89,7 @@ struct Offline {
     layers: Vec<LayerCost>,
     input_mask: Vec<u64>,
     logits_share: Vec<u64>,
-    gc: Vec<Option<EvaluatorOffline>>,
+    gc: Vec<StepGc<EvaluatorOffline>>,
 }
 
 impl Drop for Offline {
@@ -173,7 +178,7 @@ impl ClientSession {
         self.check_input(x)?;
         let (c1, io1) = (ch.counters(), ch.io_time());
         let t1 = Instant::now();
-        let (logits_ring, online_rounds, relus, layers) = self.online(ch, x, prepared.offline).await?;
+        let (logits_ring, online_rounds, (relus, truncations), layers) = self.online(ch, x, prepared.offline).await?;
         let online_time = t1.elapsed();
         let logits = logits_ring.iter().map(|&v| self.public.fp.decode_with(v, self.plan.output_frac)).collect();
         Ok(InferenceResult {
@@ -187,6 +192,7 @@ impl ClientSession {
             online_bytes: ch.counters().since(c1),
             online_rounds,
             relus,
+            truncations,
             layers,
         })
     }
@@ -209,7 +215,7 @@ impl ClientSession {
         let plan = &self.plan;
         let fp = plan.fp;
         let input_mask: Vec<u64> = (0..plan.input_len).map(|_| fp.reduce(self.rng.random())).collect();
-        let mut gc: Vec<Option<EvaluatorOffline>> = (0..plan.steps.len()).map(|_| None).collect();
+        let mut gc: Vec<StepGc<EvaluatorOffline>> = (0..plan.steps.len()).map(|_| StepGc::default()).collect();
         let mut outs: Vec<Vec<u64>> = Vec::with_capacity(plan.steps.len());
         let mut layers = Vec::new();
         for (i, step) in plan.steps.iter().enumerate() {
@@ -219,13 +225,19 @@ impl ClientSession {
                     let r = plan.arg(&outs, &input_mask, step.inputs[0]).to_vec();
                     self.he.linear(ch, shape, &r).await?
                 }
-                StepKind::Relu { shift, kept, gc: params, .. } => {
+                StepKind::Relu { shift, kept, gc: params, linearized, .. } => {
                     let x = plan.arg(&outs, &input_mask, step.inputs[0]);
                     let mut y: Vec<u64> = x.iter().map(|&v| truncate_share(&fp, Role::Client, v, *shift)).collect();
                     if let Some(params) = params {
                         let r: Vec<u64> = (0..kept.len()).map(|_| fp.reduce(self.rng.random())).collect();
-                        gc[i] = Some(self.gc.offline(ch, *params, &kept.gather(x), &r).await?);
+                        gc[i].relu = Some(self.gc.offline(ch, *params, &kept.gather(x), &r).await?);
                         kept.scatter(&mut y, r);
+                    }
+                    if let Some((positions, t)) = linearized {
+                        let b = positions.gather(x);
+                        let r: Vec<u64> = (0..b.len()).map(|_| fp.reduce(self.rng.random())).collect();
+                        gc[i].linearized = Some(self.gc.offline(ch, *t, &b, &r).await?);
+                        positions.scatter(&mut y, b.iter().zip(&r).map(|(&b, &r)| t.evaluator_share(b, r)));
                     }
                     y
                 }
@@ -234,24 +246,38 @@ impl ClientSession {
                     plan.local(*op, &args)
                 }
             };
+            let out = match step.exact_after {
+                Some(t) => {
+                    let r: Vec<u64> = (0..out.len()).map(|_| fp.reduce(self.rng.random())).collect();
+                    gc[i].after = Some(self.gc.offline(ch, t, &out, &r).await?);
+                    out.iter().zip(&r).map(|(&b, &r)| t.evaluator_share(b, r)).collect()
+                }
+                None => plan.finish(i, Role::Client, out),
+            };
             let (relus_total, relus_kept, kind) = match &step.kind {
                 StepKind::Linear { .. } => (0, 0, step.op_kind),
                 StepKind::Relu { kept, total, .. } => (*total, kept.len(), "relu"),
+                StepKind::Local(_) if step.exact_after.is_some() => (0, 0, step.op_kind),
                 StepKind::Local(_) => (0, 0, ""),
             };
+            let truncations = match &step.kind {
+                StepKind::Relu { linearized: Some((positions, _)), .. } => positions.len(),
+                _ => 0,
+            } + step.exact_after.map_or(0, |_| step.out_len);
             if !kind.is_empty() {
                 layers.push(LayerCost {
                     node: step.name.clone(),
                     kind,
                     relus_total,
                     relus_kept,
+                    truncations,
                     offline_bytes: ch.counters().since(c0).total(),
                     offline_s: t0.elapsed().as_secs_f64(),
                     offline_io_s: (ch.io_time() - io0).as_secs_f64(),
                     ..Default::default()
                 });
             }
-            outs.push(plan.finish(i, Role::Client, out));
+            outs.push(out);
         }
         let logits_share = outs.pop().unwrap_or_default();
         Ok(Offline { layers, input_mask, logits_share, gc })
@@ -262,19 +288,41 @@ impl ClientSession {
         ch: &mut Channel,
         x: &[f32],
         mut offline: Offline,
-    ) -> Result<(Vec<u64>, usize, usize, Vec<LayerCost>), InferenceError> {
+    ) -> Result<(Vec<u64>, usize, (usize, usize), Vec<LayerCost>), InferenceError> {
         let fp = self.plan.fp;
         let masked: Vec<u64> =
             x.iter().zip(&offline.input_mask).map(|(&v, &r)| fp.reduce(fp.encode(v).wrapping_sub(r))).collect();
         ch.send_u64s(MsgKind::OnlineInput, &masked).await?;
-        let (mut rounds, mut relus) = (1, 0);
+        let (mut rounds, mut relus, mut truncations) = (1, 0, 0);
         let mut layers = std::mem::take(&mut offline.layers);
-        for (i, slot) in offline.gc.iter_mut().enumerate() {
-            if let Some(ev) = slot.take() {
-                let (c0, t0, io0) = (ch.counters(), Instant::now(), ch.io_time());
-                relus += ev.len();
+        for (i, g) in offline.gc.iter_mut().enumerate() {
+            let (relu, lin, after) = (g.relu.take(), g.linearized.take(), g.after.take());
+            if relu.is_none() && lin.is_none() && after.is_none() {
+                continue;
+            }
+            let (c0, t0, io0) = (ch.counters(), Instant::now(), ch.io_time());
+            relus += relu.as_ref().map_or(0, |e| e.len());
+            truncations += lin.as_ref().map_or(0, |e| e.len()) + after.as_ref().map_or(0, |e| e.len());
+            // The server sends both layers' labels before it reads: evaluate both, then send both.
+            if relu.is_some() || lin.is_some() {
                 rounds += 1;
-                ev.online(ch).await?;
+                let relu = match relu {
+                    Some(e) => Some(e.evaluate(ch).await?),
+                    None => None,
+                };
+                let lin = match lin {
+                    Some(e) => Some(e.evaluate(ch).await?),
+                    None => None,
+                };
+                for e in relu.into_iter().chain(lin) {
+                    e.send(ch).await?;
+                }
+            }
+            if let Some(e) = after {
+                rounds += 1;
+                e.online(ch).await?;
+            }
+            {
                 let name = &self.plan.steps[i].name;
                 if let Some(l) = layers.iter_mut().find(|l| &l.node == name) {
                     l.online_bytes = ch.counters().since(c0).total();
@@ -287,6 +335,6 @@ impl ClientSession {
         let server_share = ch.recv_u64s(MsgKind::OnlineLogits, offline.logits_share.len()).await?;
         let logits =
             server_share.iter().zip(&offline.logits_share).map(|(&v, &s)| fp.reduce(v.wrapping_add(s))).collect();
-        Ok((logits, rounds, relus, layers))
+        Ok((logits, rounds, (relus, truncations), layers))
     }
 }

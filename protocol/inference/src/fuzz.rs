@@ -6,6 +6,7 @@
 use crate::client::ClientSession;
 use crate::public::PublicModel;
 use crate::server::{ServedModel, ServerSession};
+use crate::share::Truncation;
 use crate::{Hello, Request};
 use pi_channel::{Channel, MsgKind};
 use pi_model::engine::RingModel;
@@ -34,13 +35,15 @@ const KINDS: [MsgKind; 16] = [
     MsgKind::Data,
 ];
 
-fn model() -> Arc<ServedModel> {
-    static MODEL: OnceLock<Arc<ServedModel>> = OnceLock::new();
-    MODEL
+/// The served model, with local or exact truncation (which adds garbled truncation layers).
+fn model(exact: bool) -> Arc<ServedModel> {
+    static MODELS: [OnceLock<Arc<ServedModel>>; 2] = [OnceLock::new(), OnceLock::new()];
+    MODELS[exact as usize]
         .get_or_init(|| {
             let m = Model::random(arch::small_cnn(10).unwrap(), 9, Some(0.05)).unwrap().fold_batchnorm();
             let ring = RingModel::new(&m, FixedPoint::DEFAULT).unwrap();
-            let public = PublicModel::new(&ring.model, "fuzz-hash".into(), ring.fp, None).unwrap();
+            let mut public = PublicModel::new(&ring.model, "fuzz-hash".into(), ring.fp, None).unwrap();
+            public.truncation = if exact { Truncation::Exact } else { Truncation::Local };
             Arc::new(ServedModel::new(ring, public, usize::MAX).unwrap())
         })
         .clone()
@@ -80,11 +83,11 @@ enum ClientPhase {
 /// Runs the server (its session loop, as pi-server runs it) against a client that follows the
 /// protocol up to `phase`, then sends `frames` and hangs up. The server's task must end on its
 /// own, without panicking.
-async fn server_case(phase: ClientPhase, frames: Vec<(MsgKind, Vec<u8>)>) {
+async fn server_case(phase: ClientPhase, exact: bool, frames: Vec<(MsgKind, Vec<u8>)>) {
     let timeout = Duration::from_secs(2);
     let (c, s) = Channel::memory_pair();
     let (mut c, mut s) = (c.with_timeout(timeout), s.with_timeout(timeout));
-    let model = model();
+    let model = model(exact);
     let server = tokio::spawn(async move {
         let mut session = ServerSession::handshake(&mut s, model, 4).await?;
         while session.next_request(&mut s).await?.is_some() {
@@ -120,15 +123,15 @@ async fn server_case(phase: ClientPhase, frames: Vec<(MsgKind, Vec<u8>)>) {
 }
 
 /// A valid greeting's bytes (to mutate).
-fn hello_bytes() -> Vec<u8> {
-    static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
-    BYTES
+fn hello_bytes(exact: bool) -> Vec<u8> {
+    static BYTES: [OnceLock<Vec<u8>>; 2] = [OnceLock::new(), OnceLock::new()];
+    BYTES[exact as usize]
         .get_or_init(|| {
             runtime().block_on(async {
                 let (mut a, mut b) = Channel::memory_pair();
                 let hello = Hello {
                     version: pi_channel::PROTOCOL_VERSION,
-                    model: model().public.clone(),
+                    model: model(exact).public.clone(),
                     session_inferences: 4,
                 };
                 a.send_msg(MsgKind::Hello, &hello).await.unwrap();
@@ -162,16 +165,17 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn a_server_survives_any_frames_at_any_phase(phase in 0usize..4, frames in frames()) {
+    fn a_server_survives_any_frames_at_any_phase(phase in 0usize..4, exact in any::<bool>(), frames in frames()) {
         let phase = [ClientPhase::Start, ClientPhase::Handshaken, ClientPhase::Requested, ClientPhase::Prepared][phase];
-        runtime().block_on(server_case(phase, frames));
+        runtime().block_on(server_case(phase, exact, frames));
     }
 
     #[test]
     fn a_client_survives_any_greeting_and_frames(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
                                                  cut in proptest::option::of(any::<prop::sample::Index>()),
+                                                 exact in any::<bool>(),
                                                  frames in frames()) {
-        let mut hello = hello_bytes();
+        let mut hello = hello_bytes(exact);
         for (i, b) in flips {
             let i = i.index(hello.len());
             hello[i] ^= b;

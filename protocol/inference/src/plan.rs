@@ -3,8 +3,8 @@
 //! garbled, circuit parameters, truncations). The parties never re-match ops or masks.
 
 use crate::public::{PublicModel, PublicModelError};
-use crate::share::{Role, truncate_shares};
-use pi_gc::ReluParams;
+use crate::share::{Role, Truncation, truncate_shares};
+use pi_gc::{ReluParams, TruncParams};
 use pi_he::{ConvShape, FcShape, LayerShape};
 use pi_model::FixedPoint;
 use pi_model::engine::kernels;
@@ -28,6 +28,11 @@ pub(crate) struct Kept {
 impl Kept {
     fn from_mask(mask: &[bool]) -> Self {
         Kept { positions: mask.iter().enumerate().filter(|(_, k)| **k).map(|(i, _)| i as u32).collect() }
+    }
+
+    /// The positions the mask does not keep.
+    fn complement(mask: &[bool]) -> Self {
+        Kept { positions: mask.iter().enumerate().filter(|(_, k)| !**k).map(|(i, _)| i as u32).collect() }
     }
 
     pub fn len(&self) -> usize {
@@ -73,12 +78,15 @@ pub(crate) enum StepKind {
         shape: LayerShape,
     },
     /// ReLU: every element is truncated locally by `shift`, then the kept ones are replaced by the
-    /// garbled layer's output (`gc` is `None` when the layer is fully linearized).
+    /// garbled layer's output (`gc` is `None` when the layer is fully linearized). With exact
+    /// truncation, the linearized ones are replaced by the output of a truncation layer run in the
+    /// same round trip (`linearized`: their positions and the gadget).
     Relu {
         shift: u32,
         kept: Kept,
         gc: Option<ReluParams>,
         total: usize,
+        linearized: Option<(Kept, TruncParams)>,
     },
     Local(Local),
 }
@@ -91,8 +99,27 @@ pub(crate) struct Step {
     pub op_kind: &'static str,
     pub kind: StepKind,
     pub inputs: Vec<Src>,
-    /// The output is truncated locally by `f` bits after the step.
+    /// The output is truncated by `f` bits after the step: locally, or, with `exact_after`, by a
+    /// garbled truncation layer over the whole output (its own round trip).
     pub truncate_after: bool,
+    pub exact_after: Option<TruncParams>,
+    /// Elements of the step's output.
+    pub out_len: usize,
+}
+
+/// One party's garbled layers of one step, made offline in this order and run online in it: the
+/// kept ReLUs and the exact truncation of the linearized neurons (one round trip together), then
+/// the exact truncation of the step's output (another).
+pub(crate) struct StepGc<T> {
+    pub relu: Option<T>,
+    pub linearized: Option<T>,
+    pub after: Option<T>,
+}
+
+impl<T> Default for StepGc<T> {
+    fn default() -> Self {
+        StepGc { relu: None, linearized: None, after: None }
+    }
 }
 
 /// The whole network as steps in evaluation order; the last step's output is the logits.
@@ -114,6 +141,7 @@ impl Plan {
         let index: HashMap<&str, usize> =
             public.graph.nodes.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
         let fp = public.fp;
+        let exact = public.truncation == Truncation::Exact;
         let steps = public
             .graph
             .nodes
@@ -129,7 +157,10 @@ impl Plan {
                         let shift = scale.nodes[i].relu_shift_units * fp.f;
                         let kept = Kept::from_mask(&public.masks[i]);
                         let gc = (kept.len() > 0).then_some(ReluParams { l: fp.l, k: public.relu_bits[i], shift });
-                        StepKind::Relu { shift, kept, gc, total: public.masks[i].len() }
+                        let linearized = Kept::complement(&public.masks[i]);
+                        let linearized = (exact && shift > 0 && linearized.len() > 0)
+                            .then_some((linearized, TruncParams { l: fp.l, shift }));
+                        StepKind::Relu { shift, kept, gc, total: public.masks[i].len(), linearized }
                     }
                     Op::Add => StepKind::Local(Local::Add),
                     Op::AvgPool { kernel, stride } => {
@@ -140,12 +171,15 @@ impl Plan {
                     Op::Batchnorm { .. } => unreachable!("validate() refuses unfolded graphs"),
                 };
                 let inputs = node.inputs.iter().map(|n| index.get(n.as_str()).map_or(Src::Input, |&p| Src::Step(p)));
+                let truncate_after = scale.nodes[i].truncate_after;
                 Step {
                     name: node.name.clone(),
                     op_kind: node.op.kind(),
                     kind,
                     inputs: inputs.collect(),
-                    truncate_after: scale.nodes[i].truncate_after,
+                    truncate_after,
+                    exact_after: (exact && truncate_after && fp.f > 0).then_some(TruncParams { l: fp.l, shift: fp.f }),
+                    out_len: shapes[&node.name].iter().product(),
                 }
             })
             .collect();
@@ -179,9 +213,10 @@ impl Plan {
         }
     }
 
-    /// Applies step `i`'s local truncation, if any, to `role`'s share.
+    /// Applies step `i`'s local truncation, if any, to `role`'s share (an exact one is the
+    /// parties' garbled layer).
     pub fn finish(&self, i: usize, role: Role, mut out: Vec<u64>) -> Vec<u64> {
-        if self.steps[i].truncate_after {
+        if self.steps[i].truncate_after && self.steps[i].exact_after.is_none() {
             truncate_shares(&self.fp, role, &mut out, self.fp.f);
         }
         out

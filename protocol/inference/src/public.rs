@@ -1,6 +1,7 @@
 //! What the server announces about its model: everything the client needs to run the protocol
 //! (architecture, ReLU masks, fixed-point parameters, circuit widths) and nothing about the weights.
 
+use crate::share::Truncation;
 use pi_model::data::Normalization;
 use pi_model::engine::ScalePlan;
 use pi_model::graph::{Op, ValidGraph};
@@ -22,6 +23,8 @@ pub struct PublicModel {
     pub relu_bits: Vec<u32>,
     /// How the client turns pixels into the network's input (the model's preprocessing).
     pub normalization: Normalization,
+    /// How both parties rescale shares (the server's choice, `pi serve --truncation`).
+    pub truncation: Truncation,
 }
 
 /// Serialises a graph as JSON text inside any serde format (bincode cannot encode its flattened enums).
@@ -97,7 +100,8 @@ impl PublicModel {
             model.graph.nodes.iter().map(|n| if matches!(n.op, Op::Relu { .. }) { fp.l } else { 0 }).collect()
         });
         let normalization = model.normalization.clone();
-        let p = PublicModel { hash, graph: model.graph.clone(), fp, masks, relu_bits, normalization };
+        let truncation = Truncation::Local;
+        let p = PublicModel { hash, graph: model.graph.clone(), fp, masks, relu_bits, normalization, truncation };
         p.validate()?;
         Ok(p)
     }

@@ -3,7 +3,7 @@
 //! Every public method tells the client why it failed, once ([`crate::tell_peer`]).
 
 use crate::error::told;
-use crate::plan::{Plan, StepKind};
+use crate::plan::{Plan, StepGc, StepKind};
 use crate::public::PublicModel;
 use crate::share::{Role, truncate_share};
 use crate::{Hello, HelloAck, InferenceError, Request};
@@ -67,8 +67,8 @@ impl ServedModel {
 
     /// An upper bound of the memory one session holds at its peak, beyond what the served model
     /// holds for every session (for `pi serve --max-memory`): every step's output share (the
-    /// online phase keeps them all) and the HE shares of the linear layers; per kept ReLU the
-    /// garbler's `k` zero-labels and output offset, and, while a layer is garbled, both labels of
+    /// online phase keeps them all) and the HE shares of the linear layers; per kept ReLU (and per
+    /// exactly truncated value) the garbler's `k` zero-labels, output offset and (online) share, and, while a layer is garbled, both labels of
     /// each OT for the client's `k` input bits plus the extension matrix; the largest HE call
     /// (queries received and expanded, replies, share); the client's public key; and the
     /// channel's buffers with the largest frames both ways (8 MiB of HE ciphertexts).
@@ -82,12 +82,18 @@ impl ServedModel {
         for step in &plan.steps {
             match &step.kind {
                 StepKind::Linear { shape } => he_shares += 8 * shape.output_len(),
-                StepKind::Relu { kept, gc: Some(p), .. } => {
-                    let k = p.k as usize;
-                    garbled += kept.len() * (16 * k + 8);
-                    garbling = garbling.max(kept.len() * k * (2 * 16 + 16 + 1));
+                StepKind::Relu { kept, gc, linearized, .. } => {
+                    let relu = gc.map(|p| (p.k as usize, kept.len()));
+                    for (k, n) in relu.into_iter().chain(linearized.as_ref().map(|(pos, t)| (t.bits(), pos.len()))) {
+                        garbled += n * (16 * k + 16);
+                        garbling = garbling.max(n * k * (2 * 16 + 16 + 1));
+                    }
                 }
                 _ => {}
+            }
+            if let Some(t) = step.exact_after {
+                garbled += step.out_len * (16 * t.bits() + 16);
+                garbling = garbling.max(step.out_len * t.bits() * (2 * 16 + 16 + 1));
             }
         }
         let layers = self.he.iter().flatten();
@@ -148,8 +154,8 @@ pub struct ServerSession {
 struct Offline {
     /// Per step: the server's HE share term of a linear layer's output.
     he: Vec<Vec<u64>>,
-    /// Per step: the garbled ReLU layer.
-    gc: Vec<Option<GarblerOffline>>,
+    /// Per step: the garbled layers (ReLUs, exact truncations).
+    gc: Vec<StepGc<GarblerOffline>>,
     /// Per step: wall and channel time, offline (online filled in later).
     times: Vec<ServerStepTime>,
 }
@@ -219,7 +225,7 @@ impl ServerSession {
         let times = self.online(ch, offline).await?;
         self.served += 1;
         let layers = (self.plan.steps.iter().zip(times))
-            .filter(|(s, _)| !matches!(s.kind, StepKind::Local(_)))
+            .filter(|(s, _)| !matches!(s.kind, StepKind::Local(_)) || s.exact_after.is_some())
             .map(|(_, t)| t)
             .collect();
         Ok(ServerInferenceStats {
@@ -236,7 +242,7 @@ impl ServerSession {
     async fn offline(&mut self, ch: &mut Channel) -> Result<Offline, InferenceError> {
         let n = self.plan.steps.len();
         let mut he = vec![Vec::new(); n];
-        let mut gc: Vec<Option<GarblerOffline>> = (0..n).map(|_| None).collect();
+        let mut gc: Vec<StepGc<GarblerOffline>> = (0..n).map(|_| StepGc::default()).collect();
         let mut times = Vec::with_capacity(n);
         for (i, step) in self.plan.steps.iter().enumerate() {
             let (t0, io0) = (Instant::now(), ch.io_time());
@@ -247,10 +253,18 @@ impl ServerSession {
                     })?;
                     he[i] = self.he.linear_encoded(ch, &layer).await?.0
                 }
-                StepKind::Relu { gc: Some(params), kept, .. } => {
-                    gc[i] = Some(self.gc.offline(ch, *params, kept.len()).await?)
+                StepKind::Relu { gc: params, kept, linearized, .. } => {
+                    if let Some(params) = params {
+                        gc[i].relu = Some(self.gc.offline(ch, *params, kept.len()).await?);
+                    }
+                    if let Some((positions, t)) = linearized {
+                        gc[i].linearized = Some(self.gc.offline(ch, *t, positions.len()).await?);
+                    }
                 }
-                StepKind::Relu { gc: None, .. } | StepKind::Local(_) => {}
+                StepKind::Local(_) => {}
+            }
+            if let Some(t) = step.exact_after {
+                gc[i].after = Some(self.gc.offline(ch, t, step.out_len).await?);
             }
             times.push(ServerStepTime {
                 node: step.name.clone(),
@@ -284,11 +298,25 @@ impl ServerSession {
                     })
                     .await?
                 }
-                StepKind::Relu { shift, kept, .. } => {
+                StepKind::Relu { shift, kept, linearized, .. } => {
                     let x = plan.arg(&outs, &input, step.inputs[0]);
                     let mut y: Vec<u64> = x.iter().map(|&v| truncate_share(&fp, Role::Server, v, *shift)).collect();
-                    if let Some(g) = offline.gc[i].take() {
-                        kept.scatter(&mut y, g.online(ch, &kept.gather(x)).await?);
+                    // Both layers' labels, then both results: one round trip.
+                    let relu = match offline.gc[i].relu.take() {
+                        Some(g) => Some(g.send_labels(ch, &kept.gather(x)).await?),
+                        None => None,
+                    };
+                    let lin = match (offline.gc[i].linearized.take(), linearized) {
+                        (Some(g), Some((positions, _))) => {
+                            Some((g.send_labels(ch, &positions.gather(x)).await?, positions))
+                        }
+                        _ => None,
+                    };
+                    if let Some(p) = relu {
+                        kept.scatter(&mut y, p.finish(ch).await?);
+                    }
+                    if let Some((p, positions)) = lin {
+                        positions.scatter(&mut y, p.finish(ch).await?);
                     }
                     y
                 }
@@ -297,7 +325,11 @@ impl ServerSession {
                     plan.local(*op, &args)
                 }
             };
-            outs.push(plan.finish(i, Role::Server, out));
+            let out = match offline.gc[i].after.take() {
+                Some(g) => g.online(ch, &out).await?,
+                None => plan.finish(i, Role::Server, out),
+            };
+            outs.push(out);
             if let Some(t) = offline.times.get_mut(i) {
                 t.online_s = t0.elapsed().as_secs_f64();
                 t.online_io_s = (ch.io_time() - io0).as_secs_f64();

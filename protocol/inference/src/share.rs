@@ -11,6 +11,51 @@ pub enum Role {
     Client,
 }
 
+/// How shares are rescaled after a product (by `f` bits) and at linearized neurons.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Truncation {
+    /// Each party shifts its own share (SecureML): free, but the result is one unit too large with
+    /// a probability set by the client's share, and wrong by `2^(l-f)` when the shares wrap (see
+    /// `docs/security.md`, known leak 1).
+    #[default]
+    Local,
+    /// A small garbled circuit computes the carry and the wrap of every truncated value
+    /// ([`pi_gc::truncate`]): bit-exact, as the fixed-point engine computes, for `|y| < 2^(l-2)`,
+    /// at `f + 1` garbled ANDs and one more online round per truncating step.
+    Exact,
+}
+
+impl Truncation {
+    /// The command-line names.
+    pub const NAMES: [&'static str; 2] = ["local", "exact"];
+
+    /// The command-line name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Truncation::Local => "local",
+            Truncation::Exact => "exact",
+        }
+    }
+}
+
+impl std::fmt::Display for Truncation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Truncation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "local" => Ok(Truncation::Local),
+            "exact" => Ok(Truncation::Exact),
+            _ => Err(format!("expected local or exact, got {s:?}")),
+        }
+    }
+}
+
 /// Local truncation of one party's share by `bits` (SecureML): the server shifts its share, the
 /// client negates, shifts and negates back. The two results add up to `floor(y / 2^bits)` or one
 /// more, except with probability about `|y| / 2^l` (see docs/fixed-point.md).

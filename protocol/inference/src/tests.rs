@@ -3,6 +3,7 @@
 use crate::client::ClientSession;
 use crate::public::{PublicModel, calibrate_relu_bits};
 use crate::server::{ServedModel, ServerSession};
+use crate::share::Truncation;
 use pi_channel::Channel;
 use pi_model::engine::{RingModel, argmax};
 use pi_model::{FixedPoint, Model, arch};
@@ -11,13 +12,23 @@ use rand_chacha::ChaCha20Rng;
 use std::sync::Arc;
 
 fn served(arch_name: &str, keep: f64, calibrate: bool) -> (Arc<ServedModel>, Vec<Vec<f32>>) {
+    served_with(arch_name, keep, calibrate, Truncation::Local)
+}
+
+fn served_with(
+    arch_name: &str,
+    keep: f64,
+    calibrate: bool,
+    truncation: Truncation,
+) -> (Arc<ServedModel>, Vec<Vec<f32>>) {
     let model = Model::random(arch::build(arch_name, 10).unwrap(), 11, Some(keep)).unwrap().fold_batchnorm();
     let ring = RingModel::new(&model, FixedPoint::DEFAULT).unwrap();
     let n: usize = model.graph.input_shape.iter().product();
     let mut rng = ChaCha20Rng::seed_from_u64(5);
     let inputs: Vec<Vec<f32>> = (0..3).map(|_| (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect()).collect();
     let bits = calibrate.then(|| calibrate_relu_bits(&ring, &inputs, 3));
-    let public = PublicModel::new(&ring.model, "test-hash".into(), ring.fp, bits).unwrap();
+    let mut public = PublicModel::new(&ring.model, "test-hash".into(), ring.fp, bits).unwrap();
+    public.truncation = truncation;
     (Arc::new(ServedModel::new(ring, public, usize::MAX).unwrap()), inputs)
 }
 
@@ -52,6 +63,41 @@ async fn small_cnn_logits_match_the_fixed_point_engine() {
         }
         assert_eq!(r.relus, model.public.kept_relus());
     }
+}
+
+/// With exact truncation the private logits are the fixed-point engine's, bit for bit (circuit
+/// widths calibrated on the same inputs, so no ReLU wraps); with local truncation they are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_truncation_matches_the_fixed_point_engine_bit_for_bit() {
+    let (model, inputs) = served_with("small-cnn", 0.1, true, Truncation::Exact);
+    let results = run_pair(model.clone(), inputs.clone()).await;
+    // Linearized neurons (90% of each ReLU layer) and the outputs of the convolutions that feed
+    // the residual add, the pooling layers and the global pooling are truncated exactly.
+    let plan = crate::plan::Plan::compile(&model.public).unwrap();
+    let after: usize = plan.steps.iter().filter(|s| s.exact_after.is_some()).map(|s| s.out_len).sum();
+    // Only ReLUs that rescale (`2f` inputs) truncate; those after the residual add are at `f`.
+    let linearized: usize = (plan.steps.iter())
+        .map(|s| match &s.kind {
+            crate::plan::StepKind::Relu { linearized: Some((positions, t)), .. } => {
+                assert_eq!(t.shift, model.public.fp.f);
+                positions.len()
+            }
+            _ => 0,
+        })
+        .sum();
+    assert!(after > 0 && linearized > 0);
+    for (x, r) in inputs.iter().zip(&results) {
+        assert_eq!(r.logits_ring, model.ring.run(x).unwrap(), "exact PI equals the fixed-point engine");
+        assert_eq!((r.relus, r.truncations), (model.public.kept_relus(), linearized + after));
+        let steps_after = plan.steps.iter().filter(|s| s.exact_after.is_some()).count();
+        let relu_rounds = r.layers.iter().filter(|l| l.kind == "relu" && l.relus_total > 0).count();
+        assert_eq!(r.online_rounds, 1 + relu_rounds + steps_after);
+    }
+    let (local, _) = served_with("small-cnn", 0.1, true, Truncation::Local);
+    let results = run_pair(local.clone(), inputs.clone()).await;
+    let differ = inputs.iter().zip(&results).filter(|(x, r)| r.logits_ring != local.ring.run(x).unwrap()).count();
+    assert!(differ > 0, "local truncation is off by a unit somewhere");
+    assert!(results.iter().all(|r| r.truncations == 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
