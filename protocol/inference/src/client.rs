@@ -225,12 +225,13 @@ impl ClientSession {
                     let r = plan.arg(&outs, &input_mask, step.inputs[0]).to_vec();
                     self.he.linear(ch, shape, &r).await?
                 }
-                StepKind::Relu { shift, kept, gc: params, linearized, .. } => {
+                StepKind::Relu { shift, kept, gc: params, gc_input_shift, linearized, .. } => {
                     let x = plan.arg(&outs, &input_mask, step.inputs[0]);
                     let mut y: Vec<u64> = x.iter().map(|&v| truncate_share(&fp, Role::Client, v, *shift)).collect();
                     if let Some(params) = params {
                         let r: Vec<u64> = (0..kept.len()).map(|_| fp.reduce(self.rng.random())).collect();
-                        gc[i].relu = Some(self.gc.offline(ch, *params, &kept.gather(x), &r).await?);
+                        let b = kept.gather_shifted(&fp, x, *gc_input_shift);
+                        gc[i].relu = Some(self.gc.offline(ch, *params, &b, &r).await?);
                         kept.scatter(&mut y, r);
                     }
                     if let Some((positions, t)) = linearized {

@@ -44,6 +44,11 @@ impl Kept {
         self.positions.iter().map(|&p| x[p as usize]).collect()
     }
 
+    /// The kept elements of the share `x` (in `Z_{2^l}` of `fp`), each shifted right by `bits`.
+    pub fn gather_shifted(&self, fp: &FixedPoint, x: &[u64], bits: u32) -> Vec<u64> {
+        self.positions.iter().map(|&p| fp.reduce(x[p as usize]) >> bits).collect()
+    }
+
     /// Writes `values` (one per kept element, in order) into the kept positions of `y`.
     pub fn scatter(&self, y: &mut [u64], values: impl IntoIterator<Item = u64>) {
         for (&p, v) in self.positions.iter().zip(values) {
@@ -81,10 +86,16 @@ pub(crate) enum StepKind {
     /// garbled layer's output (`gc` is `None` when the layer is fully linearized). With exact
     /// truncation, the linearized ones are replaced by the output of a truncation layer run in the
     /// same round trip (`linearized`: their positions and the gadget).
+    ///
+    /// With local truncation, a ReLU that rescales drops its shares' low `shift` bits before the
+    /// circuit (`gc_input_shift`; the circuit is then `k - shift` bits wide with no shift of its
+    /// own): `relu(floor(a / 2^s) + floor(b / 2^s))` is `relu(y) >> s` or one less, like a local
+    /// truncation, and costs `shift` fewer garbled ANDs and input bits per ReLU.
     Relu {
         shift: u32,
         kept: Kept,
         gc: Option<ReluParams>,
+        gc_input_shift: u32,
         total: usize,
         linearized: Option<(Kept, TruncParams)>,
     },
@@ -156,11 +167,17 @@ impl Plan {
                     Op::Relu { .. } => {
                         let shift = scale.nodes[i].relu_shift_units * fp.f;
                         let kept = Kept::from_mask(&public.masks[i]);
-                        let gc = (kept.len() > 0).then_some(ReluParams { l: fp.l, k: public.relu_bits[i], shift });
+                        let k = public.relu_bits[i];
+                        // Validated: k >= shift + 2, so the narrowed circuit keeps 2 bits or more.
+                        let (params, gc_input_shift) = match exact {
+                            true => (ReluParams { l: fp.l, k, shift }, 0),
+                            false => (ReluParams { l: fp.l, k: k - shift, shift: 0 }, shift),
+                        };
+                        let gc = (kept.len() > 0).then_some(params);
                         let linearized = Kept::complement(&public.masks[i]);
                         let linearized = (exact && shift > 0 && linearized.len() > 0)
                             .then_some((linearized, TruncParams { l: fp.l, shift }));
-                        StepKind::Relu { shift, kept, gc, total: public.masks[i].len(), linearized }
+                        StepKind::Relu { shift, kept, gc, gc_input_shift, total: public.masks[i].len(), linearized }
                     }
                     Op::Add => StepKind::Local(Local::Add),
                     Op::AvgPool { kernel, stride } => {
@@ -250,6 +267,28 @@ pub fn linear_layers(graph: &ValidGraph) -> Vec<(String, LayerShape)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The narrowed ReLU of local truncation: the circuit `k - s` bits wide, no shift, on the
+        /// shares shifted right by `s`, gives `relu(y) >> s` or one less (never below 0, never a
+        /// wrong sign), for every split of every `y` in `[-2^(k-1) + 2^s, 2^(k-1))` (the full
+        /// width's range but its lowest `2^s` values, which calibration margins never reach).
+        #[test]
+        fn narrowed_relu_is_off_by_at_most_one_below(y in any::<i64>(), a in any::<u64>(), r in any::<u64>(), k in 14u32..=59) {
+            let fp = FixedPoint { l: 59, f: 12 };
+            let s = 12;
+            let y = (y >> (64 - k)).max(-(1i64 << (k - 1)) + (1 << s));
+            let a = fp.reduce(a);
+            let b = fp.reduce(fp.from_i64(y).wrapping_sub(a));
+            let narrowed = ReluParams { l: fp.l, k: k - s, shift: 0 };
+            let r = fp.reduce(r);
+            let out = pi_gc::relu::relu_plain(&narrowed, a >> s, b >> s, r);
+            let got = fp.to_i64(fp.reduce(out.wrapping_add(r)));
+            let want = y.max(0) >> s;
+            prop_assert!(got == want || got == (want - 1).max(0), "y={y} got={got} want={want}");
+        }
+    }
 
     #[test]
     fn kept_gathers_and_scatters_in_mask_order() {

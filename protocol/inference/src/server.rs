@@ -298,12 +298,12 @@ impl ServerSession {
                     })
                     .await?
                 }
-                StepKind::Relu { shift, kept, linearized, .. } => {
+                StepKind::Relu { shift, kept, linearized, gc_input_shift, .. } => {
                     let x = plan.arg(&outs, &input, step.inputs[0]);
                     let mut y: Vec<u64> = x.iter().map(|&v| truncate_share(&fp, Role::Server, v, *shift)).collect();
                     // Both layers' labels, then both results: one round trip.
                     let relu = match offline.gc[i].relu.take() {
-                        Some(g) => Some(g.send_labels(ch, &kept.gather(x)).await?),
+                        Some(g) => Some(g.send_labels(ch, &kept.gather_shifted(&fp, x, *gc_input_shift)).await?),
                         None => None,
                     };
                     let lin = match (offline.gc[i].linearized.take(), linearized) {
