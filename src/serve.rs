@@ -99,9 +99,11 @@ pub struct ModelOptions {
     he_cache_mib: usize,
     /// How shares are rescaled after products and at linearized neurons. `local`: each party
     /// shifts its own share (free; the result is off by one unit with a probability set by the
-    /// client's share, which lets a client correlate repeated queries, see docs/security.md).
-    /// `exact`: a small garbled circuit per truncated value (13 ANDs at f = 12) gives exactly the
-    /// fixed-point engine's result; it costs bytes and one more round trip per rescaled output.
+    /// client's share, which lets a client correlate repeated queries, see docs/security.md); kept
+    /// ReLUs that rescale then read only the shares' bits above f (a circuit f bits narrower, with
+    /// the same off-by-one). `exact`: a small garbled circuit per truncated value (13 ANDs at
+    /// f = 12) gives exactly the fixed-point engine's result, and kept ReLUs read their full width;
+    /// it costs bytes and one more round trip per rescaled output.
     #[arg(long, default_value_t = Truncation::Local)]
     truncation: Truncation,
 }

@@ -20,6 +20,14 @@ impl Frames {
         b
     }
 
+    /// A buffer of exactly `len` bytes for a producer that overwrites all of them: a recycled one
+    /// keeps the bytes of the frame it carried (already sent to the peer), so nothing is zeroed.
+    pub(crate) fn overwritable(&self, len: usize) -> Vec<u8> {
+        let mut b = self.back.try_recv().unwrap_or_default();
+        b.resize(len, 0);
+        b
+    }
+
     /// Hands a filled frame to the async side (blocking while two are queued). `false` if that side
     /// has given up, in which case it reports why and the producer should stop.
     pub(crate) fn send(&self, frame: Vec<u8>) -> bool {

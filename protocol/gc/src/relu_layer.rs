@@ -117,14 +117,6 @@ impl Gadget {
         }
     }
 
-    /// The server's share of the gadget's value from its input share `a` and its unmasked output.
-    fn garbler_share(&self, a: u64, out: u64) -> u64 {
-        match self {
-            Gadget::Relu(_) => out,
-            Gadget::Truncate(p) => p.garbler_share(a, out),
-        }
-    }
-
     /// The client's share of the gadget's value from its input share `b` and its mask `r`.
     pub fn evaluator_share(&self, b: u64, r: u64) -> u64 {
         match self {
@@ -294,7 +286,12 @@ impl GarblerOffline {
         }
         words.zeroize();
         ch.flush().await?;
-        Ok(GarblerPending { params: self.params, r_sum: std::mem::take(&mut self.r_sum), a: a.to_vec() })
+        // Only truncation needs the server's input shares again to form its output share.
+        let a = match self.params {
+            Gadget::Relu(_) => Vec::new(),
+            Gadget::Truncate(_) => a.to_vec(),
+        };
+        Ok(GarblerPending { params: self.params, r_sum: std::mem::take(&mut self.r_sum), a })
     }
 }
 
@@ -302,6 +299,7 @@ impl GarblerOffline {
 pub struct GarblerPending {
     params: Gadget,
     r_sum: Vec<u64>,
+    /// The server's input shares for a truncation layer (its output share needs them); empty for ReLU.
     a: Vec<u64>,
 }
 
@@ -320,8 +318,11 @@ impl GarblerPending {
         let mut out = Vec::with_capacity(n);
         for &(lo, hi) in &chunk_ranges(n, chunk) {
             let masked = ch.recv_u64s(MsgKind::OnlineReluOutput, hi - lo).await?;
-            let values = masked.iter().zip(&self.r_sum[lo..hi]).zip(&self.a[lo..hi]);
-            out.extend(values.map(|((&u, &r), &a)| self.params.garbler_share(a, u.wrapping_sub(r) & mask)));
+            let unmasked = masked.iter().zip(&self.r_sum[lo..hi]).map(|(&u, &r)| u.wrapping_sub(r) & mask);
+            match self.params {
+                Gadget::Relu(_) => out.extend(unmasked),
+                Gadget::Truncate(p) => out.extend(unmasked.zip(&self.a[lo..hi]).map(|(u, &a)| p.garbler_share(a, u))),
+            }
         }
         Ok(out)
     }

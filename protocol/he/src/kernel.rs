@@ -76,13 +76,18 @@ impl EncodedLayer {
     /// queries as received and expanded (two polynomials at every prime), the replies before
     /// they are sent (counted at full width), and the share. For `pi serve --max-memory`.
     pub fn peak_call_bytes(&self) -> usize {
-        let full_ct = 2 * self.ctx.degree() * self.ctx.moduli.len() * 8;
+        let full_ct = self.full_ciphertext_bytes();
         let (queries, replies) = (self.plan.n_queries(), self.plan.n_replies());
         queries * (self.ctx.query_bytes() + full_ct) + replies * full_ct + self.shape.output_len() * 8
     }
 
     /// Bytes of a session's copy of the client's public key (two polynomials at every prime).
     pub fn public_key_bytes(&self) -> usize {
+        self.full_ciphertext_bytes()
+    }
+
+    /// Bytes of one ciphertext in memory: two polynomials of `degree` u64 coefficients at every prime.
+    fn full_ciphertext_bytes(&self) -> usize {
         2 * self.ctx.degree() * self.ctx.moduli.len() * 8
     }
 

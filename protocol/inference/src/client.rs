@@ -9,8 +9,10 @@ use crate::public::PublicModel;
 use crate::share::{Role, truncate_share};
 use crate::{Hello, HelloAck, InferenceError, Request};
 use pi_channel::{Channel, Counters, MsgKind, PROTOCOL_VERSION};
+use pi_gc::Gadget;
 use pi_gc::relu_layer::{EvaluatorOffline, EvaluatorSession};
 use pi_he::{HeClient, HeParams};
+use pi_model::fixed::FixedPoint;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use std::time::{Duration, Instant};
@@ -229,16 +231,16 @@ impl ClientSession {
                     let x = plan.arg(&outs, &input_mask, step.inputs[0]);
                     let mut y: Vec<u64> = x.iter().map(|&v| truncate_share(&fp, Role::Client, v, *shift)).collect();
                     if let Some(params) = params {
-                        let r: Vec<u64> = (0..kept.len()).map(|_| fp.reduce(self.rng.random())).collect();
                         let b = kept.gather_shifted(&fp, x, *gc_input_shift);
-                        gc[i].relu = Some(self.gc.offline(ch, *params, &b, &r).await?);
-                        kept.scatter(&mut y, r);
+                        let (off, shares) = garbled_layer(&mut self.gc, &mut self.rng, &fp, ch, *params, &b).await?;
+                        gc[i].relu = Some(off);
+                        kept.scatter(&mut y, shares);
                     }
                     if let Some((positions, t)) = linearized {
                         let b = positions.gather(x);
-                        let r: Vec<u64> = (0..b.len()).map(|_| fp.reduce(self.rng.random())).collect();
-                        gc[i].linearized = Some(self.gc.offline(ch, *t, &b, &r).await?);
-                        positions.scatter(&mut y, b.iter().zip(&r).map(|(&b, &r)| t.evaluator_share(b, r)));
+                        let (off, shares) = garbled_layer(&mut self.gc, &mut self.rng, &fp, ch, *t, &b).await?;
+                        gc[i].linearized = Some(off);
+                        positions.scatter(&mut y, shares);
                     }
                     y
                 }
@@ -249,9 +251,9 @@ impl ClientSession {
             };
             let out = match step.exact_after {
                 Some(t) => {
-                    let r: Vec<u64> = (0..out.len()).map(|_| fp.reduce(self.rng.random())).collect();
-                    gc[i].after = Some(self.gc.offline(ch, t, &out, &r).await?);
-                    out.iter().zip(&r).map(|(&b, &r)| t.evaluator_share(b, r)).collect()
+                    let (off, shares) = garbled_layer(&mut self.gc, &mut self.rng, &fp, ch, t, &out).await?;
+                    gc[i].after = Some(off);
+                    shares
                 }
                 None => plan.finish(i, Role::Client, out),
             };
@@ -323,14 +325,11 @@ impl ClientSession {
                 rounds += 1;
                 e.online(ch).await?;
             }
-            {
-                let name = &self.plan.steps[i].name;
-                if let Some(l) = layers.iter_mut().find(|l| &l.node == name) {
-                    l.online_bytes = ch.counters().since(c0).total();
-                    l.online_s = t0.elapsed().as_secs_f64();
-                    l.online_io_s = (ch.io_time() - io0).as_secs_f64();
-                    l.online_round = true;
-                }
+            if let Some(l) = layers.iter_mut().find(|l| l.node == self.plan.steps[i].name) {
+                l.online_bytes = ch.counters().since(c0).total();
+                l.online_s = t0.elapsed().as_secs_f64();
+                l.online_io_s = (ch.io_time() - io0).as_secs_f64();
+                l.online_round = true;
             }
         }
         let server_share = ch.recv_u64s(MsgKind::OnlineLogits, offline.logits_share.len()).await?;
@@ -338,4 +337,21 @@ impl ClientSession {
             server_share.iter().zip(&offline.logits_share).map(|(&v, &s)| fp.reduce(v.wrapping_add(s))).collect();
         Ok((logits, rounds, (relus, truncations), layers))
     }
+}
+
+/// The offline half of one garbled layer on the client's shares `b`: fresh masks from `rng`, the
+/// garbled material, and the client's shares of the layer's output.
+async fn garbled_layer(
+    gc: &mut EvaluatorSession,
+    rng: &mut ChaCha20Rng,
+    fp: &FixedPoint,
+    ch: &mut Channel,
+    gadget: impl Into<Gadget>,
+    b: &[u64],
+) -> Result<(EvaluatorOffline, Vec<u64>), pi_gc::GcError> {
+    let gadget = gadget.into();
+    let r: Vec<u64> = (0..b.len()).map(|_| fp.reduce(rng.random())).collect();
+    let off = gc.offline(ch, gadget, b, &r).await?;
+    let shares = b.iter().zip(&r).map(|(&b, &r)| gadget.evaluator_share(b, r)).collect();
+    Ok((off, shares))
 }

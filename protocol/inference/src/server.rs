@@ -79,21 +79,27 @@ impl ServedModel {
             self.public.graph.nodes.iter().map(|n| shapes[&n.name].iter().product::<usize>()).sum();
         let mut he_shares = 0;
         let (mut garbled, mut garbling) = (0, 0);
+        // A garbled layer of `n` values, `k` input bits each: kept until online (zero-labels and
+        // offsets), and its peak while garbling (two label sets, a record, the choice bits).
+        let mut layer = |k: usize, n: usize| {
+            garbled += n * (16 * k + 16);
+            garbling = garbling.max(n * k * (2 * 16 + 16 + 1));
+        };
         for step in &plan.steps {
             match &step.kind {
                 StepKind::Linear { shape } => he_shares += 8 * shape.output_len(),
                 StepKind::Relu { kept, gc, linearized, .. } => {
-                    let relu = gc.map(|p| (p.k as usize, kept.len()));
-                    for (k, n) in relu.into_iter().chain(linearized.as_ref().map(|(pos, t)| (t.bits(), pos.len()))) {
-                        garbled += n * (16 * k + 16);
-                        garbling = garbling.max(n * k * (2 * 16 + 16 + 1));
+                    if let Some(p) = gc {
+                        layer(p.k as usize, kept.len());
+                    }
+                    if let Some((pos, t)) = linearized {
+                        layer(t.bits(), pos.len());
                     }
                 }
                 _ => {}
             }
             if let Some(t) = step.exact_after {
-                garbled += step.out_len * (16 * t.bits() + 16);
-                garbling = garbling.max(step.out_len * t.bits() * (2 * 16 + 16 + 1));
+                layer(t.bits(), step.out_len);
             }
         }
         let layers = self.he.iter().flatten();

@@ -60,35 +60,47 @@ impl CotSender {
         let start = self.counter;
         self.counter += m.div_ceil(128) as u64;
         let mut out: Vec<Label> = Vec::with_capacity(m);
-        let mut pending: Option<tokio::task::JoinHandle<Vec<u128>>> = None;
+        // The matrices of one frame, handed back and forth with the blocking task so that every
+        // frame reuses them (fresh megabyte buffers cost a page fault per 4 KiB).
+        let mut spare = Some((Vec::<u128>::new(), Vec::<u128>::new()));
+        let mut pending: Option<tokio::task::JoinHandle<(Vec<u128>, Vec<u128>)>> = None;
         for (lo, hi) in chunks(m) {
             let nb = (hi - lo).div_ceil(128);
             let frame = ch.recv_exact_len(MsgKind::OtExtension, KAPPA * nb * 16).await?;
             if let Some(h) = pending.take() {
-                out.extend(h.await.map_err(TaskFailed::from)?.into_iter().map(Label));
+                let (cols, rows) = h.await.map_err(TaskFailed::from)?;
+                out.extend(rows.iter().map(|&r| Label(r)));
+                spare = Some((cols, rows));
             }
+            let (mut cols, mut rows) = spare.take().unwrap_or_default();
             let prgs = self.prgs.clone();
             let s = self.delta.as_u128();
             let pos = start + (lo / 128) as u64;
             pending = Some(tokio::task::spawn_blocking(move || {
-                let mut cols = vec![0u128; KAPPA * nb];
-                cols.par_chunks_mut(nb).enumerate().for_each(|(i, col)| {
+                // Column i is G(k_{s_i}) ⊕ s_i·u_i: every word is written, so no zeroing first.
+                cols.resize(KAPPA * nb, 0);
+                cols.par_chunks_mut(nb).zip(frame.par_chunks(nb * 16)).enumerate().for_each(|(i, (col, u))| {
+                    prgs[i].fill(pos, col);
                     if (s >> i) & 1 == 1 {
-                        for (w, c) in col.iter_mut().enumerate() {
-                            let off = (i * nb + w) * 16;
-                            *c = u128::from_le_bytes(frame[off..off + 16].try_into().expect("16 bytes"));
+                        for (c, u) in col.iter_mut().zip(u.chunks_exact(16)) {
+                            *c ^= u128::from_le_bytes(u.try_into().expect("16 bytes"));
                         }
                     }
-                    prgs[i].xor_into(pos, col);
                 });
-                let mut rows = vec![0u128; KAPPA * nb];
+                rows.resize(KAPPA * nb, 0);
                 transpose_columns(&cols, nb, &mut rows);
                 rows.truncate(hi - lo);
-                rows
+                (cols, rows)
             }));
         }
         if let Some(h) = pending.take() {
-            out.extend(h.await.map_err(TaskFailed::from)?.into_iter().map(Label));
+            let (mut cols, mut rows) = h.await.map_err(TaskFailed::from)?;
+            out.extend(rows.iter().map(|&r| Label(r)));
+            cols.zeroize();
+            rows.zeroize();
+        } else if let Some((mut cols, mut rows)) = spare {
+            cols.zeroize();
+            rows.zeroize();
         }
         Ok(out)
     }
@@ -127,17 +139,21 @@ impl CotReceiver {
                     x[j / 128] |= (c as u128) << (j % 128);
                 }
                 t.resize(KAPPA * nb, 0);
-                let mut frame = frames.buffer();
-                frame.resize(KAPPA * nb * 16, 0);
-                t.par_chunks_mut(nb).zip(frame.par_chunks_mut(nb * 16)).enumerate().for_each(|(i, (ti, fi))| {
-                    let (g0, g1) = &prgs[i];
-                    g0.fill(pos, ti);
-                    let mut u = x.clone();
-                    g1.xor_into(pos, &mut u);
-                    for (w, (uw, tw)) in u.iter().zip(ti.iter()).enumerate() {
-                        fi[w * 16..(w + 1) * 16].copy_from_slice(&(uw ^ tw).to_le_bytes());
-                    }
-                });
+                // Every byte of the frame is written below: a recycled one is not zeroed first.
+                let mut frame = frames.overwritable(KAPPA * nb * 16);
+                let work = t.par_chunks_mut(nb).zip(frame.par_chunks_mut(nb * 16)).enumerate();
+                work.for_each_init(
+                    || vec![0u128; nb],
+                    |u, (i, (ti, fi))| {
+                        let (g0, g1) = &prgs[i];
+                        g0.fill(pos, ti);
+                        u.copy_from_slice(&x);
+                        g1.xor_into(pos, u);
+                        for ((uw, tw), f) in u.iter().zip(ti.iter()).zip(fi.chunks_exact_mut(16)) {
+                            f.copy_from_slice(&(uw ^ tw).to_le_bytes());
+                        }
+                    },
+                );
                 if !frames.send(frame) {
                     break; // the async side gave up; its error is reported there
                 }
