@@ -600,6 +600,39 @@ fn auto_widths_without_calibration_inputs_fall_back_to_full_width() {
     assert!(calibrated.iter().all(|&k| k < l), "{calibrated:?}");
 }
 
+/// `--frac-bits auto` on the bundled model drops bits the model does not need (f = 10 of 12 today),
+/// and at the chosen `f` the fixed-point engine still predicts as the f32 engine on test images the
+/// choice never saw (it calibrates on the training split). Without calibration images it keeps the
+/// default rather than guess.
+#[test]
+fn auto_frac_bits_keep_the_f32_predictions_on_unseen_images() {
+    use pi_server::{Calibration, FracBits};
+    let model =
+        format::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/small-cnn-fmnist.safetensors")).unwrap();
+    let chosen = |calibration: Calibration| {
+        let opts = PrepareOptions { frac_bits: FracBits::Auto, calibration, ..PrepareOptions::default() };
+        pi_server::prepare_model(&model, &opts).unwrap().public.fp
+    };
+    assert_eq!(chosen(Calibration::None), FixedPoint::DEFAULT);
+    let fp = chosen(Calibration::Dataset(bundled_data()));
+    assert!(fp.f < FixedPoint::DEFAULT.f, "{fp:?}");
+    let folded = model.fold_batchnorm();
+    let ring = RingModel::new(&folded, fp).unwrap();
+    let ds = pi_client::load_images(&bundled_data(), None).unwrap();
+    let n = ds.len().min(300);
+    let agree = (0..n)
+        .filter(|&i| {
+            let x = ds.image(i);
+            argmax(&ring.decode_output(&ring.run(x).unwrap()))
+                == argmax(&pi_model::engine::run_f32(&folded, x).unwrap())
+        })
+        .count();
+    assert!(agree * 100 >= n * 99, "f = {}: {agree} of {n} test images agree with f32", fp.f);
+    assert_eq!("auto".parse::<FracBits>(), Ok(FracBits::Auto));
+    assert_eq!("9".parse::<FracBits>(), Ok(FracBits::Fixed(9)));
+    assert!("nine".parse::<FracBits>().unwrap_err().contains("expected auto or a bit count"));
+}
+
 /// Resident memory of a process, from /proc (Linux).
 fn rss_mb(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -45,10 +45,50 @@ impl std::str::FromStr for ReluBits {
     }
 }
 
+/// How many fractional bits `f` the fixed-point encoding keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FracBits {
+    /// The smallest `f` in [`FRAC_BITS_AUTO_MIN`]`..=`[`FixedPoint::DEFAULT`]`.f` at which the
+    /// fixed-point engine still computes the f32 function on every calibration image (same top-1,
+    /// logit error within [`FRAC_BITS_AUTO_TOLERANCE`] of the logits' range), checked for every `f`
+    /// down to it. Every bit less is one input bit less per party in every garbled ReLU.
+    Auto,
+    /// This `f` for every model.
+    Fixed(u32),
+}
+
+impl std::str::FromStr for FracBits {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(FracBits::Auto),
+            n => n.parse().map(FracBits::Fixed).map_err(|_| format!("expected auto or a bit count, got {n:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for FracBits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FracBits::Auto => f.write_str("auto"),
+            FracBits::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// The fewest fractional bits `--frac-bits auto` tries.
+pub const FRAC_BITS_AUTO_MIN: u32 = 6;
+
+/// The largest logit error `--frac-bits auto` accepts, as a fraction of the image's f32 logit range
+/// (largest minus smallest logit).
+pub const FRAC_BITS_AUTO_TOLERANCE: f32 = 0.01;
+
 /// How a model is prepared for serving.
 #[derive(Clone, Debug)]
 pub struct PrepareOptions {
-    pub fp: FixedPoint,
+    /// Ring width `l`.
+    pub ring_bits: u32,
+    pub frac_bits: FracBits,
     pub relu_bits: ReluBits,
     /// Extra bits above the widest calibrated activation.
     pub margin_bits: u32,
@@ -87,7 +127,8 @@ pub const DEFAULT_HE_CACHE_BYTES: usize = 2 << 30;
 impl Default for PrepareOptions {
     fn default() -> Self {
         Self {
-            fp: FixedPoint::DEFAULT,
+            ring_bits: FixedPoint::DEFAULT.l,
+            frac_bits: FracBits::Fixed(FixedPoint::DEFAULT.f),
             relu_bits: ReluBits::Auto,
             margin_bits: 4,
             calibration: Calibration::None,
@@ -134,9 +175,30 @@ pub fn prepare_model(model: &pi_model::Model, opts: &PrepareOptions) -> Result<S
     // A file's shapes decide every allocation below (folding, encoding, calibration inputs and
     // activations): bound them first, as a client bounds a greeting.
     pi_inference::check_activations(&model.graph)?;
-    opts.fp.validate().map_err(ServerError::Settings)?;
     let hash = Salt::from_source(&opts.salt)?.commit(&format::content_hash(model));
-    let ring = RingModel::new(&model.fold_batchnorm(), opts.fp)?;
+    let folded = model.fold_batchnorm();
+    let calibration = calibration_inputs(&folded, &opts.calibration)?;
+    let fp = match opts.frac_bits {
+        FracBits::Fixed(f) => FixedPoint { l: opts.ring_bits, f },
+        FracBits::Auto => {
+            let f = match &calibration {
+                Some((fit, held_out)) => {
+                    let images: Vec<&[f32]> = fit.iter().chain(held_out).map(Vec::as_slice).collect();
+                    choose_frac_bits(&folded, opts.ring_bits, &images)?
+                }
+                None => {
+                    tracing::warn!(
+                        "--frac-bits auto needs calibration images (--calibrate DIR): using f = {}",
+                        FixedPoint::DEFAULT.f
+                    );
+                    FixedPoint::DEFAULT.f
+                }
+            };
+            FixedPoint { l: opts.ring_bits, f }
+        }
+    };
+    fp.validate().map_err(ServerError::Settings)?;
+    let ring = RingModel::new(&folded, fp)?;
     let bits = match opts.relu_bits {
         ReluBits::Full => None,
         ReluBits::Fixed(k) => Some(
@@ -147,7 +209,7 @@ pub fn prepare_model(model: &pi_model::Model, opts: &PrepareOptions) -> Result<S
                 .map(|n| if matches!(n.op, pi_model::Op::Relu { .. }) { k } else { 0 })
                 .collect(),
         ),
-        ReluBits::Auto => match calibration_inputs(&ring, &opts.calibration)? {
+        ReluBits::Auto => match &calibration {
             None => {
                 tracing::warn!(
                     "--relu-bits auto needs calibration images (--calibrate DIR): using the full ring width, {} bits",
@@ -156,8 +218,8 @@ pub fn prepare_model(model: &pi_model::Model, opts: &PrepareOptions) -> Result<S
                 None
             }
             Some((fit, held_out)) => {
-                let bits = calibrate_relu_bits(&ring, &fit, opts.margin_bits);
-                report_widths(&check_relu_bits(&ring, &held_out, &bits), opts.margin_bits);
+                let bits = calibrate_relu_bits(&ring, fit, opts.margin_bits);
+                report_widths(&check_relu_bits(&ring, held_out, &bits), opts.margin_bits);
                 Some(bits)
             }
         },
@@ -165,6 +227,46 @@ pub fn prepare_model(model: &pi_model::Model, opts: &PrepareOptions) -> Result<S
     let mut public = PublicModel::new(&ring.model, hash, ring.fp, bits)?;
     public.truncation = opts.truncation;
     Ok(ServedModel::new(ring, public, opts.he_cache_bytes)?)
+}
+
+/// `--frac-bits auto`: walks `f` down from the default and keeps the last one at which the
+/// fixed-point engine agrees with the f32 engine on every image (top-1, and logits within
+/// [`FRAC_BITS_AUTO_TOLERANCE`] of their range). Each `f` is checked, not inferred from its
+/// neighbours, and the walk stops at the first that fails.
+fn choose_frac_bits(folded: &pi_model::Model, l: u32, images: &[&[f32]]) -> Result<u32, ServerError> {
+    let reference = images.iter().map(|x| pi_model::engine::run_f32(folded, x)).collect::<Result<Vec<_>, _>>()?;
+    let mut chosen = None;
+    for f in (FRAC_BITS_AUTO_MIN..=FixedPoint::DEFAULT.f).rev() {
+        let fp = FixedPoint { l, f };
+        if fp.validate().is_err() {
+            continue;
+        }
+        let ring = RingModel::new(folded, fp)?;
+        let (mut agree, mut worst) = (true, 0f32);
+        for (x, want) in images.iter().zip(&reference) {
+            let got = ring.decode_output(&ring.run(x)?);
+            let range = want.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+                - want.iter().fold(f32::INFINITY, |m, &v| m.min(v));
+            let err = got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            worst = worst.max(err / range.max(f32::MIN_POSITIVE));
+            agree &= pi_model::engine::argmax(&got) == pi_model::engine::argmax(want);
+        }
+        let ok = agree && worst <= FRAC_BITS_AUTO_TOLERANCE;
+        tracing::debug!(f, top1_agrees = agree, worst_relative_logit_error = worst, ok, "frac bits");
+        if !ok {
+            break;
+        }
+        chosen = Some(f);
+    }
+    let Some(f) = chosen else {
+        tracing::warn!(
+            f = FixedPoint::DEFAULT.f,
+            "--frac-bits auto: even the default f changes the f32 function on a calibration image; keeping it"
+        );
+        return Ok(FixedPoint::DEFAULT.f);
+    };
+    tracing::info!(f, images = images.len(), "--frac-bits auto");
+    Ok(f)
 }
 
 /// Logs how the calibrated widths fare on the held-out inputs: one line per layer at debug level,
@@ -199,13 +301,13 @@ fn report_widths(checks: &[WidthCheck], margin_bits: u32) {
 /// calibrate on).
 type CalibrationSets = Option<(Vec<Vec<f32>>, Vec<Vec<f32>>)>;
 
-fn calibration_inputs(ring: &RingModel, calibration: &Calibration) -> Result<CalibrationSets, ServerError> {
-    let shape = &ring.model.graph.input_shape;
+fn calibration_inputs(model: &pi_model::Model, calibration: &Calibration) -> Result<CalibrationSets, ServerError> {
+    let shape = &model.graph.input_shape;
     let n = CALIBRATION_IMAGES;
     match calibration {
         Calibration::None => Ok(None),
         Calibration::Dataset(dir) => {
-            let ds = data::load_dir_with(dir, Split::Train, Some(ring.model.normalization.clone()))
+            let ds = data::load_dir_with(dir, Split::Train, Some(model.normalization.clone()))
                 .map_err(|source| ServerError::Calibration { path: dir.to_path_buf(), source })?;
             if ds.shape.as_slice() != shape.as_slice() {
                 return Err(ServerError::CalibrationShape { images: ds.shape.to_vec(), model: shape.clone() });
