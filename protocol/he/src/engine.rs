@@ -10,17 +10,12 @@ use super::HeError;
 use super::kernel::EncodedLayer;
 use super::pack::Plan;
 use super::params::HeContext;
+use super::secret::{ClientKey, VARIANCE};
 use super::wire::{pack, unpack_checked};
-use fhe::bfv::{Ciphertext, Encoding, Plaintext, SecretKey};
-use fhe::proto::bfv::Ciphertext as CiphertextProto;
-use fhe_math::rq::{Poly, Representation, traits::TryConvertFrom};
-use fhe_traits::{FheDecoder, FheDecrypter, FheEncrypter};
+use fhe_math::rq::{Poly, Representation};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use rayon::prelude::*;
-
-/// Error variance of the secret key, encryption and re-randomisation noise (centred binomial, as `fhe`).
-pub(crate) const VARIANCE: usize = 10;
 
 /// One serialised reply and the server's share of its outputs as `(output index, share)`.
 type Reply = (Vec<u8>, Vec<(usize, u64)>);
@@ -30,52 +25,6 @@ type Reply = (Vec<u8>, Vec<(usize, u64)>);
 pub(crate) struct LevelZeroCt {
     pub c0: Vec<u64>,
     pub c1: Vec<u64>,
-}
-
-/// Encrypts one packed polynomial under the secret key and writes the seeded wire form.
-///
-/// `fhe` 0.1.1 computes its scaling factor `Delta` wrongly when `t` exceeds one of the ciphertext primes
-/// (it negates `t` modulo a smaller prime), so we let it encrypt zero (randomness, secret, error) and add
-/// `Delta * m` ourselves with `Delta = floor(q / t)` computed exactly.
-fn encrypt_packed(ctx: &HeContext, sk: &SecretKey, values: &[u64], rng: &mut ChaCha20Rng) -> Result<Vec<u8>, HeError> {
-    let zero = Plaintext::zero(Encoding::poly(), &ctx.bfv)?;
-    let mut ct: Ciphertext = sk.try_encrypt(&zero, rng)?;
-    let n = ctx.degree();
-    let mut m = vec![0u64; ctx.moduli.len() * n];
-    for (i, (q, &d)) in ctx.rns.q.iter().zip(&ctx.delta0).enumerate() {
-        for (dst, &v) in m[i * n..(i + 1) * n].iter_mut().zip(values) {
-            *dst = q.mul(d, q.reduce(v));
-        }
-    }
-    let mut m = Poly::try_convert_from(m, ctx.bfv.context_at_level(0)?, false, Representation::PowerBasis)?;
-    m.change_representation(Representation::Ntt);
-    ct[0] += &m;
-    seeded_bytes(ctx, &ct)
-}
-
-/// `seed | c0` of a fresh secret-key ciphertext.
-fn seeded_bytes(ctx: &HeContext, ct: &Ciphertext) -> Result<Vec<u8>, HeError> {
-    let seed = CiphertextProto::from(ct).seed;
-    if seed.len() != 32 || ct.len() != 2 {
-        return Err(HeError::Fhe("fresh ciphertext is not seeded".into()));
-    }
-    let n = ctx.degree();
-    let c0: Vec<u64> = Vec::from(&ct[0]);
-    let mut out = Vec::with_capacity(ctx.query_bytes());
-    out.extend_from_slice(&seed);
-    for (i, (&p, &b)) in ctx.moduli.iter().zip(&ctx.bits).enumerate() {
-        let row: Vec<u64> = c0[i * n..(i + 1) * n].iter().map(|&v| v % p).collect();
-        pack(&row, b, &mut out);
-    }
-    debug_assert_eq!(out.len(), ctx.query_bytes());
-    Ok(out)
-}
-
-/// The client's public key for re-randomisation: a seeded encryption of zero, in query form.
-pub(crate) fn public_key_bytes(ctx: &HeContext, sk: &SecretKey, rng: &mut ChaCha20Rng) -> Result<Vec<u8>, HeError> {
-    let zero = Plaintext::zero(Encoding::poly(), &ctx.bfv)?;
-    let ct: Ciphertext = sk.try_encrypt(&zero, rng)?;
-    seeded_bytes(ctx, &ct)
 }
 
 /// Parses a seeded level-0 ciphertext (query or public key) received from the peer.
@@ -98,12 +47,17 @@ pub(crate) fn parse_seeded(ctx: &HeContext, bytes: &[u8]) -> Result<LevelZeroCt,
 }
 
 /// Client: encrypts the canonical input tensor, one ciphertext per (channel block, tile).
-pub(crate) fn client_queries(ctx: &HeContext, sk: &SecretKey, plan: &Plan, t: &[u64]) -> Result<Vec<Vec<u8>>, HeError> {
+pub(crate) fn client_queries(
+    ctx: &HeContext,
+    key: &ClientKey,
+    plan: &Plan,
+    t: &[u64],
+) -> Result<Vec<Vec<u8>>, HeError> {
     (0..plan.n_queries())
         .into_par_iter()
         .map_init(ChaCha20Rng::from_os_rng, |rng, i| {
             let block = plan.input_block(t, i / plan.tiles(), i % plan.tiles());
-            encrypt_packed(ctx, sk, &block, rng)
+            key.encrypt(ctx, &block, rng)
         })
         .collect()
 }
@@ -242,13 +196,12 @@ fn finish_reply(
 /// Client: decrypts the replies and returns its share of the output (`[M][Ho][Wo]`).
 pub(crate) fn client_decrypt(
     ctx: &HeContext,
-    sk: &SecretKey,
+    key: &ClientKey,
     plan: &Plan,
     replies: &[&[u8]],
 ) -> Result<Vec<u64>, HeError> {
     let tiles = plan.tiles();
     let n = ctx.degree();
-    let level = ctx.params.reply_level;
     let parts: Vec<Result<Vec<(usize, u64)>, HeError>> = replies
         .par_iter()
         .enumerate()
@@ -261,7 +214,6 @@ pub(crate) fn client_decrypt(
                     ctx.reply_bytes(outs.len())
                 )));
             }
-            let ctx_r = ctx.bfv.context_at_level(level)?;
             let mut pos = 0;
             let mut c1 = Vec::with_capacity(ctx.reply_primes * n);
             for i in 0..ctx.reply_primes {
@@ -269,21 +221,15 @@ pub(crate) fn client_decrypt(
                 c1.extend_from_slice(&v);
                 pos += used;
             }
-            let mut c0 = vec![0u64; ctx.reply_primes * n];
+            let mut c0 = Vec::with_capacity(ctx.reply_primes * outs.len());
             for i in 0..ctx.reply_primes {
                 let (v, used) = unpack_checked(&bytes[pos..], outs.len(), ctx.bits[i], ctx.moduli[i])?;
-                for (&(coef, _), x) in outs.iter().zip(v) {
-                    c0[i * n + coef] = x;
-                }
+                c0.extend_from_slice(&v);
                 pos += used;
             }
-            let mut c0 = Poly::try_convert_from(c0, ctx_r, false, Representation::PowerBasis)?;
-            c0.change_representation(Representation::Ntt);
-            let c1 = Poly::try_convert_from(c1, ctx_r, false, Representation::Ntt)?;
-            let ct = Ciphertext::new(vec![c0, c1], &ctx.bfv)?;
-            let pt = sk.try_decrypt(&ct)?;
-            let m = Vec::<u64>::try_decode(&pt, Encoding::poly_at_level(level))?;
-            Ok(outs.iter().map(|&(coef, idx)| (idx, m[coef])).collect())
+            let coefs: Vec<usize> = outs.iter().map(|&(coef, _)| coef).collect();
+            let m = key.decrypt_at(ctx, c1, &c0, &coefs);
+            Ok(outs.iter().zip(m).map(|(&(_, idx), v)| (idx, v)).collect())
         })
         .collect();
     let mut share = vec![0u64; plan.cn.m * plan.cn.ho * plan.cn.wo];

@@ -19,6 +19,7 @@ mod pack;
 pub mod params;
 mod protocol;
 mod rns;
+mod secret;
 mod wire;
 
 #[cfg(test)]

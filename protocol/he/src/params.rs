@@ -87,7 +87,7 @@ impl HeContext {
             .set_degree(params.degree)
             .set_plaintext_modulus(1u64 << params.l)
             .set_moduli_sizes(&params.moduli_bits)
-            .set_variance(super::engine::VARIANCE)
+            .set_variance(super::secret::VARIANCE)
             .build_arc()
             .map_err(|e| HeError::Params(e.to_string()))?;
         let moduli = bfv.moduli().to_vec();

@@ -14,7 +14,7 @@ use super::kernel::{EncodedLayer, KernelCache, KernelEncoder};
 use super::layer::{LayerShape, ring_mask};
 use super::pack::{Plan, WireCost};
 use super::params::{HeContext, HeParams};
-use fhe::bfv::SecretKey;
+use super::secret::ClientKey;
 use pi_channel::{Channel, MsgKind};
 use rand::{CryptoRng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -103,7 +103,7 @@ async fn recv_exact(ch: &mut Channel, kind: MsgKind, total: usize) -> Result<Vec
 /// The client's side: owns the secret key; obtains `L(r) - s` for its masks `r`.
 pub struct HeClient {
     ctx: Arc<HeContext>,
-    sk: Arc<SecretKey>,
+    key: Arc<ClientKey>,
     public_key: Vec<u8>,
 }
 
@@ -111,10 +111,10 @@ impl HeClient {
     /// Creates a fresh secret key and the public key used by the server for re-randomisation.
     pub fn new<R: RngCore + CryptoRng>(params: HeParams, rng: &mut R) -> Result<Self, HeError> {
         let ctx = params.context()?;
-        let sk = SecretKey::random(&ctx.bfv, rng);
-        let mut prng = ChaCha20Rng::from_rng(rng);
-        let public_key = engine::public_key_bytes(&ctx, &sk, &mut prng)?;
-        Ok(Self { ctx, sk: Arc::new(sk), public_key })
+        let key = ClientKey::random(&ctx, rng)?;
+        // The public key for re-randomisation: a seeded encryption of zero.
+        let public_key = key.encrypt(&ctx, &[], rng)?;
+        Ok(Self { ctx, key: Arc::new(key), public_key })
     }
 
     /// [`HeClient::new`] with a ChaCha20 generator seeded from the operating system.
@@ -152,12 +152,12 @@ impl HeClient {
         }
         let mut timings = ClientTimings::default();
         let start = Instant::now();
-        let (ctx, sk, shape_c) = (self.ctx.clone(), self.sk.clone(), *shape);
+        let (ctx, key, shape_c) = (self.ctx.clone(), self.key.clone(), *shape);
         let mask = ring_mask(ctx.l());
         let r: Vec<u64> = r.iter().map(|&x| x & mask).collect();
         let queries = blocking(move || {
             let t = shape_c.canonical_input(&r);
-            engine::client_queries(&ctx, &sk, &plan, &t)
+            engine::client_queries(&ctx, &key, &plan, &t)
         })
         .await?;
         timings.encrypt = start.elapsed();
@@ -170,7 +170,7 @@ impl HeClient {
             .collect();
         let buf = recv_exact(ch, MsgKind::HeReply, sizes.iter().sum()).await?;
         let start = Instant::now();
-        let (ctx, sk) = (self.ctx.clone(), self.sk.clone());
+        let (ctx, key) = (self.ctx.clone(), self.key.clone());
         let share = blocking(move || {
             let mut parts = Vec::with_capacity(sizes.len());
             let mut pos = 0;
@@ -178,7 +178,7 @@ impl HeClient {
                 parts.push(&buf[pos..pos + len]);
                 pos += len;
             }
-            engine::client_decrypt(&ctx, &sk, &plan, &parts)
+            engine::client_decrypt(&ctx, &key, &plan, &parts)
         })
         .await?;
         timings.decrypt = start.elapsed();
