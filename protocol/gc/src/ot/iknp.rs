@@ -94,11 +94,11 @@ impl CotSender {
             }));
         }
         if let Some(h) = pending.take() {
-            let (mut cols, mut rows) = h.await.map_err(TaskFailed::from)?;
+            let (cols, rows) = h.await.map_err(TaskFailed::from)?;
             out.extend(rows.iter().map(|&r| Label(r)));
-            cols.zeroize();
-            rows.zeroize();
-        } else if let Some((mut cols, mut rows)) = spare {
+            spare = Some((cols, rows));
+        }
+        if let Some((mut cols, mut rows)) = spare {
             cols.zeroize();
             rows.zeroize();
         }
