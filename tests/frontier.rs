@@ -65,6 +65,7 @@ fn e2e_json_has_every_point_phase_and_layer() {
         }
         // Input, one round per ReLU layer with survivors (all four of small-cnn), logits.
         assert_eq!(p["online_rounds"].as_u64(), Some(5));
+        assert_eq!(p["frac_bits"].as_u64(), Some(12));
         assert!(num(p, "offline.he_s") > 0.0 && num(p, "offline.gc_ot_s") > 0.0);
         assert!(num(p, "online.linear_s") > 0.0 && num(p, "online.gc_eval_s") > 0.0);
         // A 0.5 ms round trip per online round: at least 2.5 ms of online link wait.
@@ -129,12 +130,16 @@ fn pareto_json_marks_the_frontier() {
         "lan",
         "--count",
         "3",
+        "--frac-bits",
+        "auto",
         "--json",
         "--svg",
         svg.to_str().unwrap(),
     ]);
     assert_eq!(r["net"]["name"], "lan");
     assert_eq!(r["count"].as_u64(), Some(3));
+    // `--frac-bits auto` per model, on the data's training split: the bundled model needs 10.
+    assert_eq!(r["models"][0]["frac_bits"].as_u64(), Some(10));
     let ms = r["models"].as_array().unwrap();
     assert_eq!(ms.len(), 3);
     assert_eq!(ms[0]["method"], "snl"); // from small-cnn-fmnist.linearize.json
@@ -186,6 +191,8 @@ fn bad_flags_get_one_clear_error() {
     assert!(err(&["bench", "e2e", "--arch", "small-cnn", "--relus", "999999"]).contains("cannot keep 999999"));
     assert!(err(&["bench", "e2e", "--arch", "small-cnn", "--relus", "10", "--repeat", "0"]).contains("--repeat"));
     assert!(err(&["bench", "e2e"]).contains("--model"));
+    let e = err(&["bench", "e2e", "--arch", "small-cnn", "--relus", "10", "--frac-bits", "nine"]);
+    assert!(e.contains("expected auto or a bit count"), "{e}");
     assert!(err(&["bench", "pareto", "--data", "data/fashion-mnist"]).contains("--models"));
     let m = dir.path().join("m.safetensors");
     assert!(pi(&["init", "--arch", "small-cnn", "--out", m.to_str().unwrap()]).status.success());

@@ -168,6 +168,9 @@ pub struct PointReport {
     pub truncation: Truncation,
     #[serde(default)]
     pub truncations: usize,
+    /// Fractional bits of the fixed-point encoding (`--frac-bits`; with `auto`, the chosen one).
+    #[serde(default)]
+    pub frac_bits: u32,
     /// Once per session, before any inference: HE keys and base OTs.
     pub setup_s: f64,
     pub setup_bytes: u64,
@@ -264,6 +267,7 @@ fn relu_sites(graph: &ValidGraph) -> Result<Vec<(String, usize)>, BenchError> {
 pub(crate) struct Session {
     hash: String,
     truncation: Truncation,
+    frac_bits: u32,
     transport: Transport,
     setup_s: f64,
     setup_bytes: u64,
@@ -284,6 +288,7 @@ pub(crate) async fn session_images(
     let addr = listener.local_addr()?.to_string();
     let served = Arc::new(served);
     let truncation = served.public.truncation;
+    let frac_bits = served.public.fp.f;
     let timeout = opts.timeout;
     let (tls_server, client_transport) = match opts.transport {
         Transport::Plaintext => (None, ClientTransport::Plaintext),
@@ -341,7 +346,16 @@ pub(crate) async fn session_images(
         }
     };
     let (hash, setup_s, setup_bytes, client) = client_result?;
-    Ok(Session { hash, truncation, transport: opts.transport, setup_s, setup_bytes, client, server: server_result? })
+    Ok(Session {
+        hash,
+        truncation,
+        frac_bits,
+        transport: opts.transport,
+        setup_s,
+        setup_bytes,
+        client,
+        server: server_result?,
+    })
 }
 
 /// Measures one model end to end (`opts.repeat` inferences of one random image in one session);
@@ -425,6 +439,7 @@ pub(crate) fn summarise(label: &str, model: &Model, s: Session) -> PointReport {
         online_rounds: s.client.first().map(|r| r.online_rounds).unwrap_or(0),
         truncation: s.truncation,
         truncations: s.client.first().map(|r| r.truncations).unwrap_or(0),
+        frac_bits: s.frac_bits,
         setup_s: s.setup_s,
         setup_bytes: s.setup_bytes,
         offline,

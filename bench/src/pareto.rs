@@ -55,6 +55,9 @@ pub struct ModelPoint {
     pub offline_bytes: Bytes,
     pub online_bytes: Bytes,
     pub online_rounds: usize,
+    /// Fractional bits the model was served with (`--frac-bits auto` chooses them per model).
+    #[serde(default)]
+    pub frac_bits: u32,
     /// Bytes of the ReLU layers alone, per inference.
     pub relu_offline_bytes: u64,
     pub relu_online_bytes: u64,
@@ -189,6 +192,7 @@ pub async fn run(
             offline_bytes: pt.offline_bytes,
             online_bytes: pt.online_bytes,
             online_rounds: pt.online_rounds,
+            frac_bits: pt.frac_bits,
             relu_offline_bytes: relu_off,
             relu_online_bytes: relu_on,
             delphi_online_s: pt.online_s.median + d_on,
