@@ -161,9 +161,16 @@ fn finish_reply(
         r => (1u64 << r) - 1,
     };
     let ring = super::layer::ring_mask(ctx.l());
-    let mut shares = Vec::with_capacity(outs.len());
+    // The first component at the useful coefficients only, prime-major (`np x outs`): the flooding,
+    // the modulus switch and the serialisation never touch the coefficients that stay here.
+    let width = outs.len();
+    let mut c0 = Vec::with_capacity(np * width);
+    for row in a0.chunks_exact(n) {
+        c0.extend(outs.iter().map(|&(coef, _)| row[coef]));
+    }
+    let mut shares = Vec::with_capacity(width);
     let mut big = vec![0u64; limbs];
-    for &(coef, idx) in &outs {
+    for (k, &(_, idx)) in outs.iter().enumerate() {
         big.iter_mut().for_each(|x| *x = rng.random());
         big[limbs - 1] &= top_mask;
         let s = rng.random::<u64>() & ring;
@@ -173,22 +180,19 @@ fn finish_reply(
             let r = big.iter().rev().fold(0u64, |acc, &limb| m.reduce_u128(((acc as u128) << 64) | limb as u128));
             let flood = m.sub(r, ctx.flood_offset[i]);
             let enc_share = m.mul(ctx.delta0[i], m.reduce(s));
-            let c = &mut a0[i * n + coef];
+            let c = &mut c0[i * width + k];
             *c = m.add(*c, m.sub(flood, enc_share));
         }
     }
-    rns.switch_down(&mut a0, ctx.params.reply_level);
+    rns.switch_down_rows(&mut c0, width, ctx.params.reply_level);
     rns.switch_down(&mut a1, ctx.params.reply_level);
     rns.forward(&mut a1, ctx.reply_primes);
-    let mut out = Vec::with_capacity(ctx.reply_bytes(outs.len()));
+    let mut out = Vec::with_capacity(ctx.reply_bytes(width));
     for i in 0..ctx.reply_primes {
         pack(&a1[i * n..(i + 1) * n], ctx.bits[i], &mut out);
     }
-    let mut vals = Vec::with_capacity(outs.len());
     for i in 0..ctx.reply_primes {
-        vals.clear();
-        vals.extend(outs.iter().map(|&(coef, _)| a0[i * n + coef]));
-        pack(&vals, ctx.bits[i], &mut out);
+        pack(&c0[i * width..(i + 1) * width], ctx.bits[i], &mut out);
     }
     Ok((out, shares))
 }

@@ -12,6 +12,10 @@ use fhe_math::zq::Modulus;
 /// value (below `2^62`) takes 15 more such products without overflow.
 const LAZY_TERMS: usize = 15;
 
+/// Primes below `2^30` have products below `2^60`: a `u64` accumulator holding one reduced value takes
+/// 15 more ([`LAZY_TERMS`]) without overflow, so their rows of [`Rns::dot2`] need no 128-bit arithmetic.
+const SMALL_PRIME: u64 = 1 << 30;
+
 /// The primes of the ciphertext chain with their NTT plans and mod-switching constants.
 #[derive(Debug)]
 pub(crate) struct Rns {
@@ -124,58 +128,118 @@ impl Rns {
         terms: impl Iterator<Item = (&'a [u64], &'a [u64], &'a [u64])> + Clone,
     ) -> (Vec<u64>, Vec<u64>) {
         let n = self.n;
-        let mut out0 = vec![0u64; self.primes() * n];
-        let mut out1 = vec![0u64; self.primes() * n];
-        let mut acc0 = vec![0u128; n];
-        let mut acc1 = vec![0u128; n];
+        if terms.clone().next().is_none() {
+            return (vec![0; self.primes() * n], vec![0; self.primes() * n]);
+        }
+        let mut out0 = Vec::with_capacity(self.primes() * n);
+        let mut out1 = Vec::with_capacity(self.primes() * n);
+        // The first product of each prime is stored, not added, so the accumulators are never
+        // zero-filled (a megabyte of stores per reply otherwise).
+        let mut acc0: Vec<u128> = Vec::with_capacity(n);
+        let mut acc1: Vec<u128> = Vec::with_capacity(n);
         for (i, m) in self.q.iter().enumerate() {
-            acc0.iter_mut().for_each(|v| *v = 0);
-            acc1.iter_mut().for_each(|v| *v = 0);
             let row = i * n..(i + 1) * n;
+            if **m < SMALL_PRIME {
+                let (r0, r1) = Self::dot2_small(
+                    m,
+                    terms.clone().map(|(x0, x1, b)| (&x0[row.clone()], &x1[row.clone()], &b[row.clone()])),
+                );
+                out0.extend(r0);
+                out1.extend(r1);
+                continue;
+            }
             for (t, (x0, x1, b)) in terms.clone().enumerate() {
                 if t > 0 && t % LAZY_TERMS == 0 {
                     acc0.iter_mut().chain(acc1.iter_mut()).for_each(|v| *v = m.reduce_u128(*v) as u128);
                 }
                 let (x0, x1, b) = (&x0[row.clone()], &x1[row.clone()], &b[row.clone()]);
-                for j in 0..n {
-                    let w = b[j] as u128;
-                    acc0[j] += x0[j] as u128 * w;
-                    acc1[j] += x1[j] as u128 * w;
+                if t == 0 {
+                    acc0.clear();
+                    acc1.clear();
+                    acc0.extend(x0.iter().zip(b).map(|(&x, &w)| x as u128 * w as u128));
+                    acc1.extend(x1.iter().zip(b).map(|(&x, &w)| x as u128 * w as u128));
+                } else {
+                    for j in 0..n {
+                        let w = b[j] as u128;
+                        acc0[j] += x0[j] as u128 * w;
+                        acc1[j] += x1[j] as u128 * w;
+                    }
                 }
             }
-            for (d, &v) in out0[row.clone()].iter_mut().zip(&acc0) {
-                *d = m.reduce_u128(v);
-            }
-            for (d, &v) in out1[row].iter_mut().zip(&acc1) {
-                *d = m.reduce_u128(v);
-            }
+            out0.extend(acc0.iter().map(|&v| m.reduce_u128(v)));
+            out1.extend(acc1.iter().map(|&v| m.reduce_u128(v)));
         }
         (out0, out1)
+    }
+
+    /// [`Rns::dot2`] at one prime below [`SMALL_PRIME`]: products below `2^60` summed in 64 bits, 15 at
+    /// a time between reductions, which the compiler turns into 32x32-bit vector multiplies.
+    fn dot2_small<'a>(
+        m: &Modulus,
+        mut terms: impl Iterator<Item = (&'a [u64], &'a [u64], &'a [u64])>,
+    ) -> (Vec<u64>, Vec<u64>) {
+        let Some((x0, x1, b)) = terms.next() else { return (Vec::new(), Vec::new()) };
+        // Residues are below 2^30, so truncating them to 32 bits loses nothing.
+        let prod = |x: u64, w: u64| (x as u32 as u64) * (w as u32 as u64);
+        let mut acc0: Vec<u64> = x0.iter().zip(b).map(|(&x, &w)| prod(x, w)).collect();
+        let mut acc1: Vec<u64> = x1.iter().zip(b).map(|(&x, &w)| prod(x, w)).collect();
+        for (t, (x0, x1, b)) in terms.enumerate() {
+            if (t + 1) % LAZY_TERMS == 0 {
+                acc0.iter_mut().chain(acc1.iter_mut()).for_each(|v| *v = m.reduce(*v));
+            }
+            for ((a, &x), &w) in acc0.iter_mut().zip(x0).zip(b) {
+                *a += prod(x, w);
+            }
+            for ((a, &x), &w) in acc1.iter_mut().zip(x1).zip(b) {
+                *a += prod(x, w);
+            }
+        }
+        acc0.iter_mut().chain(acc1.iter_mut()).for_each(|v| *v = m.reduce(*v));
+        (acc0, acc1)
     }
 
     /// Divides a coefficient-form polynomial by its last `drop` primes with rounding and keeps the
     /// remaining `primes - drop` rows (BFV modulus switching, one prime at a time: for the last prime
     /// `q_k`, `x' = (x - [x + q_k/2]_{q_k} + q_k/2) / q_k`, computed mod every remaining prime).
     pub fn switch_down(&self, a: &mut Vec<u64>, drop: usize) {
-        let n = self.n;
-        let mut primes = a.len() / n;
+        self.switch_down_rows(a, self.n, drop);
+    }
+
+    /// [`Rns::switch_down`] on rows of any `width`: the same coefficients of every prime, e.g. only
+    /// those of a polynomial that leave the server (the switch works coefficient by coefficient).
+    ///
+    /// Lazy and constant time: `x + q_i/2 + 2 q_i - (y mod q_i)` stays below `4 q_i < 2^64` with `y mod
+    /// q_i` only reduced to `[0, 2 q_i)` (and not at all when `q_k <= 2 q_i`), and Shoup's product
+    /// takes any 64-bit multiplicand and reduces once at the end.
+    pub fn switch_down_rows(&self, a: &mut Vec<u64>, width: usize, drop: usize) {
+        if width == 0 {
+            return; // no coefficients: nothing to switch (and `a` is empty)
+        }
+        let mut primes = a.len() / width;
+        debug_assert_eq!(a.len(), primes * width);
         for _ in 0..drop {
             let k = primes - 1;
-            let (rest, last) = a.split_at_mut(k * n);
+            let (rest, last) = a.split_at_mut(k * width);
             let qk = &self.q[k];
             let half = **qk / 2;
             last.iter_mut().for_each(|v| *v = qk.add(*v, half));
-            for (i, row) in rest.chunks_exact_mut(n).enumerate() {
+            for (i, row) in rest.chunks_exact_mut(width).enumerate() {
                 let qi = &self.q[i];
-                let half_i = qi.reduce(half);
+                let p = **qi;
+                let offset = qi.reduce(half) + 2 * p;
                 let inv = self.inv_last[k][i];
                 let inv_shoup = qi.shoup(inv);
-                for (x, &y) in row.iter_mut().zip(last.iter()) {
-                    let d = qi.sub(qi.add(*x, half_i), qi.reduce(y));
-                    *x = qi.mul_shoup(d, inv, inv_shoup);
+                if **qk <= 2 * p {
+                    for (x, &y) in row.iter_mut().zip(last.iter()) {
+                        *x = qi.mul_shoup(*x + offset - y, inv, inv_shoup);
+                    }
+                } else {
+                    for (x, &y) in row.iter_mut().zip(last.iter()) {
+                        *x = qi.mul_shoup(*x + offset - qi.lazy_reduce(y), inv, inv_shoup);
+                    }
                 }
             }
-            a.truncate(k * n);
+            a.truncate(k * width);
             primes = k;
         }
     }
@@ -239,6 +303,15 @@ mod tests {
         let mut expect = a.clone();
         expect.switch_down_to(ctx.bfv.context_at_level(2).unwrap()).unwrap();
         assert_eq!(sw, raw(&expect));
+
+        // The same switch on a few coefficients of every prime (as a reply's first component).
+        let n = ctx.degree();
+        let coefs = [0usize, 1, 17, 4095, n - 1];
+        let mut few: Vec<u64> = raw(&a).chunks_exact(n).flat_map(|row| coefs.map(|c| row[c])).collect();
+        rns.switch_down_rows(&mut few, coefs.len(), 2);
+        let full = raw(&expect);
+        let expect_few: Vec<u64> = full.chunks_exact(n).flat_map(|row| coefs.map(|c| row[c])).collect();
+        assert_eq!(few, expect_few);
 
         let signed: Vec<i64> = (0..ctx.degree() as i64).map(|i| (i % 7 - 3) * (1 << 40) + i).collect();
         let p = Poly::try_convert_from(signed.as_slice(), ctx0, false, Representation::PowerBasis).unwrap();
