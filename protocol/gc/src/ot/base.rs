@@ -9,6 +9,7 @@ use curve25519_dalek::scalar::Scalar;
 use curve25519_dalek::traits::Identity;
 use pi_channel::{Channel, MsgKind};
 use rand::RngCore;
+use rayon::prelude::*;
 use zeroize::Zeroize;
 
 /// A 16-byte OT key (secret: callers zeroize it).
@@ -53,16 +54,17 @@ pub async fn send<R: RngCore + ?Sized>(ch: &mut Channel, n: usize, rng: &mut R) 
     let msg = ch.recv_exact_len(MsgKind::OtBase, 32 * n).await?;
     let points = msg.chunks_exact(32).map(|c| decompress(c, MsgKind::OtBase)).collect::<Result<Vec<_>, _>>()?;
     let keys = pi_channel::blocking(move || {
+        let mut aa = a * big_a;
         let keys = points
-            .iter()
+            .par_iter()
             .enumerate()
             .map(|(i, b)| {
-                let cb = b.compress();
-                let ab = a * b;
-                [derive(i, &ca, &cb, &ab), derive(i, &ca, &cb, &(ab - a * big_a))]
+                let (cb, ab) = (b.compress(), a * b);
+                [derive(i, &ca, &cb, &ab), derive(i, &ca, &cb, &(ab - aa))]
             })
             .collect::<Vec<_>>();
         a.zeroize();
+        aa.zeroize();
         keys
     })
     .await?;
@@ -81,16 +83,19 @@ pub async fn receive<R: RngCore + ?Sized>(
     let mut scalars: Vec<Scalar> = choices.iter().map(|_| random_scalar(rng)).collect();
     let choices = choices.to_vec();
     let (points, keys) = pi_channel::blocking(move || {
-        let mut points = Vec::with_capacity(32 * choices.len());
-        let mut keys = Vec::with_capacity(choices.len());
-        for (i, (b, &c)) in scalars.iter().zip(&choices).enumerate() {
-            let p0 = b * RISTRETTO_BASEPOINT_TABLE;
-            let p1 = p0 + big_a;
-            let cb = if c { p1.compress() } else { p0.compress() };
-            points.extend_from_slice(cb.as_bytes());
-            keys.push(derive(i, &ca, &cb, &(b * big_a)));
-        }
+        let per_ot: Vec<([u8; 32], Key)> = scalars
+            .par_iter()
+            .zip(&choices)
+            .enumerate()
+            .map(|(i, (b, &c))| {
+                let p0 = b * RISTRETTO_BASEPOINT_TABLE;
+                let cb = if c { (p0 + big_a).compress() } else { p0.compress() };
+                (cb.to_bytes(), derive(i, &ca, &cb, &(b * big_a)))
+            })
+            .collect();
         scalars.zeroize();
+        let points: Vec<u8> = per_ot.iter().flat_map(|(p, _)| *p).collect();
+        let keys = per_ot.into_iter().map(|(_, k)| k).collect();
         (points, keys)
     })
     .await?;
