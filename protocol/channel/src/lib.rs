@@ -353,9 +353,21 @@ impl Channel {
         self.recv_frame(Some(expected), Some(len)).await.map(|(_, p)| p)
     }
 
+    /// Receives a frame of the expected kind whose payload must be exactly `out.len()` bytes, straight
+    /// into `out`: a caller that reuses its buffers (labels, OT matrices) avoids a fresh allocation,
+    /// zeroing pass and page faults per frame. Same checks as [`Channel::recv_exact_len`].
+    pub async fn recv_exact_into(&mut self, expected: MsgKind, out: &mut [u8]) -> Result<(), ChannelError> {
+        let (kind, len) = self.recv_header(Some(expected), Some(out.len())).await?;
+        if kind == MsgKind::Error {
+            return Err(self.remote_error(len).await);
+        }
+        self.read_exact_timed(out).await?;
+        self.counters.received += (HEADER_LEN + len) as u64;
+        Ok(())
+    }
+
     /// Reads one frame. Everything the header says is checked before any payload is read or
-    /// allocated: version, kind (against `expected`), length (against the frame limit, the error-text
-    /// limit for `Error` frames, and `exact`). The payload buffer then grows as bytes arrive, at most
+    /// allocated ([`Channel::recv_header`]). The payload buffer then grows as bytes arrive, at most
     /// [`READ_CHUNK`] ahead of them, so a peer that announces a large frame and sends little makes
     /// the receiver allocate little.
     async fn recv_frame(
@@ -363,6 +375,28 @@ impl Channel {
         expected: Option<MsgKind>,
         exact: Option<usize>,
     ) -> Result<(MsgKind, Vec<u8>), ChannelError> {
+        let (kind, len) = self.recv_header(expected, exact).await?;
+        if kind == MsgKind::Error {
+            return Err(self.remote_error(len).await);
+        }
+        let mut payload = Vec::with_capacity(len.min(READ_CHUNK));
+        while payload.len() < len {
+            let start = payload.len();
+            payload.resize(start + (len - start).min(READ_CHUNK), 0);
+            self.read_exact_timed(&mut payload[start..]).await?;
+        }
+        self.counters.received += (HEADER_LEN + len) as u64;
+        Ok((kind, payload))
+    }
+
+    /// Reads and checks a frame header: version, kind (against `expected`), length (against the
+    /// frame limit, the error-text limit for `Error` frames, and `exact`). Returns the kind and the
+    /// payload length, which is then known to be within bounds.
+    async fn recv_header(
+        &mut self,
+        expected: Option<MsgKind>,
+        exact: Option<usize>,
+    ) -> Result<(MsgKind, usize), ChannelError> {
         let mut header = [0u8; HEADER_LEN];
         self.read_exact_timed(&mut header).await?;
         let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
@@ -390,18 +424,19 @@ impl Channel {
                 return Err(ChannelError::Malformed { kind, reason: format!("expected {n} bytes, got {len}") });
             }
         }
-        let mut payload = Vec::with_capacity(len.min(READ_CHUNK));
-        while payload.len() < len {
-            let start = payload.len();
-            payload.resize(start + (len - start).min(READ_CHUNK), 0);
-            self.read_exact_timed(&mut payload[start..]).await?;
+        Ok((kind, len))
+    }
+
+    /// Reads the payload of an `Error` frame (`len` already checked against [`MAX_ERROR_FRAME`]) and
+    /// turns it into `Remote`, or into the error that cut the read short.
+    async fn remote_error(&mut self, len: usize) -> ChannelError {
+        let mut payload = vec![0u8; len];
+        if let Err(e) = self.read_exact_timed(&mut payload).await {
+            return e;
         }
         self.counters.received += (HEADER_LEN + len) as u64;
-        if kind == MsgKind::Error {
-            let text = String::from_utf8_lossy(&payload[..payload.len().min(MAX_ERROR_TEXT)]);
-            return Err(ChannelError::Remote(text.escape_debug().to_string()));
-        }
-        Ok((kind, payload))
+        let text = String::from_utf8_lossy(&payload[..payload.len().min(MAX_ERROR_TEXT)]);
+        ChannelError::Remote(text.escape_debug().to_string())
     }
 
     /// Receives exactly `n` little-endian `u64` words in one frame of the expected kind.
@@ -443,6 +478,29 @@ mod tests {
         a.send_msg(MsgKind::Hello, &(7u32, String::from("x"))).await.unwrap();
         let got: (u32, String) = b.recv_msg(MsgKind::Hello).await.unwrap();
         assert_eq!(got, (7, "x".to_string()));
+    }
+
+    #[tokio::test]
+    async fn frames_are_received_into_the_callers_buffer() {
+        let (mut a, mut b) = Channel::memory_pair();
+        let mut buf = [0u8; 5];
+        a.send_now(MsgKind::Data, b"hello").await.unwrap();
+        b.recv_exact_into(MsgKind::Data, &mut buf).await.unwrap();
+        assert_eq!(&buf, b"hello");
+        assert_eq!(b.counters().received, (HEADER_LEN + 5) as u64);
+        // Wrong length and wrong kind are refused before the payload is read.
+        a.send_now(MsgKind::Data, b"hell").await.unwrap();
+        assert!(matches!(b.recv_exact_into(MsgKind::Data, &mut buf).await, Err(ChannelError::Malformed { .. })));
+        let (mut a, mut b) = Channel::memory_pair();
+        a.send_now(MsgKind::Hello, b"hello").await.unwrap();
+        assert!(matches!(b.recv_exact_into(MsgKind::Data, &mut buf).await, Err(ChannelError::UnexpectedKind { .. })));
+        // The peer's error text arrives as `Remote`, whatever length was expected.
+        let (mut a, mut b) = Channel::memory_pair();
+        a.send_error("no such model").await;
+        match b.recv_exact_into(MsgKind::Data, &mut buf).await {
+            Err(ChannelError::Remote(text)) => assert_eq!(text, "no such model"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

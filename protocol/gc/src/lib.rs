@@ -107,6 +107,15 @@ impl Label {
     }
 }
 
+/// The labels' memory as their wire bytes, so that a frame of labels can be received straight into
+/// a reused `Vec<Label>` (no per-frame allocation, zeroing or copy).
+pub(crate) fn label_bytes_mut(labels: &mut [Label]) -> &mut [u8] {
+    // SAFETY: `Label` is `repr(transparent)` over `u128`: 16 bytes of plain data for which every bit
+    // pattern is valid, in memory little-endian as on the wire (big-endian targets are refused in
+    // `hash`); `u8` has alignment 1 and the length covers exactly the slice. The borrow is carried over.
+    unsafe { std::slice::from_raw_parts_mut(labels.as_mut_ptr() as *mut u8, std::mem::size_of_val(labels)) }
+}
+
 impl BitXor for Label {
     type Output = Label;
     #[inline(always)]

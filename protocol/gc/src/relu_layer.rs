@@ -435,30 +435,34 @@ impl EvaluatorOffline {
         let ranges = chunk_ranges(n, self.params.chunk());
         let r = Arc::new(std::mem::take(&mut self.r));
         let mut results: Vec<Vec<u8>> = Vec::with_capacity(ranges.len());
-        let mut pending: Option<tokio::task::JoinHandle<Vec<u8>>> = None;
+        type Task = tokio::task::JoinHandle<(Vec<u8>, Vec<Label>)>;
+        let mut pending: Option<Task> = None;
+        // Two label buffers take turns: the frame after next is received into the one the previous
+        // evaluation hands back.
+        let mut spare: Option<Vec<Label>> = None;
         for (c, &(lo, hi)) in ranges.iter().enumerate() {
-            let frame = ch.recv_exact_len(MsgKind::GarblerLabels, (hi - lo) * k * 16).await?;
+            let mut gin = spare.take().unwrap_or_default();
+            gin.resize((hi - lo) * k, Label::default());
+            ch.recv_exact_into(MsgKind::GarblerLabels, crate::label_bytes_mut(&mut gin)).await?;
             if let Some(h) = pending.take() {
-                results.push(h.await.map_err(TaskFailed::from)?);
+                let (out, buf) = h.await.map_err(TaskFailed::from)?;
+                results.push(out);
+                spare = Some(buf);
             }
             let (ac, b_labels, records, r) = (self.ac.clone(), self.b_labels.clone(), self.records.clone(), r.clone());
             let id = self.first_id + lo as u64;
             pending = Some(tokio::task::spawn_blocking(move || {
-                let gin: Vec<Label> = frame
-                    .chunks_exact(16)
-                    .map(|x| Label(u128::from_le_bytes(x.try_into().expect("16 bytes"))))
-                    .collect();
                 let mut v = vec![0u64; hi - lo];
                 evaluate_batch(&ac, id, &gin, &b_labels[lo * k..hi * k], &records[c], &mut v);
                 let mut out = Vec::with_capacity(8 * (hi - lo));
                 for (i, vi) in (lo..hi).zip(v) {
                     out.extend_from_slice(&(vi.wrapping_sub(r[i]) & mask).to_le_bytes());
                 }
-                out
+                (out, gin)
             }));
         }
         if let Some(h) = pending.take() {
-            results.push(h.await.map_err(TaskFailed::from)?);
+            results.push(h.await.map_err(TaskFailed::from)?.0);
         }
         Ok(Evaluated { results, r: Arc::try_unwrap(r).unwrap_or_else(|r| (*r).clone()) })
     }

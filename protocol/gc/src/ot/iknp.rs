@@ -62,15 +62,21 @@ impl CotSender {
         let mut out: Vec<Label> = Vec::with_capacity(m);
         // The matrices of one frame, handed back and forth with the blocking task so that every
         // frame reuses them (fresh megabyte buffers cost a page fault per 4 KiB).
+        // Likewise the received frames: two take turns, one being read while the task uses the other.
         let mut spare = Some((Vec::<u128>::new(), Vec::<u128>::new()));
-        let mut pending: Option<tokio::task::JoinHandle<(Vec<u128>, Vec<u128>)>> = None;
+        let mut spare_frame: Option<Vec<u8>> = None;
+        type Task = tokio::task::JoinHandle<(Vec<u128>, Vec<u128>, Vec<u8>)>;
+        let mut pending: Option<Task> = None;
         for (lo, hi) in chunks(m) {
             let nb = (hi - lo).div_ceil(128);
-            let frame = ch.recv_exact_len(MsgKind::OtExtension, KAPPA * nb * 16).await?;
+            let mut frame = spare_frame.take().unwrap_or_default();
+            frame.resize(KAPPA * nb * 16, 0);
+            ch.recv_exact_into(MsgKind::OtExtension, &mut frame).await?;
             if let Some(h) = pending.take() {
-                let (cols, rows) = h.await.map_err(TaskFailed::from)?;
+                let (cols, rows, used) = h.await.map_err(TaskFailed::from)?;
                 out.extend(rows.iter().map(|&r| Label(r)));
                 spare = Some((cols, rows));
+                spare_frame = Some(used);
             }
             let (mut cols, mut rows) = spare.take().unwrap_or_default();
             let prgs = self.prgs.clone();
@@ -90,11 +96,11 @@ impl CotSender {
                 rows.resize(KAPPA * nb, 0);
                 transpose_columns(&cols, nb, &mut rows);
                 rows.truncate(hi - lo);
-                (cols, rows)
+                (cols, rows, frame)
             }));
         }
         if let Some(h) = pending.take() {
-            let (cols, rows) = h.await.map_err(TaskFailed::from)?;
+            let (cols, rows, _) = h.await.map_err(TaskFailed::from)?;
             out.extend(rows.iter().map(|&r| Label(r)));
             spare = Some((cols, rows));
         }
