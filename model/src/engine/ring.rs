@@ -21,7 +21,8 @@ pub struct RingLayer {
     pub mask: Vec<bool>,
     /// Convolution geometry, for conv nodes.
     pub conv: Option<ConvGeometry>,
-    /// Transformed kernels of a 3x3 stride-1 convolution (Winograd F(2x2,3x3), exact for `l <= 62`).
+    /// Transformed kernels of a 3x3 stride-1 convolution (Winograd F(2x2,3x3), exact for `l <= 62`;
+    /// `None` keeps the direct convolution, also for kernels too large for the `i32` transform).
     pub winograd: Option<WinogradKernels>,
     /// Pooling multiplier `round(2^f / area)`, for pooling nodes.
     pub pool_factor: u64,
@@ -53,7 +54,7 @@ impl RingModel {
                     Op::Conv2d { .. } | Op::Linear { .. } => {
                         l.weight = model.tensor(&node.name, "weight").iter().map(|&w| fp.encode(w)).collect();
                         if let Some(g) = l.conv.filter(|g| winograd::applies(g) && fp.l <= winograd::MAX_L) {
-                            l.winograd = Some(WinogradKernels::new(&g, &l.weight));
+                            l.winograd = WinogradKernels::new(&g, &l.weight, fp.l);
                         }
                         let out_ch = match node.op {
                             Op::Linear { out_features, .. } => out_features,

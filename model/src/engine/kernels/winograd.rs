@@ -6,6 +6,12 @@
 //! shifting right by 2 gives `Y mod 2^62`, which is all a ring of `l <= 62` bits needs. Every step is
 //! wrapping `u64` arithmetic, so the output equals the direct convolution's mod `2^62` bit for bit.
 //!
+//! The kernels are transformed once per model from their signed values (the ring elements lifted
+//! from `[-2^(l-1), 2^(l-1))`) and kept as `i32`: a fixed-point kernel times at most 9 fits with
+//! room to spare, and the micro-kernel then streams 4 bytes per multiply instead of 8 (the layers
+//! with few output tiles, ResNet-18's `layer4`, read each kernel value only a few times and were
+//! bound by that traffic). A kernel that does not fit keeps the direct convolution.
+//!
 //! Layout: `U[xi][m-tile][c][8]` (kernels, transformed once per model, so a tile of 8 output
 //! channels is the micro-kernel's `NR`-wide panel), `V[t][xi][c]` (input tiles, transformed per
 //! call), products `M[xi][t][m]` by the same register-tiled micro-kernel as the direct convolution
@@ -41,42 +47,52 @@ pub struct WinogradKernels {
     out_channels: usize,
     in_channels: usize,
     /// `[xi][m-tile][c][NR]`, zero beyond the last output channel.
-    u: Vec<u64>,
+    u: Vec<i32>,
 }
 
 impl WinogradKernels {
-    /// Transforms `weight` (`[M][C][3][3]`, ring elements).
-    pub fn new(g: &ConvGeometry, weight: &[u64]) -> Self {
+    /// Transforms `weight` (`[M][C][3][3]`, elements of `Z_{2^l}`, `l <= MAX_L`), or `None` when a
+    /// transformed value does not fit in `i32` (weights beyond `2^27` units; the caller keeps the
+    /// direct convolution).
+    pub fn new(g: &ConvGeometry, weight: &[u64], l: u32) -> Option<Self> {
         assert!(g.kernel == 3 && g.stride == 1, "Winograd F(2x2,3x3) needs a 3x3 stride-1 convolution");
+        assert!((1..=MAX_L).contains(&l), "Winograd F(2x2,3x3) is exact for rings of at most {MAX_L} bits");
         let (m, c) = (g.out_channels, g.in_channels);
         let mt = m.div_ceil(NR);
-        let mut u = vec![0u64; XI * mt * c * NR];
+        let lift = |w: u64| ((w << (64 - l)) as i64) >> (64 - l);
+        let mut u = vec![0i32; XI * mt * c * NR];
         for o in 0..m {
             for ci in 0..c {
-                let k = &weight[(o * c + ci) * 9..][..9];
-                let t = transform_kernel(k);
+                let k: [i64; 9] = std::array::from_fn(|i| lift(weight[(o * c + ci) * 9 + i]));
+                let t = transform_kernel(&k);
                 for (xi, &v) in t.iter().enumerate() {
-                    u[((xi * mt + o / NR) * c + ci) * NR + o % NR] = v;
+                    u[((xi * mt + o / NR) * c + ci) * NR + o % NR] = i32::try_from(v).ok()?;
                 }
             }
         }
-        Self { out_channels: m, in_channels: c, u }
+        Some(Self { out_channels: m, in_channels: c, u })
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.u.len() * 8
+        std::mem::size_of_val(self.u.as_slice())
     }
 }
 
-/// `(2G) k (2G)^T` with `2G = [[2,0,0],[1,1,1],[1,-1,1],[0,0,2]]`, row-major 4x4.
-fn transform_kernel(k: &[u64]) -> [u64; 16] {
-    let g2 = |a: u64, b: u64, c: u64| {
-        [a.wrapping_mul(2), a.wrapping_add(b).wrapping_add(c), a.wrapping_sub(b).wrapping_add(c), c.wrapping_mul(2)]
+/// `(2G) k (2G)^T` with `2G = [[2,0,0],[1,1,1],[1,-1,1],[0,0,2]]`, row-major 4x4, on signed kernel
+/// values (saturating: a saturated value does not fit in `i32` either, so it is rejected).
+fn transform_kernel(k: &[i64; 9]) -> [i64; 16] {
+    let g2 = |a: i64, b: i64, c: i64| {
+        [
+            a.saturating_mul(2),
+            a.saturating_add(b).saturating_add(c),
+            a.saturating_sub(b).saturating_add(c),
+            c.saturating_mul(2),
+        ]
     };
     // Columns of k transformed: t[r][j] for r in 0..4, j in 0..3.
-    let cols: [[u64; 4]; 3] = std::array::from_fn(|j| g2(k[j], k[3 + j], k[6 + j]));
-    let mut out = [0u64; 16];
+    let cols: [[i64; 4]; 3] = std::array::from_fn(|j| g2(k[j], k[3 + j], k[6 + j]));
+    let mut out = [0i64; 16];
     for r in 0..4 {
         let row = g2(cols[0][r], cols[1][r], cols[2][r]);
         out[r * 4..r * 4 + 4].copy_from_slice(&row);
@@ -115,7 +131,7 @@ fn transform_output(m: &[u64; 16]) -> [u64; 4] {
 }
 
 /// The convolution of `input` (`[C][H][W]`) by the transformed kernels: `[M][Ho][Wo]`, each value
-/// correct mod `2^62` (the two top bits are not; callers reduce to `l <= 62` bits).
+/// correct mod `2^l` (the bits above are not; callers reduce to the kernels' `l` bits).
 pub fn conv3x3(g: &ConvGeometry, input: &[u64], k: &WinogradKernels) -> Vec<u64> {
     assert!(g.kernel == 3 && g.stride == 1 && k.in_channels == g.in_channels && k.out_channels == g.out_channels);
     if tiles(g) >= MR { conv3x3_rows::<MR>(g, input, k) } else { conv3x3_rows::<SHORT>(g, input, k) }
@@ -167,7 +183,7 @@ fn conv3x3_rows<const R: usize>(g: &ConvGeometry, input: &[u64], k: &WinogradKer
             let mut t0 = 0;
             while t0 < tiles {
                 let n = R.min(tiles - t0);
-                let acc = simd::micro_kernel::<u64, R>(rows, XI * c, c, t0, n, panel);
+                let acc = simd::winograd_kernel::<R>(rows, XI * c, c, t0, n, panel);
                 for (i, r) in acc.iter().enumerate().take(n) {
                     out[(t0 + i) * NR..][..NR].copy_from_slice(r);
                 }
@@ -201,10 +217,11 @@ fn conv3x3_rows<const R: usize>(g: &ConvGeometry, input: &[u64], k: &WinogradKer
 mod tests {
     use super::*;
 
-    /// Equal to the direct convolution mod 2^62 on random full-range inputs and signed weights,
-    /// including odd sizes, no padding, wide padding, and channel counts that are not multiples of 8.
+    /// Equal to the direct convolution mod `2^l` on random full-range inputs and signed weights
+    /// encoded in `Z_{2^l}` (up to the largest magnitude that fits), including odd sizes, no padding,
+    /// wide padding, and channel counts that are not multiples of 8.
     #[test]
-    fn equals_direct_convolution_mod_2_62() {
+    fn equals_direct_convolution_mod_2_l() {
         let mut s = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = || {
             s ^= s << 13;
@@ -212,9 +229,12 @@ mod tests {
             s ^= s << 17;
             s
         };
-        for (cin, h, wd, cout, p) in
-            [(3, 7, 7, 4, 1), (5, 8, 6, 9, 1), (2, 5, 9, 16, 0), (1, 4, 4, 3, 2), (16, 9, 9, 24, 1)]
-        {
+        let shapes = [(3, 7, 7, 4, 1), (5, 8, 6, 9, 1), (2, 5, 9, 16, 0), (1, 4, 4, 3, 2), (16, 9, 9, 24, 1)];
+        for (n, (cin, h, wd, cout, p)) in shapes.into_iter().enumerate() {
+            let l = [MAX_L, 59, 44, 62, 31][n];
+            let mask = u64::MAX >> (64 - l);
+            // Kernel magnitudes below 2^bits: 9 * 2^27 > 2^31 could overflow, 2^27 / 9 cannot.
+            let bits = [14, 26, 20, 8, 26][n];
             let g = ConvGeometry {
                 in_channels: cin,
                 height: h,
@@ -225,14 +245,38 @@ mod tests {
                 padding: p,
             };
             let x: Vec<u64> = (0..cin * h * wd).map(|_| next()).collect();
-            let w: Vec<u64> = (0..cout * cin * 9).map(|_| ((next() >> 50) as i64 - 8192) as u64).collect();
+            let w: Vec<u64> = (0..cout * cin * 9)
+                .map(|_| {
+                    let v = (next() >> (64 - bits)) as i64 - (1 << (bits - 1));
+                    v as u64 & mask
+                })
+                .collect();
             let direct = super::super::conv2d(&g, &x, &w);
-            let wino = conv3x3(&g, &x, &WinogradKernels::new(&g, &w));
-            let mask = (1u64 << 62) - 1;
+            let kernels = WinogradKernels::new(&g, &w, l).expect("kernels fit in i32");
+            assert_eq!(kernels.bytes(), XI * cout.div_ceil(NR) * NR * cin * 4);
+            let wino = conv3x3(&g, &x, &kernels);
             assert_eq!(direct.len(), wino.len());
             for (i, (a, b)) in direct.iter().zip(&wino).enumerate() {
-                assert_eq!(a & mask, b & mask, "output {i} of {g:?}");
+                assert_eq!(a & mask, b & mask, "output {i} of {g:?}, l = {l}");
             }
         }
+    }
+
+    /// Kernels whose transform leaves `i32` are refused (the caller keeps the direct convolution),
+    /// at both signs; the largest that fits is kept.
+    #[test]
+    fn kernels_beyond_i32_are_refused() {
+        let g = ConvGeometry { in_channels: 1, height: 4, width: 4, out_channels: 1, kernel: 3, stride: 1, padding: 1 };
+        let l = 59;
+        let enc = |v: i64| v as u64 & (u64::MAX >> (64 - l));
+        // The centre tap of (2G) k (2G)^T sums all nine values: 9 v must stay within i32.
+        let fits = i32::MAX as i64 / 9;
+        assert!(WinogradKernels::new(&g, &[enc(fits); 9], l).is_some());
+        assert!(WinogradKernels::new(&g, &[enc(-fits); 9], l).is_some());
+        assert!(WinogradKernels::new(&g, &[enc(fits + 1); 9], l).is_none());
+        assert!(WinogradKernels::new(&g, &[enc(-fits - 1); 9], l).is_none());
+        // A ring element near 2^(l-1) (a huge magnitude either way), and one at -2^(l-1).
+        assert!(WinogradKernels::new(&g, &[enc((1 << (l - 1)) - 1), 0, 0, 0, 0, 0, 0, 0, 0], l).is_none());
+        assert!(WinogradKernels::new(&g, &[enc(-(1 << (l - 1))), 0, 0, 0, 0, 0, 0, 0, 0], l).is_none());
     }
 }
