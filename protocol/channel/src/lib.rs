@@ -3,11 +3,13 @@
 //!
 //! Frame layout (little endian): `len: u32 | version: u16 | kind: u8 | payload[len]`.
 //!
-//! [`link`] emulates a slower network (bandwidth and latency, overlapping computation) under the channel.
+//! [`link`] emulates a slower network (bandwidth and latency, overlapping computation) under the channel;
+//! [`pipeline`] streams frames computed on the blocking pool.
 
 #![forbid(unsafe_code)]
 
 pub mod link;
+pub mod pipeline;
 
 pub use link::{Link, Shaped};
 

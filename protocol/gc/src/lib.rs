@@ -23,7 +23,6 @@ pub mod garble;
 pub mod hash;
 mod lockstep;
 pub mod ot;
-mod pipeline;
 pub mod prg;
 pub mod relu;
 pub mod relu_layer;

@@ -18,8 +18,8 @@ use crate::batch::{ArithCircuit, evaluate_batch, garble_batch, input_bits};
 use crate::ot::{CotReceiver, CotSender};
 use crate::prg::AesPrg;
 use crate::truncate::TruncParams;
-use crate::{Delta, GcError, LANES, Label, ReluParams, malformed, pipeline};
-use pi_channel::{Channel, MsgKind, TaskFailed};
+use crate::{Delta, GcError, LANES, Label, ReluParams, malformed};
+use pi_channel::{Channel, MsgKind, TaskFailed, pipeline};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha12Rng;
 use serde::{Deserialize, Serialize};
@@ -183,7 +183,7 @@ impl GarblerSession {
         let delta = self.cot.delta().clone();
         let (a_zero, r_sum) = {
             let delta = delta.clone();
-            pipeline::stream(ch, MsgKind::GarbledTables, move |frames| {
+            pipeline::stream::<_, GcError, _>(ch, MsgKind::GarbledTables, move |frames| {
                 let mut a_zero = vec![Label::default(); n * k];
                 let mut r_sum = vec![0u64; n];
                 let mut raw = Vec::<u128>::new();

@@ -16,9 +16,10 @@ use fhe_math::rq::{Poly, Representation};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// One serialised reply and the server's share of its outputs as `(output index, share)`.
-type Reply = (Vec<u8>, Vec<(usize, u64)>);
+pub(crate) type Reply = (Vec<u8>, Vec<(usize, u64)>);
 
 /// A ciphertext at level 0 as the server holds it: both components in NTT form, flat RNS
 /// (`primes x N`, see [`super::rns`]).
@@ -46,14 +47,16 @@ pub(crate) fn parse_seeded(ctx: &HeContext, bytes: &[u8]) -> Result<LevelZeroCt,
     Ok(LevelZeroCt { c0: coeffs, c1 })
 }
 
-/// Client: encrypts the canonical input tensor, one ciphertext per (channel block, tile).
+/// Client: encrypts queries `range` of the canonical input tensor (query `i` is channel block
+/// `i / tiles`, tile `i % tiles`), one ciphertext each.
 pub(crate) fn client_queries(
     ctx: &HeContext,
     key: &ClientKey,
     plan: &Plan,
     t: &[u64],
+    range: Range<usize>,
 ) -> Result<Vec<Vec<u8>>, HeError> {
-    (0..plan.n_queries())
+    range
         .into_par_iter()
         .map_init(ChaCha20Rng::from_os_rng, |rng, i| {
             let block = plan.input_block(t, i / plan.tiles(), i % plan.tiles());
@@ -84,17 +87,19 @@ pub(crate) fn check_noise(ctx: &HeContext, plan: &Plan, kernel: &[i64]) -> Resul
     Ok(ctx.flood_bits - noise_bits)
 }
 
-/// Server: all products of one layer, re-randomised, flooded, switched down and masked by a fresh
-/// uniform share. Returns the reply ciphertexts (in (group, tile) order) and the server's share of
-/// the output (`[M][Ho][Wo]`). Output groups run in parallel, and the tiles of each group too.
+/// Server: the products of output groups `groups` of one layer, re-randomised, flooded, switched
+/// down and masked by a fresh uniform share. Returns, in (group, tile) order, each reply ciphertext
+/// with the server's share at the output indices (`[M][Ho][Wo]`) it covers. Output groups run in
+/// parallel, and the tiles of each group too.
 pub(crate) fn server_replies(
     layer: &EncodedLayer,
     queries: &[LevelZeroCt],
     pk: &LevelZeroCt,
-) -> Result<(Vec<Vec<u8>>, Vec<u64>), HeError> {
+    groups: Range<usize>,
+) -> Result<Vec<Reply>, HeError> {
     let (ctx, plan) = (&*layer.ctx, &layer.plan);
     let tiles = plan.tiles();
-    let per_group: Vec<Result<Vec<Reply>, HeError>> = (0..plan.n_g)
+    let per_group: Vec<Result<Vec<Reply>, HeError>> = groups
         .into_par_iter()
         .map(|g| {
             let kernels = layer.group(g);
@@ -111,17 +116,11 @@ pub(crate) fn server_replies(
                 .collect()
         })
         .collect();
-    let mut replies = Vec::with_capacity(plan.n_replies());
-    let mut share = vec![0u64; plan.cn.m * plan.cn.ho * plan.cn.wo];
+    let mut replies = Vec::new();
     for group in per_group {
-        for (bytes, s) in group? {
-            replies.push(bytes);
-            for (idx, v) in s {
-                share[idx] = v;
-            }
-        }
+        replies.extend(group?);
     }
-    Ok((replies, share))
+    Ok(replies)
 }
 
 /// Re-randomises one accumulated product with the client's public key, adds flooding noise minus the
@@ -197,19 +196,22 @@ fn finish_reply(
     Ok((out, shares))
 }
 
-/// Client: decrypts the replies and returns its share of the output (`[M][Ho][Wo]`).
+/// Client: decrypts replies `first..` (in (group, tile) order) and returns its share at the output
+/// indices (`[M][Ho][Wo]`) they cover.
 pub(crate) fn client_decrypt(
     ctx: &HeContext,
     key: &ClientKey,
     plan: &Plan,
+    first: usize,
     replies: &[&[u8]],
-) -> Result<Vec<u64>, HeError> {
+) -> Result<Vec<(usize, u64)>, HeError> {
     let tiles = plan.tiles();
     let n = ctx.degree();
     let parts: Vec<Result<Vec<(usize, u64)>, HeError>> = replies
         .par_iter()
         .enumerate()
-        .map(|(i, bytes)| {
+        .map(|(j, bytes)| {
+            let i = first + j;
             let outs = plan.outputs(i / tiles, i % tiles);
             if bytes.len() != ctx.reply_bytes(outs.len()) {
                 return Err(HeError::Malformed(format!(
@@ -236,11 +238,9 @@ pub(crate) fn client_decrypt(
             Ok(outs.iter().zip(m).map(|(&(_, idx), v)| (idx, v)).collect())
         })
         .collect();
-    let mut share = vec![0u64; plan.cn.m * plan.cn.ho * plan.cn.wo];
+    let mut share = Vec::new();
     for part in parts {
-        for (idx, v) in part? {
-            share[idx] = v;
-        }
+        share.extend(part?);
     }
     Ok(share)
 }

@@ -6,7 +6,10 @@
 //!    `s`, switches down and replies (`HeReply`);
 //! 4. the client decrypts `L(r) - s`; the server keeps `s`. The two shares add up to `L(r)` mod `2^l`.
 //!
-//! Heavy work runs on rayon inside `tokio::task::spawn_blocking`, never on the async threads.
+//! Heavy work runs on rayon inside `tokio::task::spawn_blocking`, never on the async threads. Each
+//! direction streams: the client sends its queries batch by batch as it encrypts them, the server
+//! sends its replies group by group as it computes them, and the client decrypts each batch of
+//! replies while the next arrives, so that both parties' work overlaps the transfer.
 
 use super::HeError;
 use super::engine::{self, LevelZeroCt};
@@ -15,7 +18,8 @@ use super::layer::{LayerShape, ring_mask};
 use super::pack::{Plan, WireCost};
 use super::params::{HeContext, HeParams};
 use super::secret::ClientKey;
-use pi_channel::{Channel, MsgKind};
+use pi_channel::pipeline::{self, Frames};
+use pi_channel::{Channel, MsgKind, TaskFailed};
 use rand::{CryptoRng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
@@ -24,6 +28,33 @@ use std::time::{Duration, Instant};
 
 /// Ciphertexts are grouped into frames of at most this many bytes.
 const FRAME_BYTES: usize = 8 << 20;
+
+/// A layer's queries (or reply groups) are computed and sent in about this many batches: enough
+/// that the transfer of one overlaps the work on the next, few enough that each keeps every core
+/// busy.
+const BATCHES: usize = 8;
+
+/// Consecutive batches of `0..n` for [`BATCHES`]-way streaming, each at least `min` long.
+fn batches(n: usize, min: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let size = n.div_ceil(BATCHES).max(min).max(1);
+    (0..n.div_ceil(size)).map(move |b| b * size..((b + 1) * size).min(n))
+}
+
+/// Hands ciphertexts to the sending side in frames of at most [`FRAME_BYTES`] (the last one short, so
+/// that the peer gets the batch now). `false` if the sending side has given up.
+fn send_frames(frames: &Frames, cts: impl IntoIterator<Item = Vec<u8>>) -> bool {
+    let mut frame = frames.buffer();
+    for ct in cts {
+        if !frame.is_empty()
+            && frame.len() + ct.len() > FRAME_BYTES
+            && !frames.send(std::mem::replace(&mut frame, frames.buffer()))
+        {
+            return false;
+        }
+        frame.extend_from_slice(&ct);
+    }
+    frame.is_empty() || frames.send(frame)
+}
 
 /// Per-layer header the client sends before its query, so that a mismatch between the parties'
 /// layer sequences is a clean error rather than garbage.
@@ -64,23 +95,6 @@ pub(crate) fn plan_for(ctx: &HeContext, shape: &LayerShape) -> Result<Plan, HeEr
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, HeError> + Send + 'static) -> Result<T, HeError> {
     pi_channel::blocking(f).await?
-}
-
-/// Sends ciphertexts back to back, several per frame.
-async fn send_chunked(ch: &mut Channel, kind: MsgKind, cts: &[Vec<u8>]) -> Result<(), HeError> {
-    let mut frame = Vec::new();
-    for ct in cts {
-        if !frame.is_empty() && frame.len() + ct.len() > FRAME_BYTES {
-            ch.send(kind, &frame).await?;
-            frame.clear();
-        }
-        frame.extend_from_slice(ct);
-    }
-    if !frame.is_empty() {
-        ch.send(kind, &frame).await?;
-    }
-    ch.flush().await?;
-    Ok(())
 }
 
 /// Receives frames of `kind` until exactly `total` bytes arrived.
@@ -151,37 +165,88 @@ impl HeClient {
             return Err(HeError::Shape(format!("mask of {} elements, layer takes {}", r.len(), shape.input_len())));
         }
         let mut timings = ClientTimings::default();
-        let start = Instant::now();
         let (ctx, key, shape_c) = (self.ctx.clone(), self.key.clone(), *shape);
         let mask = ring_mask(ctx.l());
         let r: Vec<u64> = r.iter().map(|&x| x & mask).collect();
-        let queries = blocking(move || {
+        ch.send_msg(MsgKind::HeQuery, &LayerHeader { shape: *shape, queries: plan.n_queries() as u64 }).await?;
+        // Queries: encrypted batch by batch on the blocking pool, each batch sent while the next is
+        // encrypted.
+        let min = rayon::current_num_threads();
+        timings.encrypt = pipeline::stream::<_, HeError, _>(ch, MsgKind::HeQuery, move |frames| {
+            let start = Instant::now();
             let t = shape_c.canonical_input(&r);
-            engine::client_queries(&ctx, &key, &plan, &t)
+            let mut busy = start.elapsed();
+            for range in batches(plan.n_queries(), min) {
+                let start = Instant::now();
+                let cts = engine::client_queries(&ctx, &key, &plan, &t, range)?;
+                busy += start.elapsed();
+                if !send_frames(frames, cts) {
+                    break; // the async side failed and reports why
+                }
+            }
+            Ok::<_, HeError>(busy)
         })
-        .await?;
-        timings.encrypt = start.elapsed();
-        ch.send_msg(MsgKind::HeQuery, &LayerHeader { shape: *shape, queries: queries.len() as u64 }).await?;
-        send_chunked(ch, MsgKind::HeQuery, &queries).await?;
-        drop(queries);
+        .await??;
 
+        // Replies: each batch of complete replies is decrypted on the blocking pool while the next
+        // frames arrive.
         let sizes: Vec<usize> = (0..plan.n_replies())
             .map(|i| self.ctx.reply_bytes(plan.outputs(i / plan.tiles(), i % plan.tiles()).len()))
             .collect();
-        let buf = recv_exact(ch, MsgKind::HeReply, sizes.iter().sum()).await?;
-        let start = Instant::now();
-        let (ctx, key) = (self.ctx.clone(), self.key.clone());
-        let share = blocking(move || {
-            let mut parts = Vec::with_capacity(sizes.len());
-            let mut pos = 0;
-            for len in sizes {
-                parts.push(&buf[pos..pos + len]);
-                pos += len;
+        let total: usize = sizes.iter().sum();
+        let mut share = vec![0u64; plan.cn.m * plan.cn.ho * plan.cn.wo];
+        type Task = tokio::task::JoinHandle<Result<(Vec<(usize, u64)>, Duration), HeError>>;
+        let mut pending: Option<Task> = None;
+        let mut merge = |part: Vec<(usize, u64)>, busy: Duration| {
+            for (idx, v) in part {
+                share[idx] = v;
             }
-            engine::client_decrypt(&ctx, &key, &plan, &parts)
-        })
-        .await?;
-        timings.decrypt = start.elapsed();
+            timings.decrypt += busy;
+        };
+        let (mut buf, mut received, mut next) = (Vec::new(), 0usize, 0usize);
+        while received < total {
+            let frame = ch.recv(MsgKind::HeReply).await?;
+            if frame.is_empty() || received + frame.len() > total {
+                return Err(HeError::Malformed(format!(
+                    "{:?} frame of {} bytes after {received} of {total} expected bytes",
+                    MsgKind::HeReply,
+                    frame.len(),
+                )));
+            }
+            received += frame.len();
+            buf.extend_from_slice(&frame);
+            let (mut end, mut len) = (next, 0);
+            while end < sizes.len() && len + sizes[end] <= buf.len() {
+                len += sizes[end];
+                end += 1;
+            }
+            if end == next {
+                continue;
+            }
+            let rest = buf.split_off(len);
+            let batch = std::mem::replace(&mut buf, rest);
+            if let Some(h) = pending.take() {
+                let (part, busy) = h.await.map_err(TaskFailed::from)??;
+                merge(part, busy);
+            }
+            let (ctx, key, lens, first) = (self.ctx.clone(), self.key.clone(), sizes[next..end].to_vec(), next);
+            pending = Some(tokio::task::spawn_blocking(move || {
+                let start = Instant::now();
+                let mut parts = Vec::with_capacity(lens.len());
+                let mut pos = 0;
+                for len in lens {
+                    parts.push(&batch[pos..pos + len]);
+                    pos += len;
+                }
+                let part = engine::client_decrypt(&ctx, &key, &plan, first, &parts)?;
+                Ok((part, start.elapsed()))
+            }));
+            next = end;
+        }
+        if let Some(h) = pending.take() {
+            let (part, busy) = h.await.map_err(TaskFailed::from)??;
+            merge(part, busy);
+        }
         Ok((share, timings))
     }
 }
@@ -259,16 +324,35 @@ impl HeServer {
         }
         let qlen = self.ctx.query_bytes();
         let buf = recv_exact(ch, MsgKind::HeQuery, plan.n_queries() * qlen).await?;
-        let start = Instant::now();
         let (ctx, pk, layer) = (self.ctx.clone(), self.public_key.clone(), layer.clone());
-        let (replies, share) = blocking(move || {
+        // Replies: computed a batch of output groups at a time on the blocking pool, each batch sent
+        // while the next is computed. A batch holds enough replies to keep every core busy.
+        let min = rayon::current_num_threads().div_ceil(plan.tiles()).max(1);
+        let (share, compute) = pipeline::stream::<_, HeError, _>(ch, MsgKind::HeReply, move |frames| {
             use rayon::prelude::*;
+            let start = Instant::now();
             let queries = buf.par_chunks(qlen).map(|b| engine::parse_seeded(&ctx, b)).collect::<Result<Vec<_>, _>>()?;
-            engine::server_replies(&layer, &queries, &pk)
+            drop(buf);
+            let mut busy = start.elapsed();
+            let mut share = vec![0u64; plan.cn.m * plan.cn.ho * plan.cn.wo];
+            for groups in batches(plan.n_g, min) {
+                let start = Instant::now();
+                let replies = engine::server_replies(&layer, &queries, &pk, groups)?;
+                let mut cts = Vec::with_capacity(replies.len());
+                for (ct, part) in replies {
+                    for (idx, v) in part {
+                        share[idx] = v;
+                    }
+                    cts.push(ct);
+                }
+                busy += start.elapsed();
+                if !send_frames(frames, cts) {
+                    break; // the async side failed and reports why
+                }
+            }
+            Ok::<_, HeError>((share, busy))
         })
-        .await?;
-        let timings = ServerTimings { compute: start.elapsed(), flood_margin_bits: margin };
-        send_chunked(ch, MsgKind::HeReply, &replies).await?;
-        Ok((share, timings))
+        .await??;
+        Ok((share, ServerTimings { compute, flood_margin_bits: margin }))
     }
 }

@@ -303,3 +303,73 @@ async fn malformed_peer_data_is_an_error() {
         assert!(c.is_err(), "{c:?}");
     }
 }
+
+/// Replies arrive in frames cut anywhere, not at ciphertext boundaries (a relay re-frames the
+/// server's stream into 777-byte frames): the client reassembles them and its share is the same
+/// exact `L(r) - s`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_cut_anywhere_give_the_same_shares() {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Header {
+        shape: LayerShape,
+        queries: u64,
+    }
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    let l = 59;
+    let params = HeParams::new(l).unwrap();
+    let ctx = params.context().unwrap();
+    let client = HeClient::new(params.clone(), &mut rng).unwrap();
+    let enc = KernelEncoder::new(&params).unwrap();
+    let shape = conv(16, 14, 24, 3, 1, 1);
+    let (w, r) = random_inputs(&shape, l, 13, &mut rng);
+    let (mut cch, mut rc) = Channel::memory_pair();
+    let (mut rs, mut sch) = Channel::memory_pair();
+    let w2 = w.clone();
+    let server_side = async move {
+        let server = HeServer::setup(&mut sch, &enc).await.unwrap();
+        let share = server.linear(&mut sch, &shape, &w2).await.unwrap();
+        drop(sch);
+        share
+    };
+    let relay = async move {
+        // Client to server as sent: the two setup frames, the header and the queries.
+        for _ in 0..2 {
+            let (kind, frame) = rc.recv_any().await.unwrap();
+            rs.send_now(kind, &frame).await.unwrap();
+        }
+        let header: Header = rc.recv_msg(MsgKind::HeQuery).await.unwrap();
+        rs.send_msg(MsgKind::HeQuery, &header).await.unwrap();
+        let mut left = header.queries as usize * ctx.query_bytes();
+        while left > 0 {
+            let frame = rc.recv(MsgKind::HeQuery).await.unwrap();
+            left -= frame.len();
+            rs.send_now(MsgKind::HeQuery, &frame).await.unwrap();
+        }
+        // Server to client: every reply byte until the server hangs up, in 777-byte frames.
+        let mut bytes = Vec::new();
+        loop {
+            match rs.recv(MsgKind::HeReply).await {
+                Ok(frame) => bytes.extend_from_slice(&frame),
+                Err(pi_channel::ChannelError::Closed) => break,
+                Err(e) => panic!("relay: {e}"),
+            }
+        }
+        for frame in bytes.chunks(777) {
+            rc.send(MsgKind::HeReply, frame).await.unwrap();
+        }
+        rc.flush().await.unwrap();
+        bytes.len()
+    };
+    let client_side = async {
+        client.setup(&mut cch).await.unwrap();
+        client.linear(&mut cch, &shape, &r).await.unwrap()
+    };
+    let (c, s, relayed) = tokio::join!(client_side, server_side, relay);
+    assert!(relayed > 10 * 777, "the replies should span many frames ({relayed} bytes)");
+    let expected = naive(&shape, &w, &r, l);
+    let mask = (1u64 << l) - 1;
+    assert_eq!(c.len(), expected.len());
+    for (i, ((c, s), e)) in c.iter().zip(&s).zip(&expected).enumerate() {
+        assert_eq!(c.wrapping_add(*s) & mask, *e, "output {i}");
+    }
+}

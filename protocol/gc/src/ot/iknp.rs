@@ -12,8 +12,8 @@
 use super::base;
 use super::transpose::transpose_columns;
 use crate::prg::AesPrg;
-use crate::{Delta, GcError, Label, pipeline};
-use pi_channel::{Channel, MsgKind, TaskFailed};
+use crate::{Delta, GcError, Label};
+use pi_channel::{Channel, MsgKind, TaskFailed, pipeline};
 use rand::RngCore;
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -134,7 +134,7 @@ impl CotReceiver {
         self.counter += m.div_ceil(128) as u64;
         let choices: Arc<Vec<bool>> = Arc::new(choices.to_vec());
         let prgs = self.prgs.clone();
-        pipeline::stream(ch, MsgKind::OtExtension, move |frames| {
+        pipeline::stream::<_, GcError, _>(ch, MsgKind::OtExtension, move |frames| {
             let mut out: Vec<Label> = Vec::with_capacity(m);
             let (mut t, mut rows) = (Vec::<u128>::new(), Vec::<u128>::new());
             for (lo, hi) in chunks(m) {
