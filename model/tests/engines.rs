@@ -100,3 +100,31 @@ fn unfolded_reference(m: &Model, x: &[f32]) -> Vec<f32> {
     }
     run_f32(&Model::with_default_normalization(g.validate().unwrap(), t), x).unwrap()
 }
+
+/// The PI server's fused online step (`linear_share`: linear part, bias and an additive share,
+/// reduced once) equals the separate steps on every conv and linear node of small-cnn and
+/// ResNet-18, on full-range ring inputs and shares.
+#[test]
+fn fused_linear_share_equals_the_separate_steps() {
+    let mut rng = ChaCha20Rng::seed_from_u64(11);
+    for name in ["small-cnn", "resnet18"] {
+        let model = Model::random(arch::build(name, 10).unwrap(), 5, None).unwrap().fold_batchnorm();
+        let ring = RingModel::new(&model, FixedPoint::DEFAULT).unwrap();
+        let mask = ring.fp.mask();
+        let mut checked = 0;
+        for (i, node) in model.graph.nodes.iter().enumerate() {
+            if !matches!(node.op, pi_model::Op::Conv2d { .. } | pi_model::Op::Linear { .. }) {
+                continue;
+            }
+            let in_len: usize = model.graph.input_shape_of(node).iter().product();
+            let x: Vec<u64> = (0..in_len).map(|_| rng.random::<u64>() & mask).collect();
+            let mut want = ring.linear_no_bias(i, &x);
+            ring.add_bias(i, &mut want);
+            let share: Vec<u64> = (0..want.len()).map(|_| rng.random::<u64>() & mask).collect();
+            want.iter_mut().zip(&share).for_each(|(v, s)| *v = v.wrapping_add(*s) & mask);
+            assert_eq!(ring.linear_share(i, &x, &share), want, "{name} node {}", node.name);
+            checked += 1;
+        }
+        assert!(checked >= 4, "{name}: only {checked} linear nodes");
+    }
+}

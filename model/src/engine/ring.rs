@@ -105,17 +105,36 @@ impl RingModel {
     /// The linear part of node `i` without bias, in the ring: what HE preprocesses and what the PI
     /// server evaluates online on its share.
     pub fn linear_no_bias(&self, i: usize, input: &[u64]) -> Vec<u64> {
+        let mut out = self.linear_unreduced(i, input);
+        out.iter_mut().for_each(|v| *v = self.fp.reduce(*v));
+        out
+    }
+
+    /// What the PI server computes online at node `i` (linear): the linear part on its share of the
+    /// input, plus the bias, plus `share` (its HE share of the layer's offline output), reduced once.
+    /// Equal to `linear_no_bias` + `add_bias` + `share` mod `2^l`, in one pass over the output.
+    pub fn linear_share(&self, i: usize, input: &[u64], share: &[u64]) -> Vec<u64> {
+        let mut out = self.linear_unreduced(i, input);
+        assert_eq!(out.len(), share.len(), "node {i}: a share of {} values for {} outputs", share.len(), out.len());
+        let bias = &self.layers[i].bias;
+        let per = out.len() / bias.len().max(1);
+        for ((chunk, s), &b) in out.chunks_mut(per).zip(share.chunks(per)).zip(bias) {
+            chunk.iter_mut().zip(s).for_each(|(v, &s)| *v = self.fp.reduce(v.wrapping_add(b).wrapping_add(s)));
+        }
+        out
+    }
+
+    /// The linear part of node `i` without bias, correct mod `2^l` (higher bits undefined).
+    fn linear_unreduced(&self, i: usize, input: &[u64]) -> Vec<u64> {
         let l = &self.layers[i];
-        let mut out = match (&l.conv, &self.model.graph.nodes[i].op) {
+        match (&l.conv, &self.model.graph.nodes[i].op) {
             (Some(g), _) => match &l.winograd {
                 Some(k) => winograd::conv3x3(g, input, k),
                 None => kernels::conv2d(g, input, &l.weight),
             },
             (None, Op::Linear { out_features, .. }) => kernels::linear(input, &l.weight, *out_features),
             _ => panic!("node {i} is not linear"),
-        };
-        out.iter_mut().for_each(|v| *v = self.fp.reduce(*v));
-        out
+        }
     }
 
     /// Adds node `i`'s bias (encoded at `2f`) to a linear output, in place.

@@ -29,8 +29,8 @@ enum PrgBackend {
 }
 
 /// Counter-mode output: overwrite the buffer or XOR into it.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
     Fill,
     Xor,
 }
@@ -69,7 +69,7 @@ impl AesPrg {
     fn ctr(&self, start: u64, out: &mut [u128], mode: Mode) {
         let cipher = match &self.backend {
             #[cfg(target_arch = "x86_64")]
-            PrgBackend::Vaes(keys) => return keys.ctr(start, out, mode == Mode::Xor),
+            PrgBackend::Vaes(keys) => return keys.ctr(start, out, mode),
             PrgBackend::Crate(cipher) => cipher,
         };
         let mut blocks = [aes::Block::default(); BATCH];

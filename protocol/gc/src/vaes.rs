@@ -7,6 +7,7 @@
 #![cfg(target_arch = "x86_64")]
 
 use crate::cpu::Vaes;
+use crate::prg::Mode;
 use std::arch::x86_64::*;
 
 /// AES-128 round keys of the fixed key (public: the permutation's key is not a secret), with the
@@ -61,13 +62,13 @@ impl SecretRoundKeys {
         SecretRoundKeys { k: unsafe { expand(key) }, _cpu: cpu }
     }
 
-    /// AES-128-CTR: block `j` of `out` becomes (or, with `xor`, is XORed with) the encryption of the
-    /// counter `start + j` as a little-endian 128-bit block.
+    /// AES-128-CTR: block `j` of `out` becomes (with [`Mode::Xor`], is XORed with) the encryption of
+    /// the counter `start + j` as a little-endian 128-bit block.
     #[inline]
-    pub(crate) fn ctr(&self, start: u64, out: &mut [u128], xor: bool) {
+    pub(crate) fn ctr(&self, start: u64, out: &mut [u128], mode: Mode) {
         // SAFETY: `self._cpu` proves AVX-512F, VAES and AES-NI; `out` is valid for reads and writes
         // of its `16 * len` bytes.
-        unsafe { ctr_raw(&self.k, start, out.as_mut_ptr() as *mut u8, out.len(), xor) }
+        unsafe { ctr_raw(&self.k, start, out.as_mut_ptr() as *mut u8, out.len(), mode == Mode::Xor) }
     }
 }
 
@@ -264,12 +265,12 @@ mod tests {
         for start in starts {
             for n in (0..70).chain([255, 256, 257]) {
                 let mut got = vec![0u128; n];
-                sk.ctr(start, &mut got, false);
+                sk.ctr(start, &mut got, Mode::Fill);
                 assert_eq!(got, want(start, n), "fill start {start} n {n}");
                 let base: Vec<u128> =
                     (0..n as u128).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)).collect();
                 let mut x = base.clone();
-                sk.ctr(start, &mut x, true);
+                sk.ctr(start, &mut x, Mode::Xor);
                 let w: Vec<u128> = base.iter().zip(want(start, n)).map(|(a, b)| a ^ b).collect();
                 assert_eq!(x, w, "xor start {start} n {n}");
             }

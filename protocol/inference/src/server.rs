@@ -296,13 +296,7 @@ impl ServerSession {
                     let x = plan.arg(&outs, &input, step.inputs[0]).to_vec();
                     let model = self.model.clone();
                     let he_share = std::mem::take(&mut offline.he[i]);
-                    pi_channel::blocking(move || {
-                        let mut y = model.ring.linear_no_bias(i, &x);
-                        model.ring.add_bias(i, &mut y);
-                        y.iter_mut().zip(&he_share).for_each(|(v, s)| *v = fp.reduce(v.wrapping_add(*s)));
-                        y
-                    })
-                    .await?
+                    pi_channel::blocking(move || model.ring.linear_share(i, &x, &he_share)).await?
                 }
                 StepKind::Relu { shift, kept, linearized, gc_input_shift, .. } => {
                     let x = plan.arg(&outs, &input, step.inputs[0]);
