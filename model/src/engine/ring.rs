@@ -4,7 +4,7 @@
 use super::EngineError;
 use super::float::{Backend, conv_geometry, execute};
 use super::kernels::winograd::{self, WinogradKernels};
-use super::kernels::{self, ConvGeometry};
+use super::kernels::{self, ConvGeometry, ScatterKernels};
 use super::plan::ScalePlan;
 use crate::fixed::FixedPoint;
 use crate::graph::Op;
@@ -26,6 +26,9 @@ pub struct RingLayer {
     pub winograd: Option<WinogradKernels>,
     /// Pooling multiplier `round(2^f / area)`, for pooling nodes.
     pub pool_factor: u64,
+    /// A convolution's kernels transposed for inputs that are zero but at a few positions
+    /// ([`RingModel::prepare_scatter`]; the PI server's, `None` elsewhere).
+    pub scatter: Option<ScatterKernels>,
 }
 
 /// A folded model encoded for the ring, with its scale plan.
@@ -135,6 +138,35 @@ impl RingModel {
             (None, Op::Linear { out_features, .. }) => kernels::linear(input, &l.weight, *out_features),
             _ => panic!("node {i} is not linear"),
         }
+    }
+
+    /// Builds every convolution's [`ScatterKernels`] (4 bytes per weight), for
+    /// [`Self::add_scattered`]. Returns the bytes they take.
+    pub fn prepare_scatter(&mut self) -> usize {
+        let l = self.fp.l;
+        for layer in &mut self.layers {
+            if let Some(g) = layer.conv {
+                layer.scatter = ScatterKernels::new(&g, &layer.weight, l);
+            }
+        }
+        self.layers.iter().filter_map(|x| x.scatter.as_ref()).map(|k| k.bytes()).sum()
+    }
+
+    /// Whether [`Self::add_scattered`] runs for node `i`.
+    pub fn scatters(&self, i: usize) -> bool {
+        self.layers.get(i).is_some_and(|l| l.scatter.is_some())
+    }
+
+    /// Adds node `i`'s linear part (a convolution, no bias) of an input that is zero except at the
+    /// flat positions `idx`, where it is `val`, to `out`, reduced mod `2^l`. With [`Self::linear_share`]
+    /// of the other positions it gives the whole input's result. `false` (and `out` untouched) when
+    /// node `i` has no scatter kernels.
+    pub fn add_scattered(&self, i: usize, idx: &[u32], val: &[u64], out: &mut [u64]) -> bool {
+        let l = &self.layers[i];
+        let (Some(g), Some(k)) = (&l.conv, &l.scatter) else { return false };
+        kernels::conv2d_scatter_add(g, k, idx, val, out);
+        out.iter_mut().for_each(|v| *v = self.fp.reduce(*v));
+        true
     }
 
     /// Adds node `i`'s bias (encoded at `2f`) to a linear output, in place.

@@ -39,6 +39,11 @@ impl Kept {
         self.positions.len()
     }
 
+    /// The kept positions (flat indices into the activation), ascending.
+    pub fn positions(&self) -> &[u32] {
+        &self.positions
+    }
+
     /// The kept elements of `x`, in order.
     pub fn gather(&self, x: &[u64]) -> Vec<u64> {
         self.positions.iter().map(|&p| x[p as usize]).collect()
@@ -228,6 +233,17 @@ impl Plan {
             Local::GlobalAvgPool { channels, area } => scale(kernels::channel_sum(args[0], channels), area),
             Local::Flatten => args[0].to_vec(),
         }
+    }
+
+    /// The linear step that the server may start on step `i`'s linearized neurons while its kept
+    /// ReLUs are being evaluated: step `i + 1`, when it is linear and reads step `i`, and step `i`
+    /// is a ReLU step whose one round trip is its kept ReLUs (no garbled truncation of linearized
+    /// neurons, none after) and whose output is not truncated after.
+    pub fn linear_after_relu(&self, i: usize) -> Option<usize> {
+        let (step, next) = (self.steps.get(i)?, self.steps.get(i + 1)?);
+        let relu = matches!(step.kind, StepKind::Relu { gc: Some(_), linearized: None, .. });
+        let reads = matches!(next.kind, StepKind::Linear { .. }) && next.inputs.first() == Some(&Src::Step(i));
+        (relu && reads && !step.truncate_after && step.exact_after.is_none()).then_some(i + 1)
     }
 
     /// Applies step `i`'s local truncation, if any, to `role`'s share (an exact one is the

@@ -7,7 +7,7 @@ use crate::plan::{Plan, StepGc, StepKind};
 use crate::public::PublicModel;
 use crate::share::{Role, truncate_share};
 use crate::{Hello, HelloAck, InferenceError, Request};
-use pi_channel::{Channel, Counters, MsgKind, PROTOCOL_VERSION};
+use pi_channel::{Channel, Counters, MsgKind, PROTOCOL_VERSION, TaskFailed};
 use pi_gc::relu_layer::{GarblerOffline, GarblerSession};
 use pi_he::{EncodedLayer, HeParams, HeServer, KernelCache, KernelEncoder};
 use pi_model::engine::RingModel;
@@ -30,6 +30,9 @@ impl ServedModel {
     /// order, while the total stays within `he_cache_bytes`; later layers transform theirs per
     /// inference (same result, more server time). Fails if a layer's weights leave too little
     /// flooding margin.
+    /// Online, a convolution that follows garbled ReLUs starts only when their results are back,
+    /// unless `ring` has scatter kernels ([`RingModel::prepare_scatter`]): then it starts on the
+    /// linearized neurons while the client evaluates, and adds the kept ones when they arrive.
     pub fn new(ring: RingModel, public: PublicModel, he_cache_bytes: usize) -> Result<Self, InferenceError> {
         let plan = Plan::compile(&public)?;
         let encoder = KernelEncoder::new(&HeParams::new(public.fp.l)?)?;
@@ -71,7 +74,8 @@ impl ServedModel {
     /// exactly truncated value) the garbler's `k` zero-labels, output offset and (online) share, and, while a layer is garbled, both labels of
     /// each OT for the client's `k` input bits plus the extension matrix; the largest HE call
     /// (queries received and expanded, replies, share); the client's public key; and the
-    /// channel's buffers with the largest frames both ways (8 MiB of HE ciphertexts).
+    /// channel's buffers with the largest frames both ways (8 MiB of HE ciphertexts); and the
+    /// buffers of a convolution started while garbled ReLUs are out.
     pub fn session_memory_bytes(&self) -> usize {
         let plan = Plan::compile(&self.public).expect("validated when the model was prepared");
         let shapes = self.public.graph.shapes();
@@ -106,7 +110,11 @@ impl ServedModel {
         let he_call = layers.clone().map(|l| l.peak_call_bytes()).max().unwrap_or(0);
         let public_key = layers.map(|l| l.public_key_bytes()).max().unwrap_or(0);
         let channel = 2 * (64 << 10) + 2 * (8 << 20);
-        8 * activations + he_shares + garbled + garbling + he_call + public_key + channel
+        // A convolution started while garbled ReLUs are out: its input without them, its output,
+        // and the scatter's accumulator.
+        let widest = self.public.graph.nodes.iter().map(|n| shapes[&n.name].iter().product::<usize>()).max();
+        let overlap = 3 * 8 * widest.unwrap_or(0);
+        8 * activations + he_shares + garbled + garbling + he_call + public_key + channel + overlap
     }
 
     /// Bytes of transformed kernel plaintexts kept, and the bytes keeping every layer's would take.
@@ -289,15 +297,20 @@ impl ServerSession {
         let input: Vec<u64> =
             ch.recv_u64s(MsgKind::OnlineInput, plan.input_len).await?.into_iter().map(|v| fp.reduce(v)).collect();
         let mut outs: Vec<Vec<u64>> = Vec::with_capacity(plan.steps.len());
+        // A linear step's output computed while the garbled ReLUs before it were out (see below).
+        let mut ahead: Option<(usize, Vec<u64>)> = None;
         for (i, step) in plan.steps.iter().enumerate() {
             let (t0, io0) = (Instant::now(), ch.io_time());
             let out = match &step.kind {
-                StepKind::Linear { .. } => {
-                    let x = plan.arg(&outs, &input, step.inputs[0]).to_vec();
-                    let model = self.model.clone();
-                    let he_share = std::mem::take(&mut offline.he[i]);
-                    pi_channel::blocking(move || model.ring.linear_share(i, &x, &he_share)).await?
-                }
+                StepKind::Linear { .. } => match ahead.take() {
+                    Some((j, y)) if j == i => y,
+                    _ => {
+                        let x = plan.arg(&outs, &input, step.inputs[0]).to_vec();
+                        let model = self.model.clone();
+                        let he_share = std::mem::take(&mut offline.he[i]);
+                        pi_channel::blocking(move || model.ring.linear_share(i, &x, &he_share)).await?
+                    }
+                },
                 StepKind::Relu { shift, kept, linearized, gc_input_shift, .. } => {
                     let x = plan.arg(&outs, &input, step.inputs[0]);
                     let mut y: Vec<u64> = x.iter().map(|&v| truncate_share(&fp, Role::Server, v, *shift)).collect();
@@ -312,8 +325,35 @@ impl ServerSession {
                         }
                         _ => None,
                     };
+                    // While the client evaluates, the next step, when it is a convolution of this
+                    // output, starts on the linearized neurons (known now) with the kept ones at
+                    // zero; the kept ones are added when they arrive. The convolution is linear, so
+                    // the sum is the same ring element as in one pass.
+                    let next = i + 1;
+                    let overlap = relu.is_some()
+                        && lin.is_none()
+                        && plan.linear_after_relu(i) == Some(next)
+                        && self.model.ring.scatters(next);
+                    let dense = overlap.then(|| {
+                        let mut rest = y.clone();
+                        kept.scatter(&mut rest, std::iter::repeat(0));
+                        let (model, he_share) = (self.model.clone(), std::mem::take(&mut offline.he[next]));
+                        tokio::task::spawn_blocking(move || model.ring.linear_share(next, &rest, &he_share))
+                    });
                     if let Some(p) = relu {
-                        kept.scatter(&mut y, p.finish(ch).await?);
+                        let shares = p.finish(ch).await?;
+                        if let Some(task) = dense {
+                            let mut out = task.await.map_err(TaskFailed::from)?;
+                            let (model, idx, vals) = (self.model.clone(), kept.positions().to_vec(), shares.clone());
+                            let out = pi_channel::blocking(move || {
+                                let added = model.ring.add_scattered(next, &idx, &vals, &mut out);
+                                assert!(added, "scatter kernels checked before the overlap");
+                                out
+                            })
+                            .await?;
+                            ahead = Some((next, out));
+                        }
+                        kept.scatter(&mut y, shares);
                     }
                     if let Some((p, positions)) = lin {
                         positions.scatter(&mut y, p.finish(ch).await?);

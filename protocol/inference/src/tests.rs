@@ -22,7 +22,9 @@ fn served_with(
     truncation: Truncation,
 ) -> (Arc<ServedModel>, Vec<Vec<f32>>) {
     let model = Model::random(arch::build(arch_name, 10).unwrap(), 11, Some(keep)).unwrap().fold_batchnorm();
-    let ring = RingModel::new(&model, FixedPoint::DEFAULT).unwrap();
+    let mut ring = RingModel::new(&model, FixedPoint::DEFAULT).unwrap();
+    // Convolutions after garbled ReLUs start while the client evaluates (`pi serve --overlap on`).
+    assert!(ring.prepare_scatter() > 0);
     let n: usize = model.graph.input_shape.iter().product();
     let mut rng = ChaCha20Rng::seed_from_u64(5);
     let inputs: Vec<Vec<f32>> = (0..3).map(|_| (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect()).collect();
@@ -86,6 +88,10 @@ async fn exact_truncation_matches_the_fixed_point_engine_bit_for_bit() {
         })
         .sum();
     assert!(after > 0 && linearized > 0);
+    // Some convolution starts on linearized neurons while kept ReLUs are out (a ReLU after the
+    // residual add, which does not rescale): its result is checked bit for bit below too.
+    let overlapped = (0..plan.steps.len()).filter_map(|i| plan.linear_after_relu(i)).collect::<Vec<_>>();
+    assert!(!overlapped.is_empty() && overlapped.iter().all(|&j| model.ring.scatters(j)));
     for (x, r) in inputs.iter().zip(&results) {
         assert_eq!(r.logits_ring, model.ring.run(x).unwrap(), "exact PI equals the fixed-point engine");
         assert_eq!((r.relus, r.truncations), (model.public.kept_relus(), linearized + after));
@@ -125,7 +131,9 @@ async fn linearized_layers_cost_no_bytes_and_no_round() {
 fn width_check_counts_wraps_on_kept_neurons_only() {
     use crate::public::check_relu_bits;
     let model = Model::random(arch::small_cnn(10).unwrap(), 3, Some(0.3)).unwrap().fold_batchnorm();
-    let ring = RingModel::new(&model, FixedPoint::DEFAULT).unwrap();
+    let mut ring = RingModel::new(&model, FixedPoint::DEFAULT).unwrap();
+    // Convolutions after garbled ReLUs start while the client evaluates (`pi serve --overlap on`).
+    assert!(ring.prepare_scatter() > 0);
     let n: usize = model.graph.input_shape.iter().product();
     let mut rng = ChaCha20Rng::seed_from_u64(8);
     let inputs: Vec<Vec<f32>> = (0..4).map(|_| (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect()).collect();

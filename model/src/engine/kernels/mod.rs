@@ -125,6 +125,82 @@ pub fn conv2d<T: Scalar>(g: &ConvGeometry, input: &[T], weight: &[T]) -> Vec<T> 
     out
 }
 
+/// A convolution's kernels transposed to `[C][k][k][M]` as `i32` (the weights' signed values, lifted
+/// from `Z_{2^l}`), for [`conv2d_scatter_add`]: the `M` output channels one input value reaches are
+/// contiguous, so they are multiplied as one vector.
+#[derive(Clone, Debug, Default)]
+pub struct ScatterKernels {
+    out_channels: usize,
+    w: Vec<i32>,
+}
+
+impl ScatterKernels {
+    /// Transposes `weight` (`[M][C][k][k]`, elements of `Z_{2^l}`), or `None` when a weight does not
+    /// fit in `i32` (beyond `2^31` units).
+    pub fn new(g: &ConvGeometry, weight: &[u64], l: u32) -> Option<Self> {
+        let (m, c, kk) = (g.out_channels, g.in_channels, g.kernel * g.kernel);
+        let lift = |w: u64| ((w << (64 - l)) as i64) >> (64 - l);
+        let mut w = vec![0i32; c * kk * m];
+        for o in 0..m {
+            for ci in 0..c {
+                for t in 0..kk {
+                    w[(ci * kk + t) * m + o] = i32::try_from(lift(weight[(o * c + ci) * kk + t])).ok()?;
+                }
+            }
+        }
+        Some(Self { out_channels: m, w })
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of_val(self.w.as_slice())
+    }
+}
+
+/// `out += conv(x)` (no bias; `out` is `[M][Ho][Wo]`) for an input `x` that is zero except at the
+/// flat `[C][H][W]` positions `idx`, where it is `val`: `len * k^2 * M` multiply-adds, the dense
+/// convolution's work on those positions only. Correct mod `2^l` of the kernels. With the dense
+/// convolution of the other positions it gives the convolution of the whole input (it is linear):
+/// the PI server convolves the linearized neurons while the garbled ReLUs are still out.
+pub fn conv2d_scatter_add(g: &ConvGeometry, k: &ScatterKernels, idx: &[u32], val: &[u64], out: &mut [u64]) {
+    let (ho, wo, m) = (g.out_height(), g.out_width(), g.out_channels);
+    assert!(k.out_channels == m && k.w.len() == g.in_channels * g.kernel * g.kernel * m, "kernels of another shape");
+    assert!(out.len() == m * ho * wo && idx.len() == val.len(), "output or values of the wrong length");
+    let (h, w, plane) = (g.height, g.width, g.height * g.width);
+    // Per output position, the M channels contiguous: `[Ho * Wo][M]`.
+    let mut acc = vec![0u64; ho * wo * m];
+    // Output coordinate fed by input coordinate `i` through kernel tap `t`: `o * s + t - p = i`.
+    let out_coord = |i: usize, t: usize, n: usize| -> Option<usize> {
+        let shifted = (i + g.padding).checked_sub(t)?;
+        (shifted % g.stride == 0 && shifted / g.stride < n).then_some(shifted / g.stride)
+    };
+    let mut rows = Vec::with_capacity(g.kernel * g.kernel);
+    for (&x, &v) in idx.iter().zip(val) {
+        let x = x as usize;
+        assert!(x < g.in_channels * plane, "position {x} outside the input");
+        let (c, iy, ix) = (x / plane, x % plane / w, x % w);
+        debug_assert!(iy < h);
+        rows.clear();
+        for u in 0..g.kernel {
+            let Some(oy) = out_coord(iy, u, ho) else { continue };
+            for t in 0..g.kernel {
+                if let Some(ox) = out_coord(ix, t, wo) {
+                    rows.push(((c * g.kernel + u) * g.kernel + t, oy * wo + ox));
+                }
+            }
+        }
+        for &(tap, pos) in &rows {
+            simd::axpy_i32(&mut acc[pos * m..][..m], &k.w[tap * m..][..m], v);
+        }
+    }
+    let p = ho * wo;
+    for (pos, a) in acc.chunks_exact(m).enumerate() {
+        for (o, &v) in a.iter().enumerate() {
+            out[o * p + pos] = out[o * p + pos].wrapping_add(v);
+        }
+    }
+}
+
 /// `64 * iters` wrapping multiply-adds held in registers (8 accumulator rows of `NR` lanes, the
 /// micro-kernel's shape with twice its rows): the CPU's bound for the ring kernels. Returns a
 /// checksum so the work cannot be optimised away.
@@ -229,6 +305,53 @@ mod tests {
             }
         }
         out
+    }
+
+    /// A dense convolution of an input with zeros at some positions plus the scatter of those
+    /// positions equals the dense convolution of the whole input, mod `2^l`: strides 1 and 2, 1x1
+    /// and 3x3 kernels, padding, channel counts that are not multiples of 8, negative weights.
+    #[test]
+    fn scatter_add_completes_a_dense_convolution() {
+        let mut s = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        for (cin, h, cout, k, st, p) in
+            [(3, 7, 4, 3, 1, 1), (5, 8, 9, 3, 2, 1), (4, 6, 16, 1, 2, 0), (2, 5, 3, 3, 1, 0)]
+        {
+            let g = ConvGeometry {
+                in_channels: cin,
+                height: h,
+                width: h,
+                out_channels: cout,
+                kernel: k,
+                stride: st,
+                padding: p,
+            };
+            let l = 59;
+            let mask = u64::MAX >> (64 - l);
+            let x: Vec<u64> = (0..cin * h * h).map(|_| next() & mask).collect();
+            let w: Vec<u64> =
+                (0..cout * cin * k * k).map(|_| ((next() >> 44) as i64 - (1 << 19)) as u64 & mask).collect();
+            let whole = conv2d(&g, &x, &w);
+            // Every third position goes through the scatter, the rest through the dense kernel.
+            let idx: Vec<u32> = (0..x.len() as u32).filter(|i| i % 3 == 1).collect();
+            let val: Vec<u64> = idx.iter().map(|&i| x[i as usize]).collect();
+            let mut rest = x.clone();
+            idx.iter().for_each(|&i| rest[i as usize] = 0);
+            let mut got = conv2d(&g, &rest, &w);
+            conv2d_scatter_add(&g, &ScatterKernels::new(&g, &w, l).unwrap(), &idx, &val, &mut got);
+            for (o, (a, b)) in whole.iter().zip(&got).enumerate() {
+                assert_eq!(a & mask, b & mask, "output {o} of {g:?}");
+            }
+        }
+        // Weights beyond i32 are refused.
+        let g = ConvGeometry { in_channels: 1, height: 3, width: 3, out_channels: 1, kernel: 1, stride: 1, padding: 0 };
+        assert!(ScatterKernels::new(&g, &[1 << 31], 59).is_none());
+        assert!(ScatterKernels::new(&g, &[((1i64 << 59) - (1 << 31)) as u64], 59).is_some());
     }
 
     #[test]

@@ -150,6 +150,33 @@ fn winograd_kernel_avx512<const R: usize>(
     out
 }
 
+/// `acc[j] += w[j] * v` (the `i32` widened by sign extension), wrapping: one input value's
+/// contribution to a run of output channels ([`super::conv2d_scatter_add`]). AVX-512 where the CPU
+/// has it (8 channels per multiply), portable otherwise; both compute the same values.
+#[inline(always)]
+pub(super) fn axpy_i32(acc: &mut [u64], w: &[i32], v: u64) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        // SAFETY: the CPU supports the features the function is compiled for (checked just above).
+        return unsafe { axpy_i32_avx512(acc, w, v) };
+    }
+    axpy(acc, w, v)
+}
+
+/// The body of [`axpy_i32`], compiled once per instruction set.
+#[inline(always)]
+fn axpy(acc: &mut [u64], w: &[i32], v: u64) {
+    for (a, &x) in acc.iter_mut().zip(w) {
+        *a = a.wrapping_add(x.widen().wrapping_mul(v));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl")]
+fn axpy_i32_avx512(acc: &mut [u64], w: &[i32], v: u64) {
+    axpy(acc, w, v)
+}
+
 /// [`super::mac_block`] compiled like the micro-kernel (AVX-512 where the CPU has it).
 pub(super) fn mac_block(iters: usize, seed: u64) -> u64 {
     #[cfg(target_arch = "x86_64")]
@@ -204,6 +231,13 @@ mod tests {
             let want = kernel::<u64, u64, MR>(&weight, kk, kk, 0, rows, &wide);
             assert_eq!(winograd_kernel::<MR>(&weight, kk, kk, 0, rows, &narrow)[..rows], want[..rows]);
             assert_eq!(kernel::<u64, i32, MR>(&weight, kk, kk, 0, rows, &narrow)[..rows], want[..rows]);
+        }
+        // The scatter's row update, every tail length.
+        for n in [0, 1, 7, 8, 9, 63, 64, 67] {
+            let (mut a, mut b): (Vec<u64>, Vec<u64>) = (weight[..n].to_vec(), weight[..n].to_vec());
+            axpy_i32(&mut a, &narrow[..n], 0x9e37_79b9_7f4a_7c15);
+            axpy(&mut b, &narrow[..n], 0x9e37_79b9_7f4a_7c15);
+            assert_eq!(a, b, "axpy of {n}");
         }
         let want = kernel::<u64, u64, 4>(&weight, kk + 3, kk, 1, 4, &wide);
         assert_eq!(winograd_kernel::<4>(&weight, kk + 3, kk, 1, 4, &narrow), want);
