@@ -101,17 +101,22 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, HeError> + Se
 async fn recv_exact(ch: &mut Channel, kind: MsgKind, total: usize) -> Result<Vec<u8>, HeError> {
     let mut buf = Vec::with_capacity(total);
     while buf.len() < total {
-        let frame = ch.recv(kind).await?;
-        if frame.is_empty() || buf.len() + frame.len() > total {
-            return Err(HeError::Malformed(format!(
-                "{kind:?} frame of {} bytes after {} of {total} expected bytes",
-                frame.len(),
-                buf.len()
-            )));
-        }
-        buf.extend_from_slice(&frame);
+        buf.extend_from_slice(&recv_within(ch, kind, buf.len(), total).await?);
     }
     Ok(buf)
+}
+
+/// Receives the next frame of `kind` of a stream of `total` bytes of which `received` arrived:
+/// a frame that is empty or runs past `total` is malformed.
+async fn recv_within(ch: &mut Channel, kind: MsgKind, received: usize, total: usize) -> Result<Vec<u8>, HeError> {
+    let frame = ch.recv(kind).await?;
+    if frame.is_empty() || received + frame.len() > total {
+        return Err(HeError::Malformed(format!(
+            "{kind:?} frame of {} bytes after {received} of {total} expected bytes",
+            frame.len()
+        )));
+    }
+    Ok(frame)
 }
 
 /// The client's side: owns the secret key; obtains `L(r) - s` for its masks `r`.
@@ -205,14 +210,7 @@ impl HeClient {
         };
         let (mut buf, mut received, mut next) = (Vec::new(), 0usize, 0usize);
         while received < total {
-            let frame = ch.recv(MsgKind::HeReply).await?;
-            if frame.is_empty() || received + frame.len() > total {
-                return Err(HeError::Malformed(format!(
-                    "{:?} frame of {} bytes after {received} of {total} expected bytes",
-                    MsgKind::HeReply,
-                    frame.len(),
-                )));
-            }
+            let frame = recv_within(ch, MsgKind::HeReply, received, total).await?;
             received += frame.len();
             buf.extend_from_slice(&frame);
             let (mut end, mut len) = (next, 0);

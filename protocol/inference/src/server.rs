@@ -342,9 +342,10 @@ impl ServerSession {
                     });
                     if let Some(p) = relu {
                         let shares = p.finish(ch).await?;
+                        kept.scatter(&mut y, shares.iter().copied());
                         if let Some(task) = dense {
                             let mut out = task.await.map_err(TaskFailed::from)?;
-                            let (model, idx, vals) = (self.model.clone(), kept.positions().to_vec(), shares.clone());
+                            let (model, idx, vals) = (self.model.clone(), kept.positions().to_vec(), shares);
                             let out = pi_channel::blocking(move || {
                                 let added = model.ring.add_scattered(next, &idx, &vals, &mut out);
                                 assert!(added, "scatter kernels checked before the overlap");
@@ -353,7 +354,6 @@ impl ServerSession {
                             .await?;
                             ahead = Some((next, out));
                         }
-                        kept.scatter(&mut y, shares);
                     }
                     if let Some((p, positions)) = lin {
                         positions.scatter(&mut y, p.finish(ch).await?);

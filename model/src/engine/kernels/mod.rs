@@ -1,6 +1,7 @@
 //! Linear kernels shared by both engines (and by the PI server's online linear layers): im2col
 //! convolution, fully connected layers, pooling sums. Generic over f32 and wrapping `u64`.
 
+use crate::fixed::FixedPoint;
 use rayon::prelude::*;
 
 mod simd;
@@ -139,12 +140,12 @@ impl ScatterKernels {
     /// fit in `i32` (beyond `2^31` units).
     pub fn new(g: &ConvGeometry, weight: &[u64], l: u32) -> Option<Self> {
         let (m, c, kk) = (g.out_channels, g.in_channels, g.kernel * g.kernel);
-        let lift = |w: u64| ((w << (64 - l)) as i64) >> (64 - l);
+        let ring = FixedPoint { l, f: 0 }; // only its width: the signed value of a ring element
         let mut w = vec![0i32; c * kk * m];
         for o in 0..m {
             for ci in 0..c {
                 for t in 0..kk {
-                    w[(ci * kk + t) * m + o] = i32::try_from(lift(weight[(o * c + ci) * kk + t])).ok()?;
+                    w[(ci * kk + t) * m + o] = i32::try_from(ring.to_i64(weight[(o * c + ci) * kk + t])).ok()?;
                 }
             }
         }
@@ -276,6 +277,17 @@ pub fn add<T: Scalar>(a: &[T], b: &[T]) -> Vec<T> {
     a.iter().zip(b).map(|(&x, &y)| x.add(y)).collect()
 }
 
+/// A xorshift64 stream for the kernels' tests (full-range ring elements, reproducible).
+#[cfg(test)]
+fn xorshift(mut s: u64) -> impl FnMut() -> u64 {
+    move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,13 +324,7 @@ mod tests {
     /// and 3x3 kernels, padding, channel counts that are not multiples of 8, negative weights.
     #[test]
     fn scatter_add_completes_a_dense_convolution() {
-        let mut s = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         for (cin, h, cout, k, st, p) in
             [(3, 7, 4, 3, 1, 1), (5, 8, 9, 3, 2, 1), (4, 6, 16, 1, 2, 0), (2, 5, 3, 3, 1, 0)]
         {

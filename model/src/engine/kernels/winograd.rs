@@ -18,6 +18,7 @@
 //! (rows = input tiles, columns = output channels), then the output transform per channel.
 
 use super::{ConvGeometry, MR, NR, simd};
+use crate::fixed::FixedPoint;
 use rayon::prelude::*;
 
 /// Transform positions of a 4x4 tile.
@@ -59,11 +60,11 @@ impl WinogradKernels {
         assert!((1..=MAX_L).contains(&l), "Winograd F(2x2,3x3) is exact for rings of at most {MAX_L} bits");
         let (m, c) = (g.out_channels, g.in_channels);
         let mt = m.div_ceil(NR);
-        let lift = |w: u64| ((w << (64 - l)) as i64) >> (64 - l);
+        let ring = FixedPoint { l, f: 0 }; // only its width: the signed value of a ring element
         let mut u = vec![0i32; XI * mt * c * NR];
         for o in 0..m {
             for ci in 0..c {
-                let k: [i64; 9] = std::array::from_fn(|i| lift(weight[(o * c + ci) * 9 + i]));
+                let k: [i64; 9] = std::array::from_fn(|i| ring.to_i64(weight[(o * c + ci) * 9 + i]));
                 let t = transform_kernel(&k);
                 for (xi, &v) in t.iter().enumerate() {
                     u[((xi * mt + o / NR) * c + ci) * NR + o % NR] = i32::try_from(v).ok()?;
@@ -222,13 +223,7 @@ mod tests {
     /// wide padding, and channel counts that are not multiples of 8.
     #[test]
     fn equals_direct_convolution_mod_2_l() {
-        let mut s = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        };
+        let mut next = super::super::xorshift(0x9e37_79b9_7f4a_7c15);
         let shapes = [(3, 7, 7, 4, 1), (5, 8, 6, 9, 1), (2, 5, 9, 16, 0), (1, 4, 4, 3, 2), (16, 9, 9, 24, 1)];
         for (n, (cin, h, wd, cout, p)) in shapes.into_iter().enumerate() {
             let l = [MAX_L, 59, 44, 62, 31][n];
