@@ -5,7 +5,7 @@ use pi_client::{ClientOptions, ClientTransport, Report};
 use pi_model::FixedPoint;
 use pi_server::{
     Calibration, FracBits, Limits, Overlap, PrepareOptions, ReluBits, SaltSource, Server, ServerOptions,
-    ServerTransport, Truncation,
+    ServerTransport, SignBits, Truncation,
 };
 use pi_tls::{Fingerprint, ServerTrust, TlsClient, TlsServer};
 use std::path::PathBuf;
@@ -111,6 +111,13 @@ pub struct ModelOptions {
     /// it costs bytes and one more round trip per rescaled output.
     #[arg(long, default_value_t = Truncation::Local)]
     truncation: Truncation,
+    /// How many top bits of each share decide a kept ReLU's sign. `all` (default): every bit of the
+    /// circuit's width, exactly relu. A number m (e.g. 14): the server sends m labels and 8 bytes
+    /// per ReLU online instead of one 16-byte label per bit of the width (about 20-29 bits), and a
+    /// positive input below 2^(k - m) units may come out as 0 (Circa's stochastic ReLU; see
+    /// docs/gc.md). Needs `--truncation local`.
+    #[arg(long, default_value_t = SignBits::All, value_name = "all|M")]
+    sign_bits: SignBits,
     /// `on`: a convolution that follows garbled ReLUs starts on the linearized neurons while the
     /// client evaluates the kept ones, whose part is added when their results arrive (same
     /// result; the kernels are kept transposed too, 4 bytes per weight: 45 MB for ResNet-18).
@@ -132,6 +139,7 @@ impl ModelOptions {
             salt: SaltSource::Fresh,
             he_cache_bytes: self.he_cache_mib.saturating_mul(1 << 20),
             truncation: self.truncation,
+            sign_bits: self.sign_bits,
             overlap: self.overlap,
         }
     }
@@ -453,6 +461,7 @@ pub fn print_report(r: &Report) {
     println!("{:<34} {}", "inferences", r.inferences);
     println!("{:<34} {}", "garbled ReLUs per inference", r.relus);
     println!("{:<34} {} ({} values in garbled circuits)", "truncation", r.truncation, r.truncations);
+    println!("{:<34} {}", "ReLU sign bits", r.sign_bits);
     println!("{:<34} {}", "online rounds per inference", r.online_rounds);
     println!("{:<34} p50 {:.3} s   p95 {:.3} s", "offline latency", r.offline_s_p50, r.offline_s_p95);
     println!("{:<34} p50 {:.3} s   p95 {:.3} s", "online latency", r.online_s_p50, r.online_s_p95);

@@ -12,7 +12,7 @@ use crate::fit::{LineFit, fit_line};
 use crate::svg::{Panel, Series, Style};
 use pi_channel::{Channel, Link};
 use pi_client::{Client, ClientOptions, ClientTransport};
-use pi_inference::{InferenceResult, ServedModel, ServerInferenceStats, ServerSession, Truncation};
+use pi_inference::{InferenceResult, ServedModel, ServerInferenceStats, ServerSession, SignBits, Truncation};
 use pi_model::{Granularity, Model, Op, ValidGraph, arch};
 use pi_server::{Calibration, PrepareOptions};
 use pi_tls::TlsServer;
@@ -168,6 +168,9 @@ pub struct PointReport {
     pub truncation: Truncation,
     #[serde(default)]
     pub truncations: usize,
+    /// How kept ReLUs read the sign (`--sign-bits`: `all`, or the top bits' count).
+    #[serde(default)]
+    pub sign_bits: SignBits,
     /// Fractional bits of the fixed-point encoding (`--frac-bits`; with `auto`, the chosen one).
     #[serde(default)]
     pub frac_bits: u32,
@@ -267,6 +270,7 @@ fn relu_sites(graph: &ValidGraph) -> Result<Vec<(String, usize)>, BenchError> {
 pub(crate) struct Session {
     hash: String,
     truncation: Truncation,
+    sign_bits: SignBits,
     frac_bits: u32,
     transport: Transport,
     setup_s: f64,
@@ -287,7 +291,7 @@ pub(crate) async fn session_images(
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     let served = Arc::new(served);
-    let truncation = served.public.truncation;
+    let (truncation, sign_bits) = (served.public.truncation, served.public.sign_bits);
     let frac_bits = served.public.fp.f;
     let timeout = opts.timeout;
     let (tls_server, client_transport) = match opts.transport {
@@ -349,6 +353,7 @@ pub(crate) async fn session_images(
     Ok(Session {
         hash,
         truncation,
+        sign_bits,
         frac_bits,
         transport: opts.transport,
         setup_s,
@@ -439,6 +444,7 @@ pub(crate) fn summarise(label: &str, model: &Model, s: Session) -> PointReport {
         online_rounds: s.client.first().map(|r| r.online_rounds).unwrap_or(0),
         truncation: s.truncation,
         truncations: s.client.first().map(|r| r.truncations).unwrap_or(0),
+        sign_bits: s.sign_bits,
         frac_bits: s.frac_bits,
         setup_s: s.setup_s,
         setup_bytes: s.setup_bytes,

@@ -262,6 +262,8 @@ pub struct Report {
     pub relus: usize,
     /// How the server rescales shares: `local` or `exact` (`pi serve --truncation`).
     pub truncation: String,
+    /// How kept ReLUs read the sign: `all` bits, or the top `M` (`pi serve --sign-bits`).
+    pub sign_bits: String,
     /// Values truncated exactly by garbled circuits per inference (0 with `local`).
     pub truncations: usize,
     /// Per conv/linear and ReLU layer, averaged over the inferences: linearized ReLUs cost nothing.
@@ -443,6 +445,7 @@ fn summarise(
         online_rounds: records.first().map(|r| r.online_rounds).unwrap_or(0),
         relus: records.first().map(|r| r.relus).unwrap_or(0),
         truncation: public.truncation.name().to_string(),
+        sign_bits: public.sign_bits.to_string(),
         truncations: records.first().map(|r| r.truncations).unwrap_or(0),
         layers,
         per_inference: records,

@@ -8,8 +8,8 @@ pub mod commitment;
 pub use commitment::{Salt, SaltSource, default_salt_path};
 
 use pi_channel::Channel;
-pub use pi_inference::Truncation;
 use pi_inference::{InferenceError, PublicModel, PublicModelError, ServedModel, ServerSession};
+pub use pi_inference::{SignBits, Truncation};
 use pi_inference::{WidthCheck, calibrate_relu_bits, check_relu_bits, tell_peer};
 use pi_model::data::{self, Split};
 use pi_model::engine::RingModel;
@@ -101,6 +101,8 @@ pub struct PrepareOptions {
     pub he_cache_bytes: usize,
     /// How shares are rescaled ([`Truncation`]), announced to clients.
     pub truncation: Truncation,
+    /// How kept ReLUs read the sign ([`SignBits`]), announced to clients.
+    pub sign_bits: SignBits,
     /// Whether convolutions after garbled ReLUs start while the client evaluates them.
     pub overlap: Overlap,
 }
@@ -169,6 +171,7 @@ impl Default for PrepareOptions {
             salt: SaltSource::Fresh,
             he_cache_bytes: DEFAULT_HE_CACHE_BYTES,
             truncation: Truncation::Local,
+            sign_bits: SignBits::All,
             overlap: Overlap::Off,
         }
     }
@@ -261,6 +264,8 @@ pub fn prepare_model(model: &pi_model::Model, opts: &PrepareOptions) -> Result<S
     };
     let mut public = PublicModel::new(&ring.model, hash, ring.fp, bits)?;
     public.truncation = opts.truncation;
+    public.sign_bits = opts.sign_bits;
+    public.validate()?;
     let mut ring = ring;
     if opts.overlap == Overlap::On {
         let bytes = ring.prepare_scatter();

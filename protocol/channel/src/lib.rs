@@ -19,8 +19,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, B
 
 /// Wire protocol version; bumped on any incompatible change of a message (3: the greeting
 /// carries the model's input normalisation; 4: and the server's truncation, and a garbled
-/// layer's header its gadget).
-pub const PROTOCOL_VERSION: u16 = 4;
+/// layer's header its gadget; 5: and how kept ReLUs read the sign, with the stochastic ReLU's
+/// gadget).
+pub const PROTOCOL_VERSION: u16 = 5;
 /// Bytes of the frame header.
 pub const HEADER_LEN: usize = 7;
 /// Default upper bound on a single frame's payload (bulk data is streamed in many frames).

@@ -12,6 +12,7 @@ use crate::cpu::Backend;
 use crate::hash::{FixedKeyAes, Pi, tweak};
 use crate::word::{Native, Word};
 use crate::{Delta, Label, Layout};
+use zeroize::Zeroize;
 
 /// Bytes of one output ciphertext.
 pub const ARITH_CT_BYTES: usize = 8;
@@ -274,6 +275,51 @@ pub fn evaluate_scaled(
             sum = sum.wrapping_add(u).wrapping_add(if s { w } else { 0 }).wrapping_add(g);
         }
         *vj = sum & mask;
+    }
+}
+
+/// Garbler side of a value known only online, scaled by a bit the circuit computed offline: for
+/// instance `j` with scale-bit zero-label `p0[j]` and value `x[j]`, writes the 8-byte ciphertext `t[j]`
+/// and returns in `r[j]` the garbler's offset `R`, so that the evaluator holding the scale bit's label
+/// `P_p` gets `R + p·x` ([`evaluate_online_scaled`]). The plain conversion of one bit with weight `x`
+/// (module docs), keyed by the tweak `(ids[j], index)`, which must be unused by the circuit.
+pub fn garble_online_scaled(
+    p0: &[Label],
+    delta: &Delta,
+    ids: &[u64],
+    index: u64,
+    x: &[u64],
+    t: &mut [u64],
+    r: &mut [u64],
+) {
+    let n = p0.len();
+    assert!(ids.len() == n && x.len() == n && t.len() == n && r.len() == n);
+    let d = delta.as_u128();
+    let mut hs: Vec<u128> = Vec::with_capacity(2 * n);
+    for (l, &id) in p0.iter().zip(ids) {
+        let tw = tweak(id, index);
+        hs.push(FixedKeyAes::sigma(l.0) ^ tw);
+        hs.push(FixedKeyAes::sigma(l.0 ^ d) ^ tw);
+    }
+    FixedKeyAes::get().mmo_in_place(&mut hs);
+    for (j, h) in hs.chunks_exact(2).enumerate() {
+        let m = ((p0[j].0 & 1) as u64).wrapping_neg(); // all ones iff π = 1
+        let (h0, h1) = (h[0] as u64, h[1] as u64);
+        let swap = (h0 ^ h1) & m;
+        (r[j], t[j]) = convert(h0 ^ swap, h1 ^ swap, m, x[j]);
+    }
+    hs.zeroize();
+}
+
+/// Evaluator side of [`garble_online_scaled`]: `R + p·x` per instance from the scale bit's active
+/// label `p[j]` and the ciphertext `t[j]`.
+pub fn evaluate_online_scaled(p: &[Label], ids: &[u64], index: u64, t: &[u64], v: &mut [u64]) {
+    let n = p.len();
+    assert!(ids.len() == n && t.len() == n && v.len() == n);
+    let mut hs: Vec<u128> = p.iter().zip(ids).map(|(l, &id)| FixedKeyAes::sigma(l.0) ^ tweak(id, index)).collect();
+    FixedKeyAes::get().mmo_in_place(&mut hs);
+    for (j, h) in hs.iter().enumerate() {
+        v[j] = (*h as u64).wrapping_add(if p[j].lsb() { t[j] } else { 0 });
     }
 }
 

@@ -264,14 +264,54 @@ pub(crate) fn garble_batch_on(
         }
         for (g, (recs, rs)) in recs[fast * rec..].chunks_mut(LANES * rec).zip(rs[fast..].chunks_mut(LANES)).enumerate()
         {
-            let (i, lanes) = (i0 + fast + g * LANES, rs.len());
-            let (ids, gl, el, mut out) = interpreter_group(ac, first_id, gin, ein, i, lanes);
-            let (tables, cts) = recs.split_at_mut(lanes * ac.and_bytes());
-            let layout = Layout::interleaved(AND_TABLE_BYTES, lanes);
-            let group = Group { ids: &ids, gin: &gl, ein: &el, tables, layout, out: &mut out };
-            garble_lanes_on(backend, &ac.circuit, delta, group);
-            ac.garble_outputs(backend, &out, delta, &ids, cts, rs);
+            let i = i0 + fast + g * LANES;
+            garble_group(backend, ac, delta, Batch { first_id, gin, ein, records: recs }, i, rs);
         }
+    });
+}
+
+/// The interpreters on the group of `r.len()` instances from batch instance `i` (`batch.records`:
+/// the group's); returns the output zero-labels, instance-major.
+fn garble_group(
+    backend: Backend,
+    ac: &ArithCircuit,
+    delta: &Delta,
+    batch: Batch<'_, &mut [u8]>,
+    i: usize,
+    r: &mut [u64],
+) -> Vec<Label> {
+    let lanes = r.len();
+    let (ids, gl, el, mut out) = interpreter_group(ac, batch.first_id, batch.gin, batch.ein, i, lanes);
+    let (tables, cts) = batch.records.split_at_mut(lanes * ac.and_bytes());
+    let layout = Layout::interleaved(AND_TABLE_BYTES, lanes);
+    let group = Group { ids: &ids, gin: &gl, ein: &el, tables, layout, out: &mut out };
+    garble_lanes_on(backend, &ac.circuit, delta, group);
+    ac.garble_outputs(backend, &out, delta, &ids, cts, r);
+    out
+}
+
+/// [`garble_batch`] for a scaled circuit whose scale bit is used again online
+/// ([`crate::arith::garble_online_scaled`]): also writes each instance's scale-bit zero-label to
+/// `scale`. Runs on the interpreters (the same records as [`garble_batch`]).
+#[allow(clippy::too_many_arguments)] // garble_batch's arguments and the one output it adds
+pub fn garble_batch_keeping_scale(
+    ac: &ArithCircuit,
+    delta: &Delta,
+    first_id: u64,
+    gin: &[Label],
+    ein: &[Label],
+    records: &mut [u8],
+    r: &mut [u64],
+    scale: &mut [Label],
+) {
+    let (n, rec, nout) = (r.len(), ac.record_bytes(), ac.circuit.outputs.len());
+    assert!(ac.is_scaled() && scale.len() == n && records.len() == n * rec);
+    assert!(gin.len() == n * ac.circuit.n_garbler_inputs && ein.len() == n * ac.circuit.n_evaluator_inputs);
+    let backend = Backend::best();
+    let groups = records.par_chunks_mut(LANES * rec).zip(r.par_chunks_mut(LANES)).zip(scale.par_chunks_mut(LANES));
+    groups.enumerate().for_each(|(g, ((recs, rs), sc))| {
+        let out = garble_group(backend, ac, delta, Batch { first_id, gin, ein, records: recs }, g * LANES, rs);
+        sc.iter_mut().zip(out.chunks_exact(nout)).for_each(|(s, o)| *s = o[nout - 1]);
     });
 }
 
@@ -306,17 +346,43 @@ pub(crate) fn evaluate_batch_on(backend: Backend, ac: &ArithCircuit, batch: Batc
             }
         }
         for (g, (recs, vs)) in recs[fast * rec..].chunks(LANES * rec).zip(vs[fast..].chunks_mut(LANES)).enumerate() {
-            let (i, lanes) = (i0 + fast + g * LANES, vs.len());
-            let (ids, gl, el, mut out) = interpreter_group(ac, first_id, gin, ein, i, lanes);
-            let (tables, cts) = recs.split_at(lanes * ac.and_bytes());
-            let layout = Layout::interleaved(AND_TABLE_BYTES, lanes);
-            evaluate_lanes_on(
-                backend,
-                &ac.circuit,
-                Group { ids: &ids, gin: &gl, ein: &el, tables, layout, out: &mut out },
-            );
-            ac.evaluate_outputs(backend, &out, &ids, cts, vs);
+            let i = i0 + fast + g * LANES;
+            evaluate_group(backend, ac, Batch { first_id, gin, ein, records: recs }, i, vs);
         }
+    });
+}
+
+/// The interpreters' evaluation of the group of `v.len()` instances from batch instance `i`; returns
+/// the active output labels, instance-major.
+fn evaluate_group(backend: Backend, ac: &ArithCircuit, batch: Batch<'_, &[u8]>, i: usize, v: &mut [u64]) -> Vec<Label> {
+    let lanes = v.len();
+    let (ids, gl, el, mut out) = interpreter_group(ac, batch.first_id, batch.gin, batch.ein, i, lanes);
+    let (tables, cts) = batch.records.split_at(lanes * ac.and_bytes());
+    let layout = Layout::interleaved(AND_TABLE_BYTES, lanes);
+    evaluate_lanes_on(backend, &ac.circuit, Group { ids: &ids, gin: &gl, ein: &el, tables, layout, out: &mut out });
+    ac.evaluate_outputs(backend, &out, &ids, cts, v);
+    out
+}
+
+/// Evaluator side of [`garble_batch_keeping_scale`]: [`evaluate_batch`], and each instance's active
+/// scale-bit label in `scale`.
+pub fn evaluate_batch_keeping_scale(
+    ac: &ArithCircuit,
+    first_id: u64,
+    gin: &[Label],
+    ein: &[Label],
+    records: &[u8],
+    v: &mut [u64],
+    scale: &mut [Label],
+) {
+    let (n, rec, nout) = (v.len(), ac.record_bytes(), ac.circuit.outputs.len());
+    assert!(ac.is_scaled() && scale.len() == n && records.len() == n * rec);
+    assert!(gin.len() == n * ac.circuit.n_garbler_inputs && ein.len() == n * ac.circuit.n_evaluator_inputs);
+    let backend = Backend::best();
+    let groups = records.par_chunks(LANES * rec).zip(v.par_chunks_mut(LANES)).zip(scale.par_chunks_mut(LANES));
+    groups.enumerate().for_each(|(g, ((recs, vs), sc))| {
+        let out = evaluate_group(backend, ac, Batch { first_id, gin, ein, records: recs }, g * LANES, vs);
+        sc.iter_mut().zip(out.chunks_exact(nout)).for_each(|(s, o)| *s = o[nout - 1]);
     });
 }
 

@@ -26,6 +26,7 @@ pub mod ot;
 pub mod prg;
 pub mod relu;
 pub mod relu_layer;
+pub mod stochastic;
 pub mod truncate;
 mod vaes;
 mod word;
@@ -33,6 +34,7 @@ mod word;
 pub use circuit::{Bit, Circuit, CircuitBuilder, Gate};
 pub use relu::ReluParams;
 pub use relu_layer::Gadget;
+pub use stochastic::StochasticParams;
 pub use truncate::TruncParams;
 
 use pi_channel::{ChannelError, TaskFailed};

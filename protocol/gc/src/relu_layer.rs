@@ -14,9 +14,13 @@
 //! A session ([`GarblerSession`]/[`EvaluatorSession`]) runs the base OTs once; every layer's offline
 //! material ([`GarblerOffline`]/[`EvaluatorOffline`]) is consumed by value online, so it cannot be reused.
 
-use crate::batch::{ArithCircuit, evaluate_batch, garble_batch, input_bits};
+use crate::arith::{evaluate_online_scaled, garble_online_scaled};
+use crate::batch::{
+    ArithCircuit, evaluate_batch, evaluate_batch_keeping_scale, garble_batch, garble_batch_keeping_scale, input_bits,
+};
 use crate::ot::{CotReceiver, CotSender};
 use crate::prg::AesPrg;
+use crate::stochastic::StochasticParams;
 use crate::truncate::TruncParams;
 use crate::{Delta, GcError, LANES, Label, ReluParams, malformed};
 use pi_channel::{Channel, MsgKind, TaskFailed, pipeline};
@@ -43,6 +47,16 @@ pub enum Gadget {
     /// `floor(y / 2^shift)` exactly ([`crate::truncate`]): the server gets
     /// [`TruncParams::garbler_share`], the client [`TruncParams::evaluator_share`].
     Truncate(TruncParams),
+    /// `relu(y)` with the sign read from the shares' top bits ([`crate::stochastic`]): fewer
+    /// server labels online; positive values below `2^t` may come out as 0. The server gets
+    /// `z - r`, the client keeps `r`.
+    Stochastic(StochasticParams),
+}
+
+impl From<StochasticParams> for Gadget {
+    fn from(p: StochasticParams) -> Self {
+        Gadget::Stochastic(p)
+    }
 }
 
 impl From<ReluParams> for Gadget {
@@ -63,14 +77,34 @@ impl Gadget {
         match self {
             Gadget::Relu(p) => p.validate(),
             Gadget::Truncate(p) => p.validate(),
+            Gadget::Stochastic(p) => p.validate(),
         }
     }
 
-    /// Input bits per party and value.
-    pub fn bits(&self) -> usize {
+    /// The server's input bits per value (labels it sends online).
+    pub fn garbler_bits(&self) -> usize {
         match self {
             Gadget::Relu(p) => p.k as usize,
             Gadget::Truncate(p) => p.bits(),
+            Gadget::Stochastic(p) => p.sign_bits as usize,
+        }
+    }
+
+    /// The client's input bits per value (OTs offline).
+    pub fn evaluator_bits(&self) -> usize {
+        match self {
+            Gadget::Relu(p) => p.k as usize,
+            Gadget::Truncate(p) => p.bits(),
+            Gadget::Stochastic(p) => p.k as usize,
+        }
+    }
+
+    /// Bytes per value of the online ciphertext sent with the server's labels (the stochastic
+    /// ReLU's `p·a` term), 0 for the others.
+    fn online_ct_bytes(&self) -> usize {
+        match self {
+            Gadget::Stochastic(_) => 8,
+            _ => 0,
         }
     }
 
@@ -79,6 +113,7 @@ impl Gadget {
         match self {
             Gadget::Relu(p) => p.mask(),
             Gadget::Truncate(p) => p.mask(),
+            Gadget::Stochastic(p) => p.mask(),
         }
     }
 
@@ -87,26 +122,28 @@ impl Gadget {
         match self {
             Gadget::Relu(p) => ArithCircuit::relu(p),
             Gadget::Truncate(p) => p.arith_circuit(),
+            Gadget::Stochastic(p) => p.arith_circuit(),
         }
     }
 
     /// Values per frame (tables, online labels and results alike): a multiple of [`LANES`].
     pub fn chunk(&self) -> usize {
-        let per = 16 * self.bits();
+        let per = 16 * self.garbler_bits().max(self.evaluator_bits());
         ((ONLINE_FRAME_BYTES / per) / LANES * LANES).max(LANES)
     }
 
     /// Bytes per value the garbler sends offline (tables and output ciphertexts) and the OT for the
     /// client's input bits takes (16 per bit); online, the server's labels and the masked result.
     pub fn bytes_per_value(&self) -> (usize, usize) {
-        let bits = self.bits();
-        (self.arith_circuit().record_bytes() + 16 * bits, 16 * bits + 8)
+        let online = 16 * self.garbler_bits() + self.online_ct_bytes() + 8;
+        (self.arith_circuit().record_bytes() + 16 * self.evaluator_bits(), online)
     }
 
     fn garbler_word(&self, a: u64) -> u64 {
         match self {
             Gadget::Relu(_) => a,
             Gadget::Truncate(p) => p.garbler_word(a),
+            Gadget::Stochastic(p) => p.garbler_word(a),
         }
     }
 
@@ -114,6 +151,7 @@ impl Gadget {
         match self {
             Gadget::Relu(_) => b,
             Gadget::Truncate(p) => p.evaluator_word(b),
+            Gadget::Stochastic(p) => p.evaluator_word(b),
         }
     }
 
@@ -122,6 +160,7 @@ impl Gadget {
         match self {
             Gadget::Relu(p) => r & p.mask(),
             Gadget::Truncate(p) => p.evaluator_share(b, r),
+            Gadget::Stochastic(p) => r & p.mask(),
         }
     }
 }
@@ -166,8 +205,9 @@ impl GarblerSession {
         let first_id = self.next_id;
         self.next_id += n as u64;
         ch.send_msg(MsgKind::GarbledTables, &OfflineHeader { params, n: n as u64, first_id }).await?;
-        let k = params.bits();
-        let ein = self.cot.extend(ch, n * k).await?;
+        let (kg, ke) = (params.garbler_bits(), params.evaluator_bits());
+        let ein = self.cot.extend(ch, n * ke).await?;
+        let keep_scale = matches!(params, Gadget::Stochastic(_));
 
         let ac = params.arith_circuit();
         let chunk = params.chunk();
@@ -181,14 +221,15 @@ impl GarblerSession {
             })
             .collect();
         let delta = self.cot.delta().clone();
-        let (a_zero, r_sum) = {
+        let (a_zero, r_sum, scale_zero) = {
             let delta = delta.clone();
             pipeline::stream::<_, GcError, _>(ch, MsgKind::GarbledTables, move |frames| {
-                let mut a_zero = vec![Label::default(); n * k];
+                let mut a_zero = vec![Label::default(); n * kg];
                 let mut r_sum = vec![0u64; n];
+                let mut scale_zero = vec![Label::default(); if keep_scale { n } else { 0 }];
                 let mut raw = Vec::<u128>::new();
                 for (c, &(lo, hi)) in ranges.iter().enumerate() {
-                    let gin = &mut a_zero[lo * k..hi * k];
+                    let gin = &mut a_zero[lo * kg..hi * kg];
                     raw.resize(gin.len(), 0);
                     AesPrg::new(seeds[c]).fill(0, &mut raw);
                     for (g, &x) in gin.iter_mut().zip(&raw) {
@@ -196,19 +237,34 @@ impl GarblerSession {
                     }
                     let mut records = frames.buffer();
                     records.resize((hi - lo) * ac.record_bytes(), 0);
-                    let ein = &ein[lo * k..hi * k];
-                    garble_batch(&ac, &delta, first_id + lo as u64, gin, ein, &mut records, &mut r_sum[lo..hi]);
+                    let (ein, id) = (&ein[lo * ke..hi * ke], first_id + lo as u64);
+                    match keep_scale {
+                        true => {
+                            let scale = &mut scale_zero[lo..hi];
+                            garble_batch_keeping_scale(
+                                &ac,
+                                &delta,
+                                id,
+                                gin,
+                                ein,
+                                &mut records,
+                                &mut r_sum[lo..hi],
+                                scale,
+                            )
+                        }
+                        false => garble_batch(&ac, &delta, id, gin, ein, &mut records, &mut r_sum[lo..hi]),
+                    }
                     if !frames.send(records) {
                         break; // the async side failed and reports why
                     }
                 }
                 seeds.zeroize();
                 raw.zeroize();
-                (a_zero, r_sum)
+                (a_zero, r_sum, scale_zero)
             })
             .await?
         };
-        Ok(GarblerOffline { params, first_id, delta, a_zero, r_sum })
+        Ok(GarblerOffline { params, first_id, delta, a_zero, r_sum, scale_zero })
     }
 }
 
@@ -221,12 +277,14 @@ pub struct GarblerOffline {
     a_zero: Vec<Label>,
     /// The server's output offsets `R` per ReLU.
     r_sum: Vec<u64>,
+    /// Stochastic ReLU only: the scale bit's zero-label per ReLU, for the online `p·a` ciphertext.
+    scale_zero: Vec<Label>,
 }
 
 impl Drop for GarblerOffline {
     /// With delta, the zero-labels give every input label pair; `R` unmasks the outputs.
     fn drop(&mut self) {
-        self.a_zero.iter_mut().for_each(|l| l.0.zeroize());
+        self.a_zero.iter_mut().chain(&mut self.scale_zero).for_each(|l| l.0.zeroize());
         self.r_sum.zeroize();
     }
 }
@@ -268,7 +326,7 @@ impl GarblerOffline {
         if a.len() != n {
             return Err(GcError::Params(format!("{} server shares for a layer of {n} values", a.len())));
         }
-        let k = self.params.bits();
+        let k = self.params.garbler_bits();
         let chunk = self.params.chunk();
         let d = self.delta.as_u128();
         let mut frame = Vec::with_capacity(chunk * k * 16);
@@ -283,15 +341,35 @@ impl GarblerOffline {
                 frame.extend_from_slice(&label.to_le_bytes());
             }
             ch.send(MsgKind::GarblerLabels, &frame).await?;
+            if let Gadget::Stochastic(p) = self.params {
+                let cts = self.online_cts(&p, lo, &a[lo..hi]);
+                ch.send(MsgKind::GarblerLabels, &cts).await?;
+            }
         }
         words.zeroize();
         ch.flush().await?;
         // Only truncation needs the server's input shares again to form its output share.
         let a = match self.params {
-            Gadget::Relu(_) => Vec::new(),
+            Gadget::Relu(_) | Gadget::Stochastic(_) => Vec::new(),
             Gadget::Truncate(_) => a.to_vec(),
         };
         Ok(GarblerPending { params: self.params, r_sum: std::mem::take(&mut self.r_sum), a })
+    }
+
+    /// The stochastic ReLU's online ciphertexts for the values `lo ..` with server shares `a`
+    /// (8 bytes each); adds their offsets to `R`.
+    fn online_cts(&mut self, p: &StochasticParams, lo: usize, a: &[u64]) -> Vec<u8> {
+        let hi = lo + a.len();
+        let ids: Vec<u64> = (self.first_id + lo as u64..self.first_id + hi as u64).collect();
+        let mut x: Vec<u64> = a.iter().map(|&a| p.online_value(a)).collect();
+        let (mut t, mut r) = (vec![0u64; a.len()], vec![0u64; a.len()]);
+        garble_online_scaled(&self.scale_zero[lo..hi], &self.delta, &ids, p.online_index(), &x, &mut t, &mut r);
+        for (s, r) in self.r_sum[lo..hi].iter_mut().zip(&r) {
+            *s = s.wrapping_add(*r);
+        }
+        x.zeroize();
+        r.zeroize();
+        t.iter().flat_map(|t| (t & p.mask()).to_le_bytes()).collect()
     }
 }
 
@@ -320,7 +398,7 @@ impl GarblerPending {
             let masked = ch.recv_u64s(MsgKind::OnlineReluOutput, hi - lo).await?;
             let unmasked = masked.iter().zip(&self.r_sum[lo..hi]).map(|(&u, &r)| u.wrapping_sub(r) & mask);
             match self.params {
-                Gadget::Relu(_) => out.extend(unmasked),
+                Gadget::Relu(_) | Gadget::Stochastic(_) => out.extend(unmasked),
                 Gadget::Truncate(p) => out.extend(unmasked.zip(&self.a[lo..hi]).map(|(u, &a)| p.garbler_share(a, u))),
             }
         }
@@ -363,7 +441,7 @@ impl EvaluatorSession {
             return Err(malformed(MsgKind::GarbledTables, format!("offline header {header:?}, expected {expected:?}")));
         }
         self.next_id += n as u64;
-        let k = params.bits();
+        let k = params.evaluator_bits();
         let words: Vec<u64> = b.iter().map(|&x| params.evaluator_word(x)).collect();
         let choices: Vec<bool> = input_bits(&words, k).collect();
         let b_labels = self.cot.extend(ch, &choices).await?;
@@ -430,7 +508,7 @@ impl EvaluatorOffline {
     /// First half of the online phase: receives the server's labels and evaluates.
     pub async fn evaluate(mut self, ch: &mut Channel) -> Result<Evaluated, GcError> {
         let n = self.len();
-        let k = self.params.bits();
+        let (kg, ke) = (self.params.garbler_bits(), self.params.evaluator_bits());
         let mask = self.params.mask();
         let ranges = chunk_ranges(n, self.params.chunk());
         let r = Arc::new(std::mem::take(&mut self.r));
@@ -442,8 +520,12 @@ impl EvaluatorOffline {
         let mut spare: Option<Vec<Label>> = None;
         for (c, &(lo, hi)) in ranges.iter().enumerate() {
             let mut gin = spare.take().unwrap_or_default();
-            gin.resize((hi - lo) * k, Label::default());
+            gin.resize((hi - lo) * kg, Label::default());
             ch.recv_exact_into(MsgKind::GarblerLabels, crate::label_bytes_mut(&mut gin)).await?;
+            let online = match self.params {
+                Gadget::Stochastic(p) => Some((p, ch.recv_u64s(MsgKind::GarblerLabels, hi - lo).await?)),
+                _ => None,
+            };
             if let Some(h) = pending.take() {
                 let (out, buf) = h.await.map_err(TaskFailed::from)?;
                 results.push(out);
@@ -453,7 +535,18 @@ impl EvaluatorOffline {
             let id = self.first_id + lo as u64;
             pending = Some(tokio::task::spawn_blocking(move || {
                 let mut v = vec![0u64; hi - lo];
-                evaluate_batch(&ac, id, &gin, &b_labels[lo * k..hi * k], &records[c], &mut v);
+                let ein = &b_labels[lo * ke..hi * ke];
+                match online {
+                    Some((p, t)) => {
+                        let mut scale = vec![Label::default(); hi - lo];
+                        evaluate_batch_keeping_scale(&ac, id, &gin, ein, &records[c], &mut v, &mut scale);
+                        let ids: Vec<u64> = (id..id + (hi - lo) as u64).collect();
+                        let mut pa = vec![0u64; hi - lo];
+                        evaluate_online_scaled(&scale, &ids, p.online_index(), &t, &mut pa);
+                        v.iter_mut().zip(&pa).for_each(|(v, pa)| *v = v.wrapping_add(*pa));
+                    }
+                    None => evaluate_batch(&ac, id, &gin, ein, &records[c], &mut v),
+                }
                 let mut out = Vec::with_capacity(8 * (hi - lo));
                 for (i, vi) in (lo..hi).zip(v) {
                     out.extend_from_slice(&(vi.wrapping_sub(r[i]) & mask).to_le_bytes());
@@ -631,9 +724,51 @@ mod tests {
             let t = o2[i].wrapping_add(g.evaluator_share(b2[i], r2[i])) & trunc.mask();
             assert_eq!(t, fp.truncate(fp.from_i64(ys[i]), 12), "y={}", ys[i]);
         }
-        let labels = |g: Gadget, n: usize| (n * 16 * g.bits() + n.div_ceil(g.chunk()) * HEADER_LEN) as u64;
+        let labels = |g: Gadget, n: usize| (n * 16 * g.garbler_bits() + n.div_ceil(g.chunk()) * HEADER_LEN) as u64;
         assert_eq!(sent.sent, labels(relu.into(), a1.len()) + labels(g, n2));
         assert_eq!(g.bytes_per_value(), (13 * 32 + 16 + 13 * 16, 13 * 16 + 8));
+    }
+
+    /// A stochastic-sign layer over a channel, several frames: the server's and client's shares
+    /// reconstruct the plaintext gadget's value ([`crate::stochastic::stochastic_plain`], itself
+    /// tested against `relu`), and online the server sends `m` labels and 8 bytes per ReLU.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stochastic_layer_over_memory_channel() {
+        let (mut server, mut client) = Channel::memory_pair();
+        let p = StochasticParams { l: 59, k: 24, sign_bits: 14 };
+        let g = Gadget::Stochastic(p);
+        let n = 2 * g.chunk() + 5;
+        let mut rng = ChaCha12Rng::seed_from_u64(9);
+        let fp = FixedPoint { l: p.l, f: 0 };
+        let ys: Vec<i64> =
+            (0..n).map(|i| if i % 3 == 0 { i as i64 % 5000 } else { rng.random::<i64>() >> 42 }).collect();
+        let a: Vec<u64> = (0..n).map(|_| rng.random::<u64>() & p.mask()).collect();
+        let b: Vec<u64> = ys.iter().zip(&a).map(|(&y, &a)| fp.from_i64(y).wrapping_sub(a) & p.mask()).collect();
+        let r: Vec<u64> = (0..n).map(|_| rng.random::<u64>() & p.mask()).collect();
+        let sa = a.clone();
+        let srv = tokio::spawn(async move {
+            let mut s = GarblerSession::setup(&mut server).await.unwrap();
+            let off = s.offline(&mut server, p, sa.len()).await.unwrap();
+            let before = server.counters();
+            let out = off.online(&mut server, &sa).await.unwrap();
+            (out, server.counters().since(before))
+        });
+        let mut c = EvaluatorSession::setup(&mut client).await.unwrap();
+        let off = c.offline(&mut client, p, &b, &r).await.unwrap();
+        assert_eq!(off.online(&mut client).await.unwrap(), r);
+        let (out, bytes) = srv.await.unwrap();
+        let mut zeroed = 0;
+        for i in 0..n {
+            let got = out[i].wrapping_add(r[i]) & p.mask();
+            assert_eq!(got, crate::stochastic::stochastic_plain(&p, a[i], b[i]), "i={i} y={}", ys[i]);
+            let y = fp.to_i64(got);
+            assert!(y == ys[i].max(0) || (y == 0 && (0..1 << 10).contains(&ys[i])), "y={} got {y}", ys[i]);
+            zeroed += (y != ys[i].max(0)) as usize;
+        }
+        assert!(zeroed > 0, "some small positives hit the dead zone");
+        let frames = n.div_ceil(g.chunk()) as u64;
+        assert_eq!(bytes.sent, n as u64 * (16 * 14 + 8) + 2 * frames * HEADER_LEN as u64);
+        assert_eq!(g.bytes_per_value(), (32 * 14 + 24 * 25 + 16 * 24, 16 * 14 + 16));
     }
 
     #[tokio::test]

@@ -17,7 +17,9 @@ pub mod share;
 pub use client::{ClientSession, InferenceResult, LayerCost, Prepared};
 pub use error::{InferenceError, tell_peer};
 pub use plan::linear_layers;
-pub use public::{PublicModel, PublicModelError, WidthCheck, calibrate_relu_bits, check_activations, check_relu_bits};
+pub use public::{
+    PublicModel, PublicModelError, SignBits, WidthCheck, calibrate_relu_bits, check_activations, check_relu_bits,
+};
 pub use server::{ServedModel, ServerInferenceStats, ServerSession, ServerStepTime};
 pub use share::Truncation;
 

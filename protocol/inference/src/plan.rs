@@ -2,9 +2,10 @@
 //! decided once from the validated public model (input sources, HE layer shapes, which neurons are
 //! garbled, circuit parameters, truncations). The parties never re-match ops or masks.
 
+use crate::public::SignBits;
 use crate::public::{PublicModel, PublicModelError};
 use crate::share::{Role, Truncation, truncate_shares};
-use pi_gc::{ReluParams, TruncParams};
+use pi_gc::{Gadget, ReluParams, StochasticParams, TruncParams};
 use pi_he::{ConvShape, FcShape, LayerShape};
 use pi_model::FixedPoint;
 use pi_model::engine::kernels;
@@ -99,7 +100,7 @@ pub(crate) enum StepKind {
     Relu {
         shift: u32,
         kept: Kept,
-        gc: Option<ReluParams>,
+        gc: Option<Gadget>,
         gc_input_shift: u32,
         total: usize,
         linearized: Option<(Kept, TruncParams)>,
@@ -174,9 +175,13 @@ impl Plan {
                         let kept = Kept::from_mask(&public.masks[i]);
                         let k = public.relu_bits[i];
                         // Validated: k >= shift + 2, so the narrowed circuit keeps 2 bits or more.
-                        let (params, gc_input_shift) = match exact {
-                            true => (ReluParams { l: fp.l, k, shift }, 0),
-                            false => (ReluParams { l: fp.l, k: k - shift, shift: 0 }, shift),
+                        let (params, gc_input_shift): (Gadget, _) = match (exact, public.sign_bits) {
+                            (true, _) => (ReluParams { l: fp.l, k, shift }.into(), 0),
+                            // Validated: only with local truncation; a circuit no wider than `m` reads all bits.
+                            (false, SignBits::Top(m)) if k - shift > m => {
+                                (StochasticParams { l: fp.l, k: k - shift, sign_bits: m }.into(), shift)
+                            }
+                            (false, _) => (ReluParams { l: fp.l, k: k - shift, shift: 0 }.into(), shift),
                         };
                         let gc = (kept.len() > 0).then_some(params);
                         let linearized = Kept::complement(&public.masks[i]);

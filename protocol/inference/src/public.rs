@@ -25,6 +25,58 @@ pub struct PublicModel {
     pub normalization: Normalization,
     /// How both parties rescale shares (the server's choice, `pi serve --truncation`).
     pub truncation: Truncation,
+    /// How kept ReLUs read the sign (the server's choice, `pi serve --sign-bits`).
+    pub sign_bits: SignBits,
+}
+
+/// How a kept ReLU's circuit finds the sign of its input. Serialised as its command-line text
+/// (`"all"`, `"14"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum SignBits {
+    /// From every bit of the calibrated width: exactly `relu` (with `--truncation local`, of the
+    /// locally truncated value).
+    #[default]
+    All,
+    /// From the top `m` bits of each share ([`pi_gc::stochastic`], after Circa): the server sends
+    /// `m` labels and 8 more bytes online instead of one label per bit of the width; a positive
+    /// input below `2^(k - m)` units (`k` the circuit's width) may come out as 0.
+    Top(u32),
+}
+
+impl std::fmt::Display for SignBits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SignBits::All => f.write_str("all"),
+            SignBits::Top(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+impl From<SignBits> for String {
+    fn from(s: SignBits) -> String {
+        s.to_string()
+    }
+}
+
+impl TryFrom<String> for SignBits {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl std::str::FromStr for SignBits {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "all" => Ok(SignBits::All),
+            _ => match s.parse::<u32>() {
+                Ok(m) if (2..=64).contains(&m) => Ok(SignBits::Top(m)),
+                _ => Err(format!("expected all or a bit count in 2..=64, got {s:?}")),
+            },
+        }
+    }
 }
 
 /// Serialises a graph as JSON text inside any serde format (bincode cannot encode its flattened enums).
@@ -100,8 +152,9 @@ impl PublicModel {
             model.graph.nodes.iter().map(|n| if matches!(n.op, Op::Relu { .. }) { fp.l } else { 0 }).collect()
         });
         let normalization = model.normalization.clone();
-        let truncation = Truncation::Local;
-        let p = PublicModel { hash, graph: model.graph.clone(), fp, masks, relu_bits, normalization, truncation };
+        let (truncation, sign_bits) = (Truncation::Local, SignBits::All);
+        let graph = model.graph.clone();
+        let p = PublicModel { hash, graph, fp, masks, relu_bits, normalization, truncation, sign_bits };
         p.validate()?;
         Ok(p)
     }
@@ -125,6 +178,13 @@ impl PublicModel {
             return Err(err("masks / relu_bits do not cover the graph".into()));
         }
         let scale = ScalePlan::new(&self.graph).map_err(|e| err(e.to_string()))?;
+        match self.sign_bits {
+            SignBits::Top(m) if !(2..=64).contains(&m) => return Err(err(format!("{m} sign bits, not in 2..=64"))),
+            SignBits::Top(_) if self.truncation == Truncation::Exact => {
+                return Err(err("sign bits other than all need local truncation".into()));
+            }
+            _ => {}
+        }
         for (i, n) in self.graph.nodes.iter().enumerate() {
             let is_relu = matches!(n.op, Op::Relu { .. });
             let len: usize = shapes[&n.inputs[0]].iter().product();
@@ -246,4 +306,31 @@ pub fn check_relu_bits(ring: &pi_model::engine::RingModel, inputs: &[Vec<f32>], 
         }
     }
     checks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_bits_parse_print_and_need_local_truncation() {
+        assert_eq!("all".parse::<SignBits>(), Ok(SignBits::All));
+        assert_eq!("14".parse::<SignBits>(), Ok(SignBits::Top(14)));
+        for bad in ["1", "65", "x", ""] {
+            assert!(bad.parse::<SignBits>().is_err(), "{bad:?}");
+        }
+        assert_eq!(SignBits::Top(14).to_string(), "14");
+        assert_eq!(serde_json::to_string(&SignBits::Top(12)).unwrap(), "\"12\"");
+        assert!(serde_json::from_str::<SignBits>("\"1\"").is_err());
+
+        let model = pi_model::Model::random(pi_model::arch::build("small-cnn", 10).unwrap(), 1, Some(0.1)).unwrap();
+        let model = model.fold_batchnorm();
+        let mut p = PublicModel::new(&model, "h".into(), FixedPoint::DEFAULT, None).unwrap();
+        p.sign_bits = SignBits::Top(12);
+        assert!(p.validate().is_ok());
+        p.truncation = Truncation::Exact;
+        assert!(p.validate().unwrap_err().to_string().contains("local truncation"));
+        p.sign_bits = SignBits::Top(70); // a hostile greeting
+        assert!(p.validate().is_err());
+    }
 }

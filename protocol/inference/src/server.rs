@@ -94,7 +94,7 @@ impl ServedModel {
                 StepKind::Linear { shape } => he_shares += 8 * shape.output_len(),
                 StepKind::Relu { kept, gc, linearized, .. } => {
                     if let Some(p) = gc {
-                        layer(p.k as usize, kept.len());
+                        layer(p.evaluator_bits(), kept.len());
                     }
                     if let Some((pos, t)) = linearized {
                         layer(t.bits(), pos.len());

@@ -67,6 +67,36 @@ async fn small_cnn_logits_match_the_fixed_point_engine() {
     }
 }
 
+/// Kept ReLUs reading the sign from 12 top bits (`--sign-bits 12`): the same argmax as the
+/// fixed-point engine and logits close to it, with fewer online bytes than reading all bits, on the
+/// same inputs and masks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stochastic_sign_stays_close_to_the_fixed_point_engine_with_fewer_bytes() {
+    let (all, inputs) = served("small-cnn", 0.1, true);
+    let top = {
+        let mut public = all.public.clone();
+        public.sign_bits = crate::public::SignBits::Top(12);
+        let plan = crate::plan::Plan::compile(&public).unwrap();
+        let stochastic = plan
+            .steps
+            .iter()
+            .filter(|s| matches!(s.kind, crate::plan::StepKind::Relu { gc: Some(pi_gc::Gadget::Stochastic(_)), .. }));
+        assert!(stochastic.count() > 0, "some ReLU layer is wider than 12 bits");
+        let ring = RingModel::new(&all.ring.model, all.ring.fp).unwrap();
+        Arc::new(ServedModel::new(ring, public, usize::MAX).unwrap())
+    };
+    let exact = run_pair(all.clone(), inputs.clone()).await;
+    let results = run_pair(top.clone(), inputs.clone()).await;
+    for ((x, r), e) in inputs.iter().zip(&results).zip(&exact) {
+        let want = top.ring.decode_output(&top.ring.run(x).unwrap());
+        assert_eq!(argmax(&want), argmax(&r.logits));
+        for (p, q) in want.iter().zip(&r.logits) {
+            assert!((p - q).abs() < 5e-2, "PI {:?} vs fixed point {want:?}", r.logits);
+        }
+        assert!(r.online_bytes.received < e.online_bytes.received, "{:?} vs {:?}", r.online_bytes, e.online_bytes);
+    }
+}
+
 /// With exact truncation the private logits are the fixed-point engine's, bit for bit (circuit
 /// widths calibrated on the same inputs, so no ReLU wraps); with local truncation they are not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
