@@ -360,6 +360,15 @@ fn demo_prints_the_report_as_json() {
     for rec in e["per_inference"].as_array().unwrap() {
         assert_eq!(rec["max_logit_error"].as_f64(), Some(0.0), "{rec}");
     }
+
+    // `--sign-bits 12`: kept ReLUs read the sign from 12 top bits; fewer online bytes, the same
+    // predictions as the fixed-point engine on these images.
+    let out = pi().args(["demo", "--json", "--count", "3", "--sign-bits", "12"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["sign_bits"], "12");
+    assert_eq!(s["agreement_fixed_point"], 1.0);
+    assert!(s["online_bytes"].as_u64().unwrap() < r["online_bytes"].as_u64().unwrap() * 3 / 4, "{s}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -598,6 +607,10 @@ fn auto_widths_without_calibration_inputs_fall_back_to_full_width() {
     assert!(widths(Calibration::None).iter().all(|&k| k == l));
     let calibrated = widths(Calibration::Dataset(bundled_data()));
     assert!(calibrated.iter().all(|&k| k < l), "{calibrated:?}");
+    // Top sign bits at full width would zero every activation below 2^(l - f - M) units: refused.
+    let opts = PrepareOptions { sign_bits: pi_server::SignBits::Top(12), ..PrepareOptions::default() };
+    let e = pi_server::prepare_model(&model, &opts).err().expect("refused").to_string();
+    assert!(e.contains("--sign-bits 12 needs calibrated circuit widths"), "{e}");
 }
 
 /// `--frac-bits auto` on the bundled model drops bits the model does not need (f = 10 of 12 today),

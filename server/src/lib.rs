@@ -262,6 +262,13 @@ pub fn prepare_model(model: &pi_model::Model, opts: &PrepareOptions) -> Result<S
             }
         },
     };
+    if bits.is_none() && opts.sign_bits != SignBits::All {
+        // The dead zone is `2^(k - M)` units: with the full ring width it swallows every activation.
+        return Err(ServerError::Settings(format!(
+            "--sign-bits {} needs calibrated circuit widths (--relu-bits auto with --calibrate DIR, or a number)",
+            opts.sign_bits
+        )));
+    }
     let mut public = PublicModel::new(&ring.model, hash, ring.fp, bits)?;
     public.truncation = opts.truncation;
     public.sign_bits = opts.sign_bits;

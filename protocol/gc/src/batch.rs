@@ -14,9 +14,13 @@ use crate::arith::{
 use crate::circuit::{Bit, Circuit};
 use crate::cpu::Backend;
 use crate::evaluate::evaluate_lanes_on;
+use crate::fancy::Fancy;
 use crate::garble::{AND_TABLE_BYTES, garble_lanes_on};
+use crate::relu::relu_gadget;
+use crate::stochastic::{StochasticParams, stochastic_gadget};
 use crate::{Delta, Group, LANES, Label, Layout, ReluParams};
 use rayon::prelude::*;
+use zeroize::Zeroize;
 
 /// How an [`ArithCircuit`]'s output bits make its value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,9 +46,9 @@ pub struct ArithCircuit {
     /// `2^l - 1`.
     mask: u64,
     reading: Reading,
-    /// The ReLU gadget this circuit records, if it is one: such batches run on the lock-step
-    /// backends where the CPU allows, with identical output.
-    gadget: Option<ReluParams>,
+    /// The gadget this circuit records, if it is one: such batches run on the lock-step backends
+    /// where the CPU allows, with identical output.
+    gadget: Option<LockstepGadget>,
 }
 
 impl ArithCircuit {
@@ -68,7 +72,13 @@ impl ArithCircuit {
     pub fn relu(p: &ReluParams) -> Self {
         let circuit = crate::relu::relu_circuit(p);
         let weights = (0..p.out_bits()).map(|o| 1u64 << o).collect();
-        Self { gadget: Some(*p), ..Self::scaled(circuit, weights, p.mask()) }
+        Self { gadget: Some(LockstepGadget::Relu(*p)), ..Self::scaled(circuit, weights, p.mask()) }
+    }
+
+    /// This circuit, recorded from `gadget`, marked as such: batches of it then run on the
+    /// lock-step backends where the CPU allows.
+    pub(crate) fn recorded_from(self, gadget: LockstepGadget) -> Self {
+        Self { gadget: Some(gadget), ..self }
     }
 
     fn with_reading(circuit: Circuit, weights: Vec<u64>, mask: u64, reading: Reading) -> Self {
@@ -96,8 +106,8 @@ impl ArithCircuit {
         self.mask
     }
 
-    /// The ReLU parameters, if this circuit is the ReLU gadget.
-    pub(crate) fn gadget(&self) -> Option<ReluParams> {
+    /// The gadget this circuit records, if any.
+    pub(crate) fn gadget(&self) -> Option<LockstepGadget> {
         self.gadget
     }
 
@@ -175,6 +185,15 @@ impl ArithCircuit {
         }
     }
 
+    /// Copies each instance's scale-bit label (a scaled circuit's last output) from the output
+    /// labels `out` (instance-major) to `scale`; leaves `scale` as it is for other circuits.
+    fn scale_labels(&self, out: &[Label], scale: &mut [Label]) {
+        if self.is_scaled() {
+            let nout = self.circuit.outputs.len();
+            scale.iter_mut().zip(out.chunks_exact(nout)).for_each(|(s, o)| *s = o[nout - 1]);
+        }
+    }
+
     /// Evaluator side of [`Self::garble_outputs`].
     pub(crate) fn evaluate_outputs(&self, backend: Backend, out: &[Label], ids: &[u64], cts: &[u8], v: &mut [u64]) {
         let (lanes, n, conv) = (ids.len(), self.weights.len(), self.conversion(backend));
@@ -186,6 +205,27 @@ impl ArithCircuit {
                 evaluate_scaled(out, conv, ids, (ab, abl), (p, pl), v);
             }
             Reading::Sum => evaluate_arith(out, conv, ids, (cts, Layout::interleaved(ARITH_CT_BYTES, lanes)), v),
+        }
+    }
+}
+
+/// A gadget written over [`Fancy`] that the lock-step backends run directly (the circuit of an
+/// [`ArithCircuit`] recorded from it, so both give the same bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LockstepGadget {
+    /// [`crate::relu::relu_gadget`].
+    Relu(ReluParams),
+    /// [`crate::stochastic::stochastic_gadget`].
+    Stochastic(StochasticParams),
+}
+
+impl LockstepGadget {
+    /// Runs the gadget on backend `f`.
+    #[inline(always)]
+    pub(crate) fn run<F: Fancy>(&self, f: &mut F) {
+        match self {
+            LockstepGadget::Relu(p) => relu_gadget(f, p),
+            LockstepGadget::Stochastic(p) => stochastic_gadget(f, p),
         }
     }
 }
@@ -230,7 +270,9 @@ pub fn garble_batch(
     records: &mut [u8],
     r: &mut [u64],
 ) {
-    garble_batch_on(Backend::best(), ac, delta, Batch { first_id, gin, ein, records }, r)
+    let mut scale = vec![Label::default(); r.len()];
+    garble_batch_on(Backend::best(), ac, delta, Batch { first_id, gin, ein, records }, r, &mut scale);
+    scale.iter_mut().for_each(|l| l.0.zeroize());
 }
 
 /// [`garble_batch`] on a chosen backend (the same bytes on every backend).
@@ -240,15 +282,18 @@ pub(crate) fn garble_batch_on(
     delta: &Delta,
     batch: Batch<'_, &mut [u8]>,
     r: &mut [u64],
+    scale: &mut [Label],
 ) {
     let Batch { first_id, gin, ein, records } = batch;
     let n = r.len();
+    assert_eq!(scale.len(), n);
     let (ng, ne) = (ac.circuit.n_garbler_inputs, ac.circuit.n_evaluator_inputs);
     let rec = ac.record_bytes();
     assert_eq!(gin.len(), n * ng);
     assert_eq!(ein.len(), n * ne);
     assert_eq!(records.len(), n * rec);
-    records.par_chunks_mut(PASS * rec).zip(r.par_chunks_mut(PASS)).enumerate().for_each(|(c, (recs, rs))| {
+    let tasks = records.par_chunks_mut(PASS * rec).zip(r.par_chunks_mut(PASS)).zip(scale.par_chunks_mut(PASS));
+    tasks.enumerate().for_each(|(c, ((recs, rs), sc))| {
         let i0 = c * PASS;
         let fast = lockstep_instances(backend, ac, rs.len());
         #[cfg(target_arch = "x86_64")]
@@ -259,13 +304,15 @@ pub(crate) fn garble_batch_on(
                 let ahead = ahead(ac, &gin[..(i0 + fast) * ng], &ein[..(i0 + fast) * ne], next, i + LANES);
                 let (gl, el) = (&gin[i * ng..(i + LANES) * ng], &ein[i * ne..(i + LANES) * ne]);
                 let group = Batch { first_id: first_id + i as u64, gin: gl, ein: el, records: cur };
-                crate::lockstep::garble_relus(cpu, ac, delta, group, ahead, &mut rs[g * LANES..(g + 1) * LANES]);
+                let (rs, sc) = (&mut rs[g * LANES..(g + 1) * LANES], &mut sc[g * LANES..(g + 1) * LANES]);
+                crate::lockstep::garble_relus(cpu, ac, delta, group, ahead, rs, sc);
             }
         }
-        for (g, (recs, rs)) in recs[fast * rec..].chunks_mut(LANES * rec).zip(rs[fast..].chunks_mut(LANES)).enumerate()
-        {
+        let groups = recs[fast * rec..].chunks_mut(LANES * rec).zip(rs[fast..].chunks_mut(LANES));
+        for (g, ((recs, rs), sc)) in groups.zip(sc[fast..].chunks_mut(LANES)).enumerate() {
             let i = i0 + fast + g * LANES;
-            garble_group(backend, ac, delta, Batch { first_id, gin, ein, records: recs }, i, rs);
+            let out = garble_group(backend, ac, delta, Batch { first_id, gin, ein, records: recs }, i, rs);
+            ac.scale_labels(&out, sc);
         }
     });
 }
@@ -292,7 +339,7 @@ fn garble_group(
 
 /// [`garble_batch`] for a scaled circuit whose scale bit is used again online
 /// ([`crate::arith::garble_online_scaled`]): also writes each instance's scale-bit zero-label to
-/// `scale`. Runs on the interpreters (the same records as [`garble_batch`]).
+/// `scale` (the same records as [`garble_batch`]).
 #[allow(clippy::too_many_arguments)] // garble_batch's arguments and the one output it adds
 pub fn garble_batch_keeping_scale(
     ac: &ArithCircuit,
@@ -304,34 +351,36 @@ pub fn garble_batch_keeping_scale(
     r: &mut [u64],
     scale: &mut [Label],
 ) {
-    let (n, rec, nout) = (r.len(), ac.record_bytes(), ac.circuit.outputs.len());
-    assert!(ac.is_scaled() && scale.len() == n && records.len() == n * rec);
-    assert!(gin.len() == n * ac.circuit.n_garbler_inputs && ein.len() == n * ac.circuit.n_evaluator_inputs);
-    let backend = Backend::best();
-    let groups = records.par_chunks_mut(LANES * rec).zip(r.par_chunks_mut(LANES)).zip(scale.par_chunks_mut(LANES));
-    groups.enumerate().for_each(|(g, ((recs, rs), sc))| {
-        let out = garble_group(backend, ac, delta, Batch { first_id, gin, ein, records: recs }, g * LANES, rs);
-        sc.iter_mut().zip(out.chunks_exact(nout)).for_each(|(s, o)| *s = o[nout - 1]);
-    });
+    assert!(ac.is_scaled(), "the circuit has no scale bit");
+    garble_batch_on(Backend::best(), ac, delta, Batch { first_id, gin, ein, records }, r, scale)
 }
 
 /// Evaluates `v.len()` instances from their active input labels (batch order) and records, on the
 /// fastest backend this CPU runs; `v` receives `V = R_sum + Σ z_o w_o mod 2^l` per instance (times the
 /// scale bit if the circuit is scaled).
 pub fn evaluate_batch(ac: &ArithCircuit, first_id: u64, gin: &[Label], ein: &[Label], records: &[u8], v: &mut [u64]) {
-    evaluate_batch_on(Backend::best(), ac, Batch { first_id, gin, ein, records }, v)
+    let mut scale = vec![Label::default(); v.len()];
+    evaluate_batch_on(Backend::best(), ac, Batch { first_id, gin, ein, records }, v, &mut scale)
 }
 
 /// [`evaluate_batch`] on a chosen backend (the same values on every backend).
-pub(crate) fn evaluate_batch_on(backend: Backend, ac: &ArithCircuit, batch: Batch<'_, &[u8]>, v: &mut [u64]) {
+pub(crate) fn evaluate_batch_on(
+    backend: Backend,
+    ac: &ArithCircuit,
+    batch: Batch<'_, &[u8]>,
+    v: &mut [u64],
+    scale: &mut [Label],
+) {
     let Batch { first_id, gin, ein, records } = batch;
     let n = v.len();
+    assert_eq!(scale.len(), n);
     let (ng, ne) = (ac.circuit.n_garbler_inputs, ac.circuit.n_evaluator_inputs);
     let rec = ac.record_bytes();
     assert_eq!(gin.len(), n * ng);
     assert_eq!(ein.len(), n * ne);
     assert_eq!(records.len(), n * rec);
-    records.par_chunks(PASS * rec).zip(v.par_chunks_mut(PASS)).enumerate().for_each(|(c, (recs, vs))| {
+    let tasks = records.par_chunks(PASS * rec).zip(v.par_chunks_mut(PASS)).zip(scale.par_chunks_mut(PASS));
+    tasks.enumerate().for_each(|(c, ((recs, vs), sc))| {
         let i0 = c * PASS;
         let fast = lockstep_instances(backend, ac, vs.len());
         #[cfg(target_arch = "x86_64")]
@@ -342,12 +391,15 @@ pub(crate) fn evaluate_batch_on(backend: Backend, ac: &ArithCircuit, batch: Batc
                 let ahead = ahead(ac, &gin[..(i0 + fast) * ng], &ein[..(i0 + fast) * ne], next, i + LANES);
                 let (gl, el) = (&gin[i * ng..(i + LANES) * ng], &ein[i * ne..(i + LANES) * ne]);
                 let group = Batch { first_id: first_id + i as u64, gin: gl, ein: el, records: cur };
-                crate::lockstep::evaluate_relus(cpu, ac, group, ahead, &mut vs[g * LANES..(g + 1) * LANES]);
+                let (vs, sc) = (&mut vs[g * LANES..(g + 1) * LANES], &mut sc[g * LANES..(g + 1) * LANES]);
+                crate::lockstep::evaluate_relus(cpu, ac, group, ahead, vs, sc);
             }
         }
-        for (g, (recs, vs)) in recs[fast * rec..].chunks(LANES * rec).zip(vs[fast..].chunks_mut(LANES)).enumerate() {
+        let groups = recs[fast * rec..].chunks(LANES * rec).zip(vs[fast..].chunks_mut(LANES));
+        for (g, ((recs, vs), sc)) in groups.zip(sc[fast..].chunks_mut(LANES)).enumerate() {
             let i = i0 + fast + g * LANES;
-            evaluate_group(backend, ac, Batch { first_id, gin, ein, records: recs }, i, vs);
+            let out = evaluate_group(backend, ac, Batch { first_id, gin, ein, records: recs }, i, vs);
+            ac.scale_labels(&out, sc);
         }
     });
 }
@@ -375,15 +427,8 @@ pub fn evaluate_batch_keeping_scale(
     v: &mut [u64],
     scale: &mut [Label],
 ) {
-    let (n, rec, nout) = (v.len(), ac.record_bytes(), ac.circuit.outputs.len());
-    assert!(ac.is_scaled() && scale.len() == n && records.len() == n * rec);
-    assert!(gin.len() == n * ac.circuit.n_garbler_inputs && ein.len() == n * ac.circuit.n_evaluator_inputs);
-    let backend = Backend::best();
-    let groups = records.par_chunks(LANES * rec).zip(v.par_chunks_mut(LANES)).zip(scale.par_chunks_mut(LANES));
-    groups.enumerate().for_each(|(g, ((recs, vs), sc))| {
-        let out = evaluate_group(backend, ac, Batch { first_id, gin, ein, records: recs }, g * LANES, vs);
-        sc.iter_mut().zip(out.chunks_exact(nout)).for_each(|(s, o)| *s = o[nout - 1]);
-    });
+    assert!(ac.is_scaled(), "the circuit has no scale bit");
+    evaluate_batch_on(Backend::best(), ac, Batch { first_id, gin, ein, records }, v, scale)
 }
 
 /// What the interpreters need for the `lanes` instances from batch instance `i`: circuit ids, input
@@ -426,7 +471,7 @@ fn ahead<'a>(
 const PASS: usize = 8 * LANES;
 
 /// How many of a task's `n` instances (from its start) the lock-step backends take: its whole
-/// groups, if the circuit is the ReLU gadget and the backend is VAES (which includes AVX-512); else none.
+/// groups, if the circuit is recorded from a lock-step gadget and the backend is VAES (which includes AVX-512); else none.
 fn lockstep_instances(backend: Backend, ac: &ArithCircuit, n: usize) -> usize {
     if cfg!(target_arch = "x86_64") && ac.gadget.is_some() && backend.vaes().is_some() {
         return n / LANES * LANES;
@@ -506,16 +551,22 @@ mod tests {
         let ez: Vec<Label> = (0..n * c.n_evaluator_inputs).map(|_| Label(rng.random())).collect();
         let mut records = vec![0u8; n * ac.record_bytes()];
         let mut r = vec![0u64; n];
-        garble_batch_on(backend, ac, &delta, Batch { first_id: 5, gin: &gz, ein: &ez, records: &mut records }, &mut r);
+        let (mut gs, mut es) = (vec![Label::default(); n], vec![Label::default(); n]);
+        let batch = Batch { first_id: 5, gin: &gz, ein: &ez, records: &mut records[..] };
+        garble_batch_on(backend, ac, &delta, batch, &mut r, &mut gs);
         let flip = |z: &Label, bit: bool| if bit { *z ^ delta.as_label() } else { *z };
         let ga: Vec<Label> = gz.iter().map(|z| flip(z, rng.random())).collect();
         let ea: Vec<Label> = ez.iter().map(|z| flip(z, rng.random())).collect();
         let mut v = vec![0u64; n];
-        evaluate_batch_on(backend, ac, Batch { first_id: 5, gin: &ga, ein: &ea, records: &records }, &mut v);
+        evaluate_batch_on(backend, ac, Batch { first_id: 5, gin: &ga, ein: &ea, records: &records }, &mut v, &mut es);
         let mut h = blake3::Hasher::new();
         h.update(&records);
         for x in r.iter().chain(&v) {
             h.update(&x.to_le_bytes());
+        }
+        // The scale labels of a gadget whose scale bit is used again (not in the golden transcripts).
+        if matches!(ac.gadget(), Some(LockstepGadget::Stochastic(_))) {
+            gs.iter().chain(&es).for_each(|l| _ = h.update(&l.to_bytes()));
         }
         h.finalize().to_hex().to_string()
     }
@@ -585,6 +636,17 @@ mod tests {
         {
             let ac = relu_arith_circuit(&p);
             let seed = rng.random();
+            assert_eq!(
+                transcript_hash(Backend::Portable, &ac, n, seed),
+                transcript_hash(Backend::best(), &ac, n, seed)
+            );
+        }
+        // The stochastic ReLU, its scale labels included.
+        for (p, n) in [
+            (StochasticParams { l: 59, k: 24, sign_bits: 14 }, 2 * PASS + 19),
+            (StochasticParams { l: 64, k: 64, sign_bits: 2 }, 17),
+        ] {
+            let (ac, seed) = (p.arith_circuit(), rng.random());
             assert_eq!(
                 transcript_hash(Backend::Portable, &ac, n, seed),
                 transcript_hash(Backend::best(), &ac, n, seed)

@@ -1,4 +1,5 @@
-//! Half-gates garbling and evaluation of the ReLU gadget for [`LANES`] = 16 instances in lock step,
+//! Half-gates garbling and evaluation of a ReLU gadget (the exact one or the stochastic one, see
+//! [`LockstepGadget`]) for [`LANES`] = 16 instances in lock step,
 //! as [`Fancy`] backends compiled with AVX-512 and VAES: a wire is four 512-bit registers (16
 //! labels), each AND hashes its 64 (garbler) or 32 (evaluator) blocks inline with the round keys in
 //! registers, and the arithmetic outputs are hashed as soon as the gadget hands them over. The
@@ -13,12 +14,11 @@
 #![cfg(target_arch = "x86_64")]
 
 use crate::arith::{SCALED_AB_BYTES, SCALED_P_BYTES};
-use crate::batch::{ArithCircuit, Batch};
+use crate::batch::{ArithCircuit, Batch, LockstepGadget};
 use crate::cpu::{Avx512, Vaes};
 use crate::fancy::Fancy;
 use crate::garble::AND_TABLE_BYTES;
 use crate::hash::{FixedKeyAes, tweak};
-use crate::relu::{ReluParams, relu_gadget};
 use crate::vaes::RoundKeys;
 use crate::word::{Lanes, X4};
 use crate::{Delta, LANES, Label};
@@ -412,6 +412,8 @@ struct Garbler<'a> {
     /// `Σ R_o` per instance (low 64 bits of each label slot).
     r_sum: Wire,
     mask: X4,
+    /// The scale bit's zero-labels, once the gadget has handed over its outputs.
+    scale: Wire,
 }
 
 impl Fancy for Garbler<'_> {
@@ -460,6 +462,7 @@ impl Fancy for Garbler<'_> {
             self.scaled_output(o, y, p);
         }
         self.c.outputs_done();
+        self.scale = p;
     }
 }
 
@@ -515,6 +518,8 @@ struct Evaluator<'a> {
     p_hash: Wire,
     records: &'a [u8],
     v_sum: Wire,
+    /// The scale bit's active labels, once the gadget has handed over its outputs.
+    scale: Wire,
 }
 
 impl Fancy for Evaluator<'_> {
@@ -557,6 +562,7 @@ impl Fancy for Evaluator<'_> {
             self.scaled_output(o, y, p);
         }
         self.c.outputs_done();
+        self.scale = p;
     }
 }
 
@@ -590,18 +596,27 @@ impl Evaluator<'_> {
     }
 }
 
-/// Checks the shapes shared by both entry points; returns the gadget's parameters.
-fn check(ac: &ArithCircuit, gin: &[Label], ein: &[Label], records: usize, out: usize) -> ReluParams {
-    let p = ac.gadget().expect("the circuit must be the ReLU gadget");
-    let k = p.k as usize;
-    assert_eq!((gin.len(), ein.len(), out), (LANES * k, LANES * k, LANES));
+/// Checks the shapes shared by both entry points; returns the gadget.
+fn check(ac: &ArithCircuit, gin: &[Label], ein: &[Label], records: usize, out: (usize, usize)) -> LockstepGadget {
+    let g = ac.gadget().expect("the circuit must be recorded from a lock-step gadget");
+    let c = ac.circuit();
+    assert_eq!((gin.len(), ein.len()), (LANES * c.n_garbler_inputs, LANES * c.n_evaluator_inputs));
+    assert_eq!(out, (LANES, LANES));
     assert_eq!(records, LANES * ac.record_bytes());
-    p
+    g
 }
 
-/// Garbles the 16 instances of the ReLU gadget `ac` in `group` (records as in
-/// [`crate::batch::garble_batch`]); `r` receives the garbler's output offsets. `cpu` proves that the
-/// CPU runs the lock-step code.
+/// Writes the 16 labels of `w` to `out`.
+#[inline(always)]
+fn store_wire(w: &Wire, out: &mut [Label]) {
+    for (j, x) in w.iter().enumerate() {
+        x.scatter(|t, l| out[4 * j + t] = Label(l));
+    }
+}
+
+/// Garbles the 16 instances of the gadget `ac` in `group` (records as in
+/// [`crate::batch::garble_batch`]); `r` receives the garbler's output offsets and `scale` the scale
+/// bit's zero-labels. `cpu` proves that the CPU runs the lock-step code.
 pub(crate) fn garble_relus(
     cpu: Vaes,
     ac: &ArithCircuit,
@@ -609,21 +624,22 @@ pub(crate) fn garble_relus(
     group: Batch<'_, &mut [u8]>,
     ahead: Ahead,
     r: &mut [u64],
+    scale: &mut [Label],
 ) {
-    let p = check(ac, group.gin, group.ein, group.records.len(), r.len());
+    let g = check(ac, group.gin, group.ein, group.records.len(), (r.len(), scale.len()));
     // SAFETY: `cpu` proves every feature `garble_relus_vaes` is compiled with.
-    unsafe { garble_relus_vaes(cpu, ac, &p, delta, group, ahead, r) }
+    unsafe { garble_relus_vaes(cpu, ac, &g, delta, group, ahead, (r, scale)) }
 }
 
 #[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw,vaes,aes")]
 fn garble_relus_vaes(
     cpu: Vaes,
     ac: &ArithCircuit,
-    p: &ReluParams,
+    gadget: &LockstepGadget,
     delta: &Delta,
     group: Batch<'_, &mut [u8]>,
     ahead: Ahead,
-    r: &mut [u64],
+    (r, scale): (&mut [u64], &mut [Label]),
 ) {
     let cpu = cpu.avx512();
     let Batch { first_id, gin, ein, records } = group;
@@ -637,31 +653,41 @@ fn garble_relus_vaes(
         r_sum: [X4::zero(cpu); 4],
         p_hash: [[X4::zero(cpu); 4]; 2],
         mask: X4::splat(cpu, mask as u128 | (mask as u128) << 64),
+        scale: [X4::zero(cpu); 4],
     };
-    relu_gadget(&mut g, p);
+    gadget.run(&mut g);
     for j in 0..4 {
         for (t, s) in low_qwords(g.r_sum[j]).into_iter().enumerate() {
             r[4 * j + t] = s & mask;
         }
     }
+    store_wire(&g.scale, scale);
 }
 
 /// Evaluates the 16 instances in `group` from their active input labels and records; `v` receives
-/// `R_sum + Σ z_o w_o` per instance. `cpu` proves that the CPU runs the lock-step code.
-pub(crate) fn evaluate_relus(cpu: Vaes, ac: &ArithCircuit, group: Batch<'_, &[u8]>, ahead: Ahead, v: &mut [u64]) {
-    let p = check(ac, group.gin, group.ein, group.records.len(), v.len());
+/// `R_sum + Σ z_o w_o` per instance and `scale` the scale bit's active labels. `cpu` proves that the
+/// CPU runs the lock-step code.
+pub(crate) fn evaluate_relus(
+    cpu: Vaes,
+    ac: &ArithCircuit,
+    group: Batch<'_, &[u8]>,
+    ahead: Ahead,
+    v: &mut [u64],
+    scale: &mut [Label],
+) {
+    let g = check(ac, group.gin, group.ein, group.records.len(), (v.len(), scale.len()));
     // SAFETY: `cpu` proves every feature `evaluate_relus_vaes` is compiled with.
-    unsafe { evaluate_relus_vaes(cpu, ac, &p, group, ahead, v) }
+    unsafe { evaluate_relus_vaes(cpu, ac, &g, group, ahead, (v, scale)) }
 }
 
 #[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw,vaes,aes")]
 fn evaluate_relus_vaes(
     cpu: Vaes,
     ac: &ArithCircuit,
-    p: &ReluParams,
+    gadget: &LockstepGadget,
     group: Batch<'_, &[u8]>,
     ahead: Ahead,
-    v: &mut [u64],
+    (v, scale): (&mut [u64], &mut [Label]),
 ) {
     let cpu = cpu.avx512();
     let Batch { first_id, gin, ein, records } = group;
@@ -670,13 +696,15 @@ fn evaluate_relus_vaes(
         p_hash: [X4::zero(cpu); 4],
         records,
         v_sum: [X4::zero(cpu); 4],
+        scale: [X4::zero(cpu); 4],
     };
-    relu_gadget(&mut e, p);
+    gadget.run(&mut e);
     for j in 0..4 {
         for (t, s) in low_qwords(e.v_sum[j]).into_iter().enumerate() {
             v[4 * j + t] = s & ac.mask();
         }
     }
+    store_wire(&e.scale, scale);
 }
 
 #[cfg(test)]
@@ -686,7 +714,7 @@ mod tests {
     use crate::cpu::{Backend, require_vaes};
     use crate::evaluate::evaluate_lanes_on;
     use crate::garble::{encode, garble_lanes_on};
-    use crate::relu::relu_arith_circuit;
+    use crate::relu::{ReluParams, relu_arith_circuit};
     use crate::{Group, Layout};
     use proptest::prelude::*;
     use rand::{Rng, SeedableRng};
@@ -738,7 +766,8 @@ mod tests {
             let mut recs = vec![0u8; LANES * ac.record_bytes()];
             let mut r = vec![0u64; LANES];
             let group = Batch { first_id: first, gin: &gz, ein: &ez, records: &mut recs[..] };
-            garble_relus(cpu, &ac, &delta, group, Ahead::default(), &mut r);
+            let mut scale = vec![Label::default(); LANES];
+            garble_relus(cpu, &ac, &delta, group, Ahead::default(), &mut r, &mut scale);
             let (want_recs, want_r) = interpreter_garble(&ac, &delta, &ids, &gz, &ez);
             prop_assert!(recs == want_recs, "tables or ciphertexts differ from the interpreter");
             prop_assert_eq!(&r, &want_r);
@@ -750,7 +779,7 @@ mod tests {
             let ea: Vec<Label> = input_bits(&b, ku).zip(&ez).map(|(bit, &z)| encode(z, bit, &delta)).collect();
             let mut v = vec![0u64; LANES];
             let group = Batch { first_id: first, gin: &ga, ein: &ea, records: &recs[..] };
-            evaluate_relus(cpu, &ac, group, Ahead::default(), &mut v);
+            evaluate_relus(cpu, &ac, group, Ahead::default(), &mut v, &mut scale);
             let mut out = vec![Label::default(); LANES * ac.circuit().outputs.len()];
             let (tables, cts) = recs.split_at(LANES * ac.and_bytes());
             let (gi, ei) = (instance_major(&ga, LANES, ku), instance_major(&ea, LANES, ku));

@@ -16,7 +16,7 @@
 //! (property test `matches_relu_outside_the_dead_zone`). Online: `16 m + 16` bytes per ReLU instead of
 //! `16 k + 8`; offline `32 m + 40 k + 24` instead of `72 k - 56`.
 
-use crate::batch::ArithCircuit;
+use crate::batch::{ArithCircuit, LockstepGadget};
 use crate::fancy::{Fancy, Recorder};
 use serde::{Deserialize, Serialize};
 
@@ -82,7 +82,7 @@ impl StochasticParams {
         stochastic_gadget(&mut r, self);
         let mut weights: Vec<u64> = (0..self.k).map(|i| 1u64 << i).collect();
         weights.push(1u64.checked_shl(self.k).unwrap_or(0).wrapping_neg() & self.mask());
-        ArithCircuit::scaled(r.finish(), weights, self.mask())
+        ArithCircuit::scaled(r.finish(), weights, self.mask()).recorded_from(LockstepGadget::Stochastic(*self))
     }
 
     /// Hash index of the online ciphertext in each instance: past the circuit's AND gates (`2·m`),
@@ -94,15 +94,24 @@ impl StochasticParams {
 }
 
 /// The gadget over [`Fancy`]: garbler inputs `0..m` are bits `t..k` of `a`, evaluator inputs `0..k`
-/// the bits of `b`.
+/// the bits of `b`. A ripple-carry adder of the two `m`-bit tops (`c' = c ⊕ ((a ⊕ c) ∧ (b ⊕ c))`,
+/// the carry out of the top bit included: `m` ANDs), then `b`'s bits and the carry out `w`, each
+/// times the inverted sign, as scaled outputs.
+#[inline(always)]
 pub fn stochastic_gadget<F: Fancy>(f: &mut F, p: &StochasticParams) {
     let (k, m) = (p.k as usize, p.sign_bits as usize);
     let t = k - m;
-    let b: Vec<F::Wire> = (0..k).map(|i| f.evaluator_input(i)).collect();
+    debug_assert!(2 <= m && m < k && k <= 64);
+    // The client's bits wait here for the outputs (as `Option`s, as in the ReLU gadget).
+    let mut b: [Option<F::Wire>; 64] = [None; 64];
+    for (i, w) in b[..t].iter_mut().enumerate() {
+        *w = Some(f.evaluator_input(i));
+    }
     let mut carry: Option<F::Wire> = None;
     let mut sign = None;
     for j in 0..m {
-        let (a, bj) = (f.garbler_input(j), b[t + j]);
+        let (a, bj) = (f.garbler_input(j), f.evaluator_input(t + j));
+        b[t + j] = Some(bj);
         let (sum, ac, bc) = match carry {
             None => (f.xor(a, bj), a, bj),
             Some(c) => {
@@ -119,7 +128,8 @@ pub fn stochastic_gadget<F: Fancy>(f: &mut F, p: &StochasticParams) {
     }
     let positive = f.not(sign.expect("m >= 2"));
     let wrap = carry.expect("m >= 2");
-    f.scaled_outputs(b.into_iter().chain(std::iter::once(wrap)), positive);
+    let ys = b[..k].iter().map(|w| w.expect("input bit")).chain(std::iter::once(wrap));
+    f.scaled_outputs(ys, positive);
 }
 
 /// Plaintext run through the same circuit, online term included: `p · (a + b - w·2^k) mod 2^l`.
