@@ -5,7 +5,7 @@ use pi_client::{ClientOptions, ClientTransport, Report};
 use pi_model::FixedPoint;
 use pi_server::{
     Calibration, FracBits, Limits, Overlap, PrepareOptions, ReluBits, SaltSource, Server, ServerOptions,
-    ServerTransport, SignBits, Truncation,
+    ServerTransport, SignBits, SignBitsChoice, Truncation,
 };
 use pi_tls::{Fingerprint, ServerTrust, TlsClient, TlsServer};
 use std::path::PathBuf;
@@ -112,12 +112,14 @@ pub struct ModelOptions {
     #[arg(long, default_value_t = Truncation::Local)]
     truncation: Truncation,
     /// How many top bits of each share decide a kept ReLU's sign. `all` (default): every bit of the
-    /// circuit's width, exactly relu. A number m (e.g. 14): the server sends m labels and 8 bytes
-    /// per ReLU online instead of one 16-byte label per bit of the width (about 20-29 bits), and a
-    /// positive input below 2^(k - m) units may come out as 0 (Circa's stochastic ReLU; see
-    /// docs/gc.md). Needs `--truncation local`.
-    #[arg(long, default_value_t = SignBits::All, value_name = "all|M")]
-    sign_bits: SignBits,
+    /// circuit's width, exactly relu. A number m (14 keeps every prediction of models/family/): the
+    /// server sends m labels and 8 bytes per ReLU online instead of one 16-byte label per bit of
+    /// the width (about 20-29 bits), and a positive input below 2^(k - m) units may come out as 0
+    /// (Circa's stochastic ReLU; see docs/gc.md). `auto`: the fewest m from 16 down to 8 at which
+    /// the fixed-point engine, every such input zeroed, keeps its predictions on the calibration
+    /// images. Needs calibrated widths (--calibrate) and `--truncation local`.
+    #[arg(long, default_value_t = SignBitsChoice::Fixed(SignBits::All), value_name = "all|M|auto")]
+    sign_bits: SignBitsChoice,
     /// `on`: a convolution that follows garbled ReLUs starts on the linearized neurons while the
     /// client evaluates the kept ones, whose part is added when their results arrive (same
     /// result; the kernels are kept transposed too, 4 bytes per weight: 45 MB for ResNet-18).

@@ -608,9 +608,17 @@ fn auto_widths_without_calibration_inputs_fall_back_to_full_width() {
     let calibrated = widths(Calibration::Dataset(bundled_data()));
     assert!(calibrated.iter().all(|&k| k < l), "{calibrated:?}");
     // Top sign bits at full width would zero every activation below 2^(l - f - M) units: refused.
-    let opts = PrepareOptions { sign_bits: pi_server::SignBits::Top(12), ..PrepareOptions::default() };
-    let e = pi_server::prepare_model(&model, &opts).err().expect("refused").to_string();
-    assert!(e.contains("--sign-bits 12 needs calibrated circuit widths"), "{e}");
+    use pi_server::{SignBits, SignBitsChoice};
+    for (choice, shown) in [(SignBitsChoice::Fixed(SignBits::Top(12)), "12"), (SignBitsChoice::Auto, "auto")] {
+        let opts = PrepareOptions { sign_bits: choice, ..PrepareOptions::default() };
+        let e = pi_server::prepare_model(&model, &opts).err().expect("refused").to_string();
+        assert!(e.contains(&format!("--sign-bits {shown} needs calibrated circuit widths")), "{e}");
+    }
+    // `auto` with calibration images picks a bit count in the range it tries.
+    let calibration = Calibration::Dataset(bundled_data());
+    let opts = PrepareOptions { sign_bits: SignBitsChoice::Auto, calibration, ..PrepareOptions::default() };
+    let chosen = pi_server::prepare_model(&model, &opts).unwrap().public.sign_bits;
+    assert!(matches!(chosen, SignBits::Top(m) if pi_server::SIGN_BITS_AUTO.contains(&m)), "{chosen:?}");
 }
 
 /// `--frac-bits auto` on the bundled model drops bits the model does not need (f = 10 of 12 today),

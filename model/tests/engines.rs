@@ -128,3 +128,42 @@ fn fused_linear_share_equals_the_separate_steps() {
         assert!(checked >= 4, "{name}: only {checked} linear nodes");
     }
 }
+
+/// `set_sign_dead_zones` zeroes exactly the kept ReLU inputs in `[0, 2^bits)`: the ReLU node's
+/// output equals an independent recomputation from its input, and zero bits change nothing.
+#[test]
+fn sign_dead_zones_zero_small_kept_inputs_only() {
+    use pi_model::Op;
+    let model = Model::random(arch::small_cnn(10).unwrap(), 3, Some(0.5)).unwrap().fold_batchnorm();
+    let exact = RingModel::new(&model, FixedPoint::DEFAULT).unwrap();
+    let relus: Vec<usize> =
+        model.graph.nodes.iter().enumerate().filter(|(_, n)| matches!(n.op, Op::Relu { .. })).map(|(i, _)| i).collect();
+    let (i, bits) = (relus[0], 14);
+    let mut dead = vec![0u32; model.graph.nodes.len()];
+    let mut zoned = exact.clone();
+    zoned.set_sign_dead_zones(&dead);
+    let x = exact.encode_input(&random_input(&mut ChaCha20Rng::seed_from_u64(4), 28 * 28));
+    assert_eq!(zoned.run_all(x.clone()).unwrap(), exact.run_all(x.clone()).unwrap());
+    dead[i] = bits;
+    zoned.set_sign_dead_zones(&dead);
+    let (want, got) = (exact.run_all(x.clone()).unwrap(), zoned.run_all(x).unwrap());
+    let index = model.graph.index();
+    let input = &want[index[model.graph.nodes[i].inputs[0].as_str()]];
+    let (fp, shift) = (exact.fp, exact.plan.nodes[i].relu_shift_units * exact.fp.f);
+    let mut zeroed = 0;
+    for ((&v, &keep), &out) in input.iter().zip(&exact.layers[i].mask).zip(&got[i]) {
+        let y = fp.to_i64(v);
+        let small = keep && (0..1i64 << bits).contains(&y);
+        zeroed += (small && y > 0) as usize;
+        let relu = if small {
+            0
+        } else if keep {
+            fp.relu(v)
+        } else {
+            v
+        };
+        assert_eq!(out, fp.truncate(relu, shift), "y={y} keep={keep}");
+    }
+    assert!(zeroed > 0, "some kept input fell in the dead zone");
+    assert_ne!(got.last(), want.last());
+}

@@ -76,6 +76,40 @@ impl std::fmt::Display for FracBits {
     }
 }
 
+/// How many top bits of each share decide a kept ReLU's sign (`--sign-bits`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignBitsChoice {
+    /// This choice for every model.
+    Fixed(SignBits),
+    /// The fewest `M` in [`SIGN_BITS_AUTO`] at which the fixed-point engine, with every kept ReLU
+    /// zeroing its whole dead zone (the worst case of the stochastic ReLU), still gives its exact
+    /// self's top-1 and logits within [`FRAC_BITS_AUTO_TOLERANCE`] of their range on every
+    /// calibration image, checked for every `M` down to it; `all` if even the largest fails.
+    Auto,
+}
+
+/// The sign bits `--sign-bits auto` tries, from the largest down.
+pub const SIGN_BITS_AUTO: std::ops::RangeInclusive<u32> = 8..=16;
+
+impl std::str::FromStr for SignBitsChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(SignBitsChoice::Auto),
+            _ => s.parse().map(SignBitsChoice::Fixed).map_err(|e| format!("{e} or auto")),
+        }
+    }
+}
+
+impl std::fmt::Display for SignBitsChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SignBitsChoice::Auto => f.write_str("auto"),
+            SignBitsChoice::Fixed(b) => b.fmt(f),
+        }
+    }
+}
+
 /// The fewest fractional bits `--frac-bits auto` tries.
 pub const FRAC_BITS_AUTO_MIN: u32 = 6;
 
@@ -101,8 +135,8 @@ pub struct PrepareOptions {
     pub he_cache_bytes: usize,
     /// How shares are rescaled ([`Truncation`]), announced to clients.
     pub truncation: Truncation,
-    /// How kept ReLUs read the sign ([`SignBits`]), announced to clients.
-    pub sign_bits: SignBits,
+    /// How kept ReLUs read the sign ([`SignBits`], or chosen per model), announced to clients.
+    pub sign_bits: SignBitsChoice,
     /// Whether convolutions after garbled ReLUs start while the client evaluates them.
     pub overlap: Overlap,
 }
@@ -171,7 +205,7 @@ impl Default for PrepareOptions {
             salt: SaltSource::Fresh,
             he_cache_bytes: DEFAULT_HE_CACHE_BYTES,
             truncation: Truncation::Local,
-            sign_bits: SignBits::All,
+            sign_bits: SignBitsChoice::Fixed(SignBits::All),
             overlap: Overlap::Off,
         }
     }
@@ -262,16 +296,31 @@ pub fn prepare_model(model: &pi_model::Model, opts: &PrepareOptions) -> Result<S
             }
         },
     };
-    if bits.is_none() && opts.sign_bits != SignBits::All {
+    let sign_bits = match (opts.sign_bits, &bits) {
+        (SignBitsChoice::Fixed(SignBits::All), _) => SignBits::All,
         // The dead zone is `2^(k - M)` units: with the full ring width it swallows every activation.
-        return Err(ServerError::Settings(format!(
-            "--sign-bits {} needs calibrated circuit widths (--relu-bits auto with --calibrate DIR, or a number)",
-            opts.sign_bits
-        )));
-    }
+        (_, None) => {
+            return Err(ServerError::Settings(format!(
+                "--sign-bits {} needs calibrated circuit widths (--relu-bits auto with --calibrate DIR, or a number)",
+                opts.sign_bits
+            )));
+        }
+        (SignBitsChoice::Fixed(b), Some(_)) => b,
+        (SignBitsChoice::Auto, Some(widths)) => match (&calibration, opts.truncation) {
+            (Some((fit, held_out)), Truncation::Local) => {
+                let images: Vec<&[f32]> = fit.iter().chain(held_out).map(Vec::as_slice).collect();
+                choose_sign_bits(&ring, widths, &images)?
+            }
+            _ => {
+                return Err(ServerError::Settings(
+                    "--sign-bits auto needs calibration images (--calibrate DIR) and --truncation local".into(),
+                ));
+            }
+        },
+    };
     let mut public = PublicModel::new(&ring.model, hash, ring.fp, bits)?;
     public.truncation = opts.truncation;
-    public.sign_bits = opts.sign_bits;
+    public.sign_bits = sign_bits;
     public.validate()?;
     let mut ring = ring;
     if opts.overlap == Overlap::On {
@@ -297,15 +346,7 @@ fn choose_frac_bits(folded: &pi_model::Model, l: u32, images: &[&[f32]]) -> Resu
             continue;
         }
         let ring = RingModel::new(folded, fp)?;
-        let (mut agree, mut worst) = (true, 0f32);
-        for (x, want) in images.iter().zip(&reference) {
-            let got = ring.decode_output(&ring.run(x)?);
-            let range = want.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v))
-                - want.iter().fold(f32::INFINITY, |m, &v| m.min(v));
-            let err = got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            worst = worst.max(err / range.max(f32::MIN_POSITIVE));
-            agree &= pi_model::engine::argmax(&got) == pi_model::engine::argmax(want);
-        }
+        let (agree, worst) = agreement(&ring, images, &reference)?;
         let ok = agree && worst <= FRAC_BITS_AUTO_TOLERANCE;
         tracing::debug!(f, top1_agrees = agree, worst_relative_logit_error = worst, ok, "frac bits");
         if !ok {
@@ -322,6 +363,56 @@ fn choose_frac_bits(folded: &pi_model::Model, l: u32, images: &[&[f32]]) -> Resu
     };
     tracing::info!(f, images = images.len(), "--frac-bits auto");
     Ok(f)
+}
+
+/// Whether `ring` gives the top-1 of `reference` (logits per image) on every image, and its largest
+/// logit error relative to the reference logits' range.
+fn agreement(ring: &RingModel, images: &[&[f32]], reference: &[Vec<f32>]) -> Result<(bool, f32), ServerError> {
+    let (mut agree, mut worst) = (true, 0f32);
+    for (x, want) in images.iter().zip(reference) {
+        let got = ring.decode_output(&ring.run(x)?);
+        let range =
+            want.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) - want.iter().fold(f32::INFINITY, |m, &v| m.min(v));
+        let err = got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        worst = worst.max(err / range.max(f32::MIN_POSITIVE));
+        agree &= pi_model::engine::argmax(&got) == pi_model::engine::argmax(want);
+    }
+    Ok((agree, worst))
+}
+
+/// `--sign-bits auto` ([`SignBitsChoice::Auto`]): walks `M` down [`SIGN_BITS_AUTO`] and keeps the
+/// last one at which the worst case of the stochastic ReLU (every kept input in its dead zone
+/// `[0, 2^(k - M))` zeroed, for the layers wider than `M` after local truncation's narrowing) gives
+/// the exact fixed-point engine's top-1, and logits within [`FRAC_BITS_AUTO_TOLERANCE`] of their
+/// range, on every image.
+fn choose_sign_bits(ring: &RingModel, widths: &[u32], images: &[&[f32]]) -> Result<SignBits, ServerError> {
+    let reference =
+        images.iter().map(|x| Ok(ring.decode_output(&ring.run(x)?))).collect::<Result<Vec<_>, ServerError>>()?;
+    let mut worst_case = ring.clone();
+    let mut chosen = SignBits::All;
+    for m in SIGN_BITS_AUTO.rev() {
+        let dead: Vec<u32> = (0..ring.layers.len())
+            .map(|i| {
+                let shift = ring.plan.nodes[i].relu_shift_units * ring.fp.f;
+                let k = widths[i];
+                if matches!(ring.model.graph.nodes[i].op, pi_model::Op::Relu { .. }) && k > shift + m {
+                    k - m
+                } else {
+                    0
+                }
+            })
+            .collect();
+        worst_case.set_sign_dead_zones(&dead);
+        let (agree, worst) = agreement(&worst_case, images, &reference)?;
+        let ok = agree && worst <= FRAC_BITS_AUTO_TOLERANCE;
+        tracing::debug!(sign_bits = m, top1_agrees = agree, worst_relative_logit_error = worst, ok, "sign bits");
+        if !ok {
+            break;
+        }
+        chosen = SignBits::Top(m);
+    }
+    tracing::info!(sign_bits = %chosen, images = images.len(), "--sign-bits auto");
+    Ok(chosen)
 }
 
 /// Logs how the calibrated widths fare on the held-out inputs: one line per layer at debug level,

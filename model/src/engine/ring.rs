@@ -19,6 +19,9 @@ pub struct RingLayer {
     pub bias: Vec<u64>,
     /// Per-element ReLU mask (true = real ReLU).
     pub mask: Vec<bool>,
+    /// Kept ReLU inputs below this come out as 0: the worst case of a sign read from top bits
+    /// ([`RingModel::set_sign_dead_zones`]); 0 = exact ReLU.
+    pub dead_zone: u64,
     /// Convolution geometry, for conv nodes.
     pub conv: Option<ConvGeometry>,
     /// Transformed kernels of a 3x3 stride-1 convolution (Winograd F(2x2,3x3), exact for `l <= 62`;
@@ -78,6 +81,18 @@ impl RingModel {
             })
             .collect();
         Ok(Self { model, fp, plan, layers })
+    }
+
+    /// Makes each ReLU node `i` with `bits[i] > 0` zero its kept inputs in `[0, 2^bits[i])`: the
+    /// worst case of the stochastic ReLU (`pi serve --sign-bits`), where such a value comes out as
+    /// itself or as 0 depending on the shares. For choosing the sign bits; a served model keeps
+    /// exact ReLUs. Panics unless there is one entry per node, each below 63.
+    pub fn set_sign_dead_zones(&mut self, bits: &[u32]) {
+        assert_eq!(bits.len(), self.layers.len(), "one entry per node");
+        for (l, &b) in self.layers.iter_mut().zip(bits) {
+            assert!(b < 63, "dead zone of {b} bits");
+            l.dead_zone = if b == 0 { 0 } else { 1u64 << b };
+        }
     }
 
     /// Encodes an f32 input with `f` fractional bits.
@@ -190,8 +205,10 @@ impl Backend for RingModel {
 
     fn relu(&self, i: usize, mut x: Vec<u64>) -> Vec<u64> {
         let shift = self.plan.nodes[i].relu_shift_units * self.fp.f;
+        let dead_zone = self.layers[i].dead_zone;
         for (v, &keep) in x.iter_mut().zip(&self.layers[i].mask) {
-            let y = if keep { self.fp.relu(*v) } else { *v };
+            // A kept value is non-negative after `relu`, so the ring element compares as its size.
+            let y = if keep { Some(self.fp.relu(*v)).filter(|&r| r >= dead_zone).unwrap_or(0) } else { *v };
             *v = self.fp.truncate(y, shift);
         }
         x
