@@ -391,14 +391,14 @@ fn choose_sign_bits(ring: &RingModel, widths: &[u32], images: &[&[f32]]) -> Resu
     let mut worst_case = ring.clone();
     let mut chosen = SignBits::All;
     for m in SIGN_BITS_AUTO.rev() {
+        // In units of the ReLU's input: the narrowed circuit's `2^(k - shift - m)`, times `2^shift`.
         let dead: Vec<u32> = (0..ring.layers.len())
             .map(|i| {
-                let shift = ring.plan.nodes[i].relu_shift_units * ring.fp.f;
-                let k = widths[i];
-                if matches!(ring.model.graph.nodes[i].op, pi_model::Op::Relu { .. }) && k > shift + m {
-                    k - m
-                } else {
-                    0
+                let (k, shift) = (widths[i], ring.plan.nodes[i].relu_shift_units * ring.fp.f);
+                let relu = matches!(ring.model.graph.nodes[i].op, pi_model::Op::Relu { .. });
+                match SignBits::Top(m).top(k.saturating_sub(shift)) {
+                    Some(m) if relu => k - m,
+                    _ => 0,
                 }
             })
             .collect();

@@ -2,7 +2,6 @@
 //! decided once from the validated public model (input sources, HE layer shapes, which neurons are
 //! garbled, circuit parameters, truncations). The parties never re-match ops or masks.
 
-use crate::public::SignBits;
 use crate::public::{PublicModel, PublicModelError};
 use crate::share::{Role, Truncation, truncate_shares};
 use pi_gc::{Gadget, ReluParams, StochasticParams, TruncParams};
@@ -175,13 +174,13 @@ impl Plan {
                         let kept = Kept::from_mask(&public.masks[i]);
                         let k = public.relu_bits[i];
                         // Validated: k >= shift + 2, so the narrowed circuit keeps 2 bits or more.
-                        let (params, gc_input_shift): (Gadget, _) = match (exact, public.sign_bits) {
+                        // Validated: top sign bits only with local truncation.
+                        let (params, gc_input_shift): (Gadget, _) = match (exact, public.sign_bits.top(k - shift)) {
                             (true, _) => (ReluParams { l: fp.l, k, shift }.into(), 0),
-                            // Validated: only with local truncation; a circuit no wider than `m` reads all bits.
-                            (false, SignBits::Top(m)) if k - shift > m => {
+                            (false, Some(m)) => {
                                 (StochasticParams { l: fp.l, k: k - shift, sign_bits: m }.into(), shift)
                             }
-                            (false, _) => (ReluParams { l: fp.l, k: k - shift, shift: 0 }.into(), shift),
+                            (false, None) => (ReluParams { l: fp.l, k: k - shift, shift: 0 }.into(), shift),
                         };
                         let gc = (kept.len() > 0).then_some(params);
                         let linearized = Kept::complement(&public.masks[i]);

@@ -44,6 +44,18 @@ pub enum SignBits {
     Top(u32),
 }
 
+impl SignBits {
+    /// The top bits a kept ReLU circuit of (narrowed) width `k` reads its sign from: `Some(m)` when
+    /// it is the stochastic gadget, `None` when it reads every bit (`All`, or `k <= m`). The one
+    /// rule both parties' plans and `--sign-bits auto` follow.
+    pub fn top(&self, k: u32) -> Option<u32> {
+        match *self {
+            SignBits::Top(m) if k > m => Some(m),
+            _ => None,
+        }
+    }
+}
+
 impl std::fmt::Display for SignBits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -320,6 +332,10 @@ mod tests {
             assert!(bad.parse::<SignBits>().is_err(), "{bad:?}");
         }
         assert_eq!(SignBits::Top(14).to_string(), "14");
+        assert_eq!(
+            (SignBits::Top(14).top(15), SignBits::Top(14).top(14), SignBits::All.top(59)),
+            (Some(14), None, None)
+        );
         assert_eq!(serde_json::to_string(&SignBits::Top(12)).unwrap(), "\"12\"");
         assert!(serde_json::from_str::<SignBits>("\"1\"").is_err());
 
